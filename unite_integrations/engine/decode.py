@@ -1,0 +1,151 @@
+"""The decode loop: prefill, then one union step and one feed-back per generated string.
+
+Everything here is host-side bookkeeping around two calls: ``union_step`` (pure tensors) and
+``MemberBatch.advance`` (one forward pass per member). The only device->host transfer per step is
+the small ``StepResult``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import GenerationOptions
+from .members import LoadedMember
+from .sequences import MemberBatch, Update
+from .text import RowText
+from .union import StepPlan, extend_logits, union_step
+from .vocab import END, Vocab
+
+__all__ = ["Ensemble", "RowState", "decode", "retokenize_tail"]
+
+
+@dataclass
+class Ensemble:
+    """Loaded members plus the precomputed step plan; built once per engine."""
+
+    members: list[LoadedMember]
+    plan: StepPlan
+    strings: list[bytes]  # gid -> bytes (gid 0, END, is b"")
+    exact: list[list[torch.Tensor]]  # [j][i] bool [V_j + 1] on the CPU
+    col_host: list[list[torch.Tensor]]  # [j][i] int64 [V_j + 1] on the CPU
+    window: int
+    pool: ThreadPoolExecutor | None = None  # set when members live on different devices
+    check_invariants: bool = False
+
+
+@dataclass
+class RowState:
+    text: RowText
+    finish_reason: str | None = None
+    # One entry per chosen string: (gid, own_col per member, prob per member, agree).
+    steps: list[tuple[int, list[int], list[float], bool]] = field(default_factory=list)
+    decisions: int = 0  # union decisions taken, the final END included
+    agreed: int = 0  # of which every member's own top-1 was the same string
+
+
+def retokenize_tail(
+    vocab: Vocab, ids: list[int], n_prompt: int, piece: bytes, window: int
+) -> tuple[int, list[int]]:
+    """Case (b): the member cannot append ``piece`` as one token.
+
+    Re-tokenize the text of the last ``window`` generated ids plus ``piece`` and keep the ids that
+    did not change; return (ids kept, ids to append). The window starts on a character boundary.
+    """
+    start = max(n_prompt, len(ids) - window)
+    while start > n_prompt and (vocab.canon[ids[start]] or b"\x00")[0] & 0xC0 == 0x80:
+        start -= 1
+    tail = vocab.encode(vocab.bytes_of(ids[start:]) + piece)
+    same = 0
+    for old, new in zip(ids[start:], tail):
+        if old != new:
+            break
+        same += 1
+    return start + same, tail[same:]
+
+
+def _feed_back(ens: Ensemble, i: int, batch: MemberBatch, r: int, src: int, col: int,
+               own: int, piece: bytes) -> Update:
+    ids = batch.ids[r]
+    if own >= 0:  # (a) the member proposed this string itself: append its own id
+        return len(ids), [own]
+    if ens.exact[src][i][col]:  # (a) the string is one token of this member
+        return len(ids), [int(ens.col_host[src][i][col])]
+    return retokenize_tail(ens.members[i].vocab, ids, batch.n_prompt[r], piece, ens.window)
+
+
+def _run(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:
+    if ens.pool is None or len(calls) == 1:
+        for c in calls:
+            c()
+    else:  # members on different devices: forward passes overlap, a step costs the slowest
+        for f in [ens.pool.submit(c) for c in calls]:
+            f.result()
+
+
+def decode(
+    ens: Ensemble, prompts: list[list[list[int]]], opts: GenerationOptions
+) -> Iterator[list[RowState]]:
+    """Yield the rows after every step; ``prompts[i][r]`` is member i's ids for row r."""
+    batches = [MemberBatch(m.model, p, m.pad_id) for m, p in zip(ens.members, prompts)]
+    _run(ens, [b.prefill for b in batches])
+    rows = [RowState(RowText(opts.stop)) for _ in prompts[0]]
+    gen = None
+    if opts.temperature > 0:
+        gen = torch.Generator(device=ens.plan.weights.device)
+        gen.manual_seed(opts.seed if opts.seed is not None else torch.seed())
+    for step in range(opts.max_new_tokens):
+        # 1-7. Every member's logits -> one choice per row (pure tensor code).
+        ext = [extend_logits(b.logits.float(), e) for b, e in zip(batches, ens.plan.end_ids)]
+        res = union_step(ext, ens.plan, opts.temperature, opts.top_p, gen)
+        src, col, gid, agree = (t.tolist() for t in (res.src, res.col, res.gid, res.agree))
+        own, prob = res.own_col.T.tolist(), res.prob.T.tolist()
+        last = step == opts.max_new_tokens - 1
+        updates: list[list[Update]] = [[None] * len(rows) for _ in batches]
+        for r, row in enumerate(rows):
+            if row.finish_reason is not None:
+                continue
+            row.decisions += 1
+            row.agreed += agree[r]
+            if gid[r] == END:
+                row.finish_reason = "stop"
+                continue
+            piece = ens.strings[gid[r]]
+            row.steps.append((gid[r], own[r], prob[r], agree[r]))
+            if row.text.append(piece):
+                row.finish_reason = "stop"
+            elif last:
+                row.finish_reason = "length"
+            else:
+                # 8. Feed the string back to every member, as one id or by re-tokenizing.
+                for i, b in enumerate(batches):
+                    updates[i][r] = _feed_back(ens, i, b, r, src[r], col[r], own[r][i], piece)
+                if any(
+                    u is not None and u[0] + len(u[1]) >= m.context_window
+                    for u, m in zip((up[r] for up in updates), ens.members)
+                ):
+                    row.finish_reason = "length"
+                    for up in updates:
+                        up[r] = None
+        yield rows
+        # 9. Stop when every row is done; otherwise one forward per member over the new ids.
+        if all(row.finish_reason is not None for row in rows):
+            return
+        _run(ens, [lambda b=b, u=u: b.advance(u) for b, u in zip(batches, updates)])
+        if ens.check_invariants:
+            _check(ens, batches, rows)
+
+
+def _check(ens: Ensemble, batches: list[MemberBatch], rows: list[RowState]) -> None:
+    for m, b in zip(ens.members, batches):
+        for r, row in enumerate(rows):
+            if row.finish_reason is not None:
+                continue
+            held = m.vocab.bytes_of(b.ids[r][b.n_prompt[r] :])
+            if held != bytes(row.text.raw):
+                raise AssertionError(
+                    f"member {m.name!r} row {r}: ids spell {held!r}, text is {bytes(row.text.raw)!r}"
+                )

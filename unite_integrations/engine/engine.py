@@ -1,0 +1,258 @@
+"""``UniTEEngine``: load members once, then generate, batch and stream through the union step.
+
+The engine is shared (see ``registry``), so it is called from many threads at once: a lock queues
+calls, so concurrent calls never share caches (each call builds its own ``MemberBatch``es). Members
+on different devices run their forward passes in a thread pool, so a step costs the slowest member.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from ..errors import ConfigError, InputError
+from .config import EnsembleConfig, GenerationOptions, MemberSpec
+from .decode import Ensemble, RowState, decode
+from .loading import default_cache_dir, load_member
+from .members import FALLBACK_STOP, LoadedMember, Message
+from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
+from .union import StepPlan
+from .vocab import END, CrossMap, Vocab, build_cross_map
+
+__all__ = ["Prompt", "UniTEEngine"]
+
+Prompt = str | Sequence[Message]
+
+
+def _config(**kwargs: Any) -> Any:
+    """Build a pydantic config, turning validation failures into the package's ConfigError."""
+    cls = kwargs.pop("_cls")
+    try:
+        return cls(**kwargs)
+    except ValidationError as e:
+        raise ConfigError(str(e)) from e
+
+
+class UniTEEngine:
+    """An ensemble of causal LMs that decodes as one model with the UniTE rule.
+
+    >>> engine = UniTEEngine(["smollm2-135m-instruct", "gemma-3-270m"], top_k=10)
+    >>> engine.generate(["The capital of France is"], max_new_tokens=8)[0].text
+    """
+
+    def __init__(
+        self,
+        members: Sequence[str | MemberSpec] | str | MemberSpec | EnsembleConfig,
+        *,
+        top_k: int = 10,
+        weights: Sequence[float] | None = None,
+        retokenize_window: int = 32,
+        cache_dir: str | Path | None = None,
+        check_invariants: bool | None = None,
+    ) -> None:
+        if isinstance(members, EnsembleConfig):
+            config = members
+        else:
+            specs = [members] if isinstance(members, (str, MemberSpec)) else list(members)
+            specs = [MemberSpec(source=m) if isinstance(m, str) else m for m in specs]
+            if weights is not None:
+                if len(weights) != len(specs):
+                    raise ConfigError(
+                        f"got {len(weights)} weights for {len(specs)} members: give one per member"
+                    )
+                specs = [_config(_cls=MemberSpec, **{**s.model_dump(), "weight": w})
+                         for s, w in zip(specs, weights)]
+            config = _config(
+                _cls=EnsembleConfig, members=specs, top_k=top_k,
+                retokenize_window=retokenize_window,
+                cache_dir=None if cache_dir is None else str(cache_dir),
+            )
+        self.config: EnsembleConfig = config
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        if check_invariants is None:
+            check_invariants = os.environ.get("UNITE_CHECK_INVARIANTS", "") not in ("", "0")
+        self._lock = threading.Lock()
+        self._ens = self._build(check_invariants)
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _build(self, check_invariants: bool) -> Ensemble:
+        members = [self._load(spec, n) for n, spec in enumerate(self.config.members)]
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):  # the same model twice: tell members apart
+            for n, m in enumerate(members):
+                m.name = f"{m.name}#{n}"
+        if len(members) > 1:
+            for m in members:
+                m.vocab.require_byte_complete(m.name)
+        home = torch.device(self.config.members[0].device)
+        vocabs = [m.vocab for m in members]
+        maps = [[self._cross(vj, vi) for vi in vocabs] for vj in vocabs]
+        strings, gids = _string_ids(vocabs)
+        k = min([self.config.top_k] + [v.size + 1 for v in vocabs])
+        plan = StepPlan(
+            end_ids=[torch.tensor(v.end_ids, device=m.model.device) for v, m in zip(vocabs, members)],
+            bias=[
+                torch.tensor([0.0 if c is not None else float("-inf") for c in v.canon] + [0.0],
+                             device=m.model.device)
+                for v, m in zip(vocabs, members)
+            ],
+            gid=[g.to(m.model.device) for g, m in zip(gids, members)],
+            col_map=[[c.column.to(mi.model.device) for c, mi in zip(row, members)] for row in maps],
+            weights=torch.tensor(self.config.weights, device=home),
+            k=k,
+        )
+        devices = {str(m.model.device) for m in members}
+        return Ensemble(
+            members=members,
+            plan=plan,
+            strings=strings,
+            exact=[[c.exact for c in row] for row in maps],
+            col_host=[[c.column for c in row] for row in maps],
+            window=self.config.retokenize_window,
+            pool=ThreadPoolExecutor(len(members)) if len(devices) > 1 else None,
+            check_invariants=check_invariants,
+        )
+
+    def _load(self, spec: MemberSpec, n: int) -> LoadedMember:
+        model, tok = load_member(spec, self.cache_dir)
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        extra = gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
+        logits_size = int(model.get_output_embeddings().weight.shape[0])
+        vocab = Vocab.from_tokenizer(tok, logits_size, extra)
+        window = spec.context_window or int(
+            getattr(model.config, "max_position_embeddings", 0) or 2048
+        )
+        pad = tok.pad_token_id if tok.pad_token_id is not None else vocab.end_ids[0]
+        return LoadedMember(spec, spec.display_name, model, tok, vocab, window, int(pad))
+
+    def _cross(self, src: Vocab, dst: Vocab) -> CrossMap:
+        if src is dst or src.fingerprint == dst.fingerprint:  # same tokenizer: no tokenizing
+            ids = [dst.exact.get(c, t) if c is not None else t for t, c in enumerate(src.canon)]
+            column = torch.tensor([*ids, dst.size])
+            exact = torch.tensor([c is not None for c in src.canon] + [True])
+        else:
+            m = build_cross_map(src, dst, self.cache_dir)
+            column = torch.cat([m.column, torch.tensor([dst.size])])
+            exact = torch.cat([m.exact, torch.tensor([True])])
+        column[src.end_ids] = dst.size  # every end token reads the member's END column
+        return CrossMap(column, exact)
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def members(self) -> list[LoadedMember]:
+        return self._ens.members
+
+    @property
+    def member_names(self) -> list[str]:
+        return [m.name for m in self._ens.members]
+
+    @property
+    def context_window(self) -> int:
+        """The smallest member context window: what a prompt plus its answer must fit."""
+        return min(m.context_window for m in self._ens.members)
+
+    def generate(
+        self, prompts: Sequence[Prompt], *, tools: Any = None, **options: Any
+    ) -> list[GenerationResult]:
+        """Generate for a batch of prompts (strings or chat conversations); one result each."""
+        encoded, opts = self._prepare(prompts, tools, options)
+        rows: list[RowState] = []
+        for rows in self._iterate(encoded, opts):
+            pass
+        return [self._result(row, [len(e[r]) for e in encoded]) for r, row in enumerate(rows)]
+
+    def stream(self, prompt: Prompt, *, tools: Any = None, **options: Any) -> Iterator[StreamChunk]:
+        """Stream one prompt's text as it becomes safe to show (stop strings held back)."""
+        encoded, opts = self._prepare([prompt], tools, options)
+        rows: list[RowState] = []
+        for rows in self._iterate(encoded, opts):
+            delta = rows[0].text.take_delta()
+            if delta:
+                yield StreamChunk(text=delta)
+        result = self._result(rows[0], [len(e[0]) for e in encoded])
+        yield StreamChunk(text=rows[0].text.take_delta(final=True),
+                          finish_reason=result.finish_reason, result=result)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _prepare(self, prompts: Sequence[Prompt], tools: Any, options: dict[str, Any]
+                 ) -> tuple[list[list[list[int]]], GenerationOptions]:
+        """Validate a call and encode every prompt for every member (outside the lock)."""
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
+        if len(prompts) == 0:
+            raise InputError("the prompt list is empty: pass at least one prompt")
+        opts: GenerationOptions = _config(_cls=GenerationOptions, **options)
+        chat = [not isinstance(p, str) for p in prompts]
+        if any(chat) and any(not m.has_template for m in self._ens.members):
+            opts = opts.model_copy(update={"stop": tuple(opts.stop) + FALLBACK_STOP})
+        encoded = [[m.encode_prompt(p, tools) for p in prompts] for m in self._ens.members]
+        return encoded, opts
+
+    def _iterate(self, encoded: list[list[list[int]]], opts: GenerationOptions
+                 ) -> Iterator[list[RowState]]:
+        with self._lock:
+            yield from decode(self._ens, encoded, opts)
+
+    def _result(self, row: RowState, n_in: list[int]) -> GenerationResult:
+        names = self.member_names
+        n = max(len(row.steps), 1)
+        tokens = []
+        wins = dict.fromkeys(names, 0)
+        proposed = dict.fromkeys(names, 0)
+        for gid, own, prob, _ in row.steps:
+            winner = names[max(range(len(names)), key=lambda i: (prob[i], -i))]
+            wins[winner] += 1
+            for name, o in zip(names, own):
+                proposed[name] += o >= 0
+            tokens.append(TokenProvenance(
+                text=self._ens.strings[gid].decode("utf-8", errors="replace"),
+                proposers=[nm for nm, o in zip(names, own) if o >= 0],
+                probs=dict(zip(names, prob)),
+                winner=winner,
+            ))
+        provenance = Provenance(
+            members=names,
+            tokens=tokens,
+            agreement_rate=row.agreed / max(row.decisions, 1),
+            win_share={k: v / n for k, v in wins.items()},
+            proposal_share={k: v / n for k, v in proposed.items()},
+        )
+        text = row.text.text.encode()
+        out_ids = {m.name: len(m.vocab.encode(text)) if text else 0 for m in self._ens.members}
+        usage = Usage(
+            input_tokens=n_in[0],
+            output_tokens=len(row.steps),
+            input_tokens_per_member=dict(zip(names, n_in)),
+            output_tokens_per_member=out_ids,
+        )
+        reason = row.finish_reason if row.finish_reason in ("stop", "length") else "length"
+        return GenerationResult(text=row.text.text, finish_reason=reason,  # type: ignore[arg-type]
+                                usage=usage, provenance=provenance)
+
+
+def _string_ids(vocabs: list[Vocab]) -> tuple[list[bytes], list[torch.Tensor]]:
+    """Give every distinct candidate string across members one id; END is 0, -1 never wins."""
+    table: dict[bytes, int] = {}
+    strings: list[bytes] = [b""]
+    gids = []
+    for v in vocabs:
+        g = [-1] * (v.size + 1)
+        for t, b in enumerate(v.canon):
+            if b is not None:
+                if b not in table:
+                    table[b] = len(strings)
+                    strings.append(b)
+                g[t] = table[b]
+        g[v.size] = END
+        gids.append(torch.tensor(g))
+    return strings, gids

@@ -1,0 +1,76 @@
+"""What a call returns: text, why it stopped, token counts, and who proposed each token."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["GenerationResult", "Provenance", "StreamChunk", "TokenProvenance", "Usage"]
+
+FinishReason = Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    """Token counts. ``input_tokens`` is the primary member's count of the prompt."""
+
+    input_tokens: int
+    output_tokens: int = Field(description="Union strings chosen (END not counted).")
+    input_tokens_per_member: dict[str, int]
+    output_tokens_per_member: dict[str, int] = Field(
+        description="Tokens each member's tokenizer needs for the returned text."
+    )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class TokenProvenance(BaseModel):
+    """One chosen string and how the members saw it."""
+
+    text: str = Field(description="The chosen bytes, decoded with U+FFFD for partial characters.")
+    proposers: list[str] = Field(description="Members that had this string in their own top-k.")
+    probs: dict[str, float] = Field(description="Each member's probability for it over the union.")
+    winner: str = Field(description="The member that gave it the highest probability.")
+
+
+class Provenance(BaseModel):
+    """Per-token provenance and its aggregates, so users can see whether the ensemble helps."""
+
+    members: list[str]
+    tokens: list[TokenProvenance] = Field(default_factory=list)
+    agreement_rate: float = Field(
+        default=0.0,
+        description="Share of decisions (the final END too) where every member's top-1 agreed.",
+    )
+    win_share: dict[str, float] = Field(
+        default_factory=dict, description="Share of tokens each member gave the highest probability."
+    )
+    proposal_share: dict[str, float] = Field(
+        default_factory=dict, description="Share of tokens that were in each member's top-k."
+    )
+
+    def summary(self) -> dict[str, object]:
+        """The aggregates alone (what response metadata carries)."""
+        return {
+            "members": self.members,
+            "agreement_rate": self.agreement_rate,
+            "win_share": self.win_share,
+            "proposal_share": self.proposal_share,
+        }
+
+
+class GenerationResult(BaseModel):
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    provenance: Provenance
+
+
+class StreamChunk(BaseModel):
+    """A piece of streamed text. The last chunk has ``finish_reason`` and the full ``result``."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    result: GenerationResult | None = None

@@ -1,0 +1,137 @@
+"""The UniTE step as pure tensor functions: top-k -> union -> gather -> softmax -> mix -> choose.
+
+Shapes: N members, B rows, k candidates per member, C = N*k union slots (duplicates masked),
+V_i the size of member i's logits. Every member's logits are *extended* with one END column at
+index V_i holding the max over its end-of-sequence logits, so that "stop" is one shared string.
+No Python loop runs over a vocabulary or over candidates; loops run over members only (N is 2 or 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["StepPlan", "StepResult", "choose", "extend_logits", "mix", "union_step"]
+
+
+@dataclass
+class StepPlan:
+    """Per-ensemble constants of the step, each tensor already on its member's device."""
+
+    end_ids: list[torch.Tensor]  # int64 [n_end_i]: member i's end-of-sequence ids
+    bias: list[torch.Tensor]  # float [V_i + 1]: 0 for candidates, -inf for never-candidates
+    gid: list[torch.Tensor]  # int64 [V_i + 1]: global string id (END = 0, -1 never a candidate)
+    col_map: list[list[torch.Tensor]]  # [j][i] int64 [V_j + 1]: column of i scoring j's token
+    weights: torch.Tensor  # float [N] on the primary device, sums to 1
+    k: int
+
+
+@dataclass
+class StepResult:
+    """What one step decided, on the primary device; one host transfer reads all of it."""
+
+    src: torch.Tensor  # int64 [B]: member whose candidate slot won (first proposer)
+    col: torch.Tensor  # int64 [B]: that candidate's column in the source member's logits
+    gid: torch.Tensor  # int64 [B]: global string id of the choice (END = 0)
+    own_col: torch.Tensor  # int64 [N, B]: column where member i proposed the choice itself, or -1
+    prob: torch.Tensor  # float [N, B]: member i's union probability of the choice
+    agree: torch.Tensor  # bool [B]: every member's own top-1 was the same string
+
+
+def extend_logits(logits: torch.Tensor, end_ids: torch.Tensor) -> torch.Tensor:
+    """[B, V] -> [B, V+1]: append END, the best of the member's end-of-sequence logits."""
+    end = logits.index_select(1, end_ids).amax(1, keepdim=True)
+    return torch.cat([logits, end], dim=1)
+
+
+def mix(
+    scores: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax each member's scores over the union, then average with the member weights.
+
+    scores [N, B, C], valid [B, C] -> (p [B, C], per-member p_i [N, B, C]).
+    Greedy decoding (temperature 0) averages the plain softmax, as the paper does.
+    """
+    z = scores / temperature if temperature > 0 else scores
+    z = z.masked_fill(~valid, float("-inf"))
+    p_i = torch.softmax(z.float(), dim=-1)
+    return torch.einsum("n,nbc->bc", weights.float(), p_i), p_i
+
+
+def choose(
+    p: torch.Tensor,
+    primary: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Pick one slot per row. Greedy ties go to the primary member's ranking; sampling is nucleus.
+
+    p, primary (the primary member's scores), valid: [B, C] -> slot [B].
+    """
+    p = p.masked_fill(~valid, -1.0)
+    if temperature <= 0:
+        tied = p == p.amax(-1, keepdim=True)
+        return primary.masked_fill(~tied, float("-inf")).argmax(-1)
+    sorted_p, order = p.clamp_min(0).sort(-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass strictly above each slot
+    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    sorted_p[:, 0] = sorted_p[:, 0].clamp_min(1e-12)  # the best slot always survives
+    pick = torch.multinomial(sorted_p, 1, generator=generator)
+    return order.gather(1, pick).squeeze(1)
+
+
+def union_step(
+    ext_logits: list[torch.Tensor],
+    plan: StepPlan,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> StepResult:
+    """One UniTE decision from every member's extended logits ([B, V_i + 1] each)."""
+    n, k = len(ext_logits), plan.k
+    home = plan.weights.device
+    # 1. Each member proposes its top-k candidates (never-candidates masked out).
+    masked = [z + b for z, b in zip(ext_logits, plan.bias)]
+    top_val, top_col = zip(*(m.topk(k, dim=-1) for m in masked))
+    # 2. The union: every slot's global string id; -1 for slots nobody may choose.
+    gid = torch.cat(
+        [g[c].masked_fill(v == float("-inf"), -1).to(home) for g, c, v in
+         zip(plan.gid, top_col, top_val)], dim=1
+    )  # [B, C]
+    same = gid[:, :, None] == gid[:, None, :]  # [B, C, C]
+    valid = (gid >= 0) & ~same.tril(-1).any(-1)  # first occurrence of each string only
+    # 3. Every member scores every slot: its own logit, or that of the string's first sub-token.
+    #    A string proposed twice takes its best score, so a member that proposed it itself
+    #    scores it with the id it proposed.
+    scores = torch.stack(
+        [
+            torch.cat(
+                [z.gather(1, plan.col_map[j][i][top_col[j].to(z.device)]) for j in range(n)], 1
+            ).to(home)
+            for i, z in enumerate(ext_logits)
+        ]
+    )  # [N, B, C]
+    scores = scores[:, :, None, :].masked_fill(~same, float("-inf")).amax(-1)
+    # 4-6. Softmax per member over the union, weighted average, choice.
+    p, p_i = mix(scores, valid, plan.weights, temperature)
+    slot = choose(p, scores[0], valid, temperature, top_p, generator)  # [B]
+    chosen = gid.gather(1, slot[:, None])  # [B, 1]
+    # Provenance and feed-back facts: where each member proposed the choice itself.
+    own_hit = torch.stack([(gid[:, i * k : (i + 1) * k] == chosen) for i in range(n)])  # [N,B,k]
+    own_slot = own_hit.float().argmax(-1)  # first proposing slot of member i
+    own_col = torch.stack(
+        [top_col[i].to(home).gather(1, own_slot[i][:, None]).squeeze(1) for i in range(n)]
+    ).masked_fill(~own_hit.any(-1), -1)
+    cols = torch.cat([c.to(home) for c in top_col], dim=1)
+    top1 = gid[:, [i * k for i in range(n)]]
+    return StepResult(
+        src=slot // k,
+        col=cols.gather(1, slot[:, None]).squeeze(1),
+        gid=chosen.squeeze(1),
+        own_col=own_col,
+        prob=p_i.gather(2, slot[None, :, None].expand(n, -1, 1)).squeeze(2),
+        agree=(top1 == top1[:, :1]).all(1),
+    )

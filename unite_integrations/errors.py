@@ -1,0 +1,47 @@
+"""One exception hierarchy for everything the package raises on purpose.
+
+    UniteError
+    ├── ConfigError            bad options: top_k < 1, negative or all-zero weights, bad stop ...
+    ├── ModelLoadError         unknown alias, missing path, unreadable checkpoint, unavailable device
+    ├── InputError             empty prompt list, empty conversation, unknown message role
+    ├── ContextWindowError     a prompt that does not fit a member's context window
+    └── TokenizerError         a tokenizer the ensemble cannot represent exactly (no byte coverage)
+
+Every message names the member concerned (where there is one) and what to do about it, because a
+user who sees these errors usually cannot read the engine to find out.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ContextWindowError",
+    "InputError",
+    "ModelLoadError",
+    "TokenizerError",
+    "UniteError",
+]
+
+
+class UniteError(Exception):
+    """Base class of every error unite-integrations raises on purpose."""
+
+
+class ConfigError(UniteError, ValueError):
+    """An option or member specification is invalid; the message says which value to change."""
+
+
+class ModelLoadError(UniteError):
+    """A member could not be resolved or loaded (bad alias, missing path, device not available)."""
+
+
+class InputError(UniteError, ValueError):
+    """A call's input is unusable: no prompts, an empty conversation, an unknown message role."""
+
+
+class ContextWindowError(UniteError, ValueError):
+    """A prompt is longer than a member's context window allows."""
+
+
+class TokenizerError(UniteError):
+    """A member's tokenizer cannot encode arbitrary bytes, so the shared text cannot be mirrored."""

@@ -17,9 +17,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import FAMILIES, tiny_model_dir  # noqa: E402
+from tiny_models import FAMILIES, tiny_model_dir
 
-from unite_integrations import UniTEEngine  # noqa: E402
+from unite_integrations import UniTEEngine
 
 PROMPTS = [
     "Hello world",
@@ -65,8 +65,11 @@ def make_engine(cache_dir: Path):
         key = (tuple(str(s) for s in sources), top_k, tuple(sorted(kw.items())))
         if key not in engines:
             engines[key] = UniTEEngine(
-                [str(s) for s in sources], top_k=top_k, cache_dir=cache_dir,
-                check_invariants=True, **kw,  # type: ignore[arg-type]
+                [str(s) for s in sources],
+                top_k=top_k,
+                cache_dir=cache_dir,
+                check_invariants=True,
+                **kw,  # type: ignore[arg-type]
             )
         return engines[key]
 
@@ -82,5 +85,7 @@ def hetero(make_engine, tiny_dirs) -> UniTEEngine:
 @pytest.fixture(scope="session")
 def trio(make_engine, tiny_dirs) -> UniTEEngine:
     return make_engine(
-        tiny_dirs["sentencepiece_unigram"], tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"]
+        tiny_dirs["sentencepiece_unigram"],
+        tiny_dirs["bytelevel_bpe"],
+        tiny_dirs["sentencepiece_bpe"],
     )

@@ -30,8 +30,9 @@ def _candidates(logits: list[float], vocab: Vocab, k: int) -> list[tuple[Any, in
     return [(s, t, z) for z, s, t in entries[:k]]
 
 
-def _score(member: int, u: Any, logits: list[float], vocab: Vocab,
-           proposals: list[tuple[Any, int, float]]) -> float:
+def _score(
+    member: int, u: Any, logits: list[float], vocab: Vocab, proposals: list[tuple[Any, int, float]]
+) -> float:
     own = [z for s, _, z in proposals if s == u]
     if own:
         return max(own)
@@ -42,8 +43,14 @@ def _score(member: int, u: Any, logits: list[float], vocab: Vocab,
     return logits[vocab.encode(u)[0]]  # the first sub-token, tokenized in context
 
 
-def reference_generate(models: list[Any], vocabs: list[Vocab], prompts: list[list[int]],
-                       weights: list[float], k: int, max_new_tokens: int) -> bytes:
+def reference_generate(
+    models: list[Any],
+    vocabs: list[Vocab],
+    prompts: list[list[int]],
+    weights: list[float],
+    k: int,
+    max_new_tokens: int,
+) -> bytes:
     """Greedy UniTE for one row; ``prompts[i]`` is member i's prompt ids. Returns the text."""
     gen = [list[int]() for _ in models]
     text = b""

@@ -21,8 +21,11 @@ def test_single_member_equals_transformers_greedy_generate(make_engine, tiny_dir
         ids = member.tokenizer(prompt, return_tensors="pt")
         with torch.no_grad():
             out = member.model.generate(
-                **ids, max_new_tokens=16, do_sample=False,
-                pad_token_id=member.pad_id, eos_token_id=member.vocab.end_ids,
+                **ids,
+                max_new_tokens=16,
+                do_sample=False,
+                pad_token_id=member.pad_id,
+                eos_token_id=member.vocab.end_ids,
                 suppress_tokens=never,
             )
         expected_ids = out[0, ids["input_ids"].shape[1] :].tolist()
@@ -56,8 +59,9 @@ def test_engine_equals_literal_reference(request, make_engine, tiny_dirs, which)
     cases_b = 0
     for prompt in PROMPTS:
         prompts = [m.encode_prompt(prompt) for m in wide.members]
-        expected = reference_generate(models, vocabs, prompts, [1.0] * len(models), k=5,
-                                      max_new_tokens=12)
+        expected = reference_generate(
+            models, vocabs, prompts, [1.0] * len(models), k=5, max_new_tokens=12
+        )
         got = wide.generate([prompt], max_new_tokens=12)[0]
         assert got.text == expected.decode("utf-8", errors="replace"), prompt
         cases_b += sum(len(t.proposers) < len(models) for t in got.provenance.tokens)

@@ -7,9 +7,9 @@ them as fields, and so that a bad value fails when it is written, not deep insid
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 
@@ -18,7 +18,17 @@ __all__ = ["EnsembleConfig", "GenerationOptions", "MemberSpec"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
-class MemberSpec(BaseModel):
+class _Config(BaseModel):
+    """A pydantic model whose validation failures are the package's own ``ConfigError``."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(f"invalid {type(self).__name__}: {e}") from e
+
+
+class MemberSpec(_Config):
     """One ensemble member: where its weights come from and how it runs.
 
     ``source`` is a built-in alias (``smollm2-135m-instruct``, ``gemma-3-270m``), a local
@@ -31,7 +41,9 @@ class MemberSpec(BaseModel):
     source: str = Field(description="Alias, local directory, .gguf file or hub id.")
     weight: float = Field(default=1.0, description="Relative weight in the average; >= 0.")
     device: str = Field(default="cpu", description="torch device, e.g. 'cpu', 'cuda:0', 'mps'.")
-    dtype: DType = Field(default="float32", description="Parameter dtype ('auto' keeps the file's).")
+    dtype: DType = Field(
+        default="float32", description="Parameter dtype ('auto' keeps the file's)."
+    )
     chat_template: str | None = Field(
         default=None,
         description="Jinja chat template overriding the tokenizer's (or giving a base model one).",
@@ -52,7 +64,9 @@ class MemberSpec(BaseModel):
     @classmethod
     def _source_non_empty(cls, v: str) -> str:
         if not v.strip():
-            raise ConfigError("member source is empty: give an alias, a directory, a .gguf or a hub id")
+            raise ConfigError(
+                "member source is empty: give an alias, a directory, a .gguf or a hub id"
+            )
         return v
 
     @property
@@ -60,7 +74,7 @@ class MemberSpec(BaseModel):
         return self.name or Path(self.source).name or self.source
 
 
-class EnsembleConfig(BaseModel):
+class EnsembleConfig(_Config):
     """The ensemble as a whole; its JSON is the key under which one engine instance is shared."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -108,7 +122,7 @@ class EnsembleConfig(BaseModel):
         return [m.weight / total for m in self.members]
 
 
-class GenerationOptions(BaseModel):
+class GenerationOptions(_Config):
     """Options of one call; every engine entry point takes them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -117,7 +131,9 @@ class GenerationOptions(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, description="0 is greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass over the union.")
     seed: int | None = Field(default=None, description="Seed for sampling; same seed, same text.")
-    stop: tuple[str, ...] = Field(default=(), description="Strings that end generation (not emitted).")
+    stop: tuple[str, ...] = Field(
+        default=(), description="Strings that end generation (not emitted)."
+    )
 
     @field_validator("stop", mode="before")
     @classmethod

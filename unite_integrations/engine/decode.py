@@ -67,8 +67,9 @@ def retokenize_tail(
     return start + same, tail[same:]
 
 
-def _feed_back(ens: Ensemble, i: int, batch: MemberBatch, r: int, src: int, col: int,
-               own: int, piece: bytes) -> Update:
+def _feed_back(
+    ens: Ensemble, i: int, batch: MemberBatch, r: int, src: int, col: int, own: int, piece: bytes
+) -> Update:
     ids = batch.ids[r]
     if own >= 0:  # (a) the member proposed this string itself: append its own id
         return len(ids), [own]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from ..errors import ConfigError, InputError
 from .config import EnsembleConfig, GenerationOptions, MemberSpec
@@ -29,15 +28,6 @@ from .vocab import END, CrossMap, Vocab, build_cross_map
 __all__ = ["Prompt", "UniTEEngine"]
 
 Prompt = str | Sequence[Message]
-
-
-def _config(**kwargs: Any) -> Any:
-    """Build a pydantic config, turning validation failures into the package's ConfigError."""
-    cls = kwargs.pop("_cls")
-    try:
-        return cls(**kwargs)
-    except ValidationError as e:
-        raise ConfigError(str(e)) from e
 
 
 class UniTEEngine:
@@ -67,10 +57,12 @@ class UniTEEngine:
                     raise ConfigError(
                         f"got {len(weights)} weights for {len(specs)} members: give one per member"
                     )
-                specs = [_config(_cls=MemberSpec, **{**s.model_dump(), "weight": w})
-                         for s, w in zip(specs, weights)]
-            config = _config(
-                _cls=EnsembleConfig, members=specs, top_k=top_k,
+                specs = [
+                    MemberSpec(**{**s.model_dump(), "weight": w}) for s, w in zip(specs, weights)
+                ]
+            config = EnsembleConfig(
+                members=specs,
+                top_k=top_k,
                 retokenize_window=retokenize_window,
                 cache_dir=None if cache_dir is None else str(cache_dir),
             )
@@ -98,10 +90,14 @@ class UniTEEngine:
         strings, gids = _string_ids(vocabs)
         k = min([self.config.top_k] + [v.size + 1 for v in vocabs])
         plan = StepPlan(
-            end_ids=[torch.tensor(v.end_ids, device=m.model.device) for v, m in zip(vocabs, members)],
+            end_ids=[
+                torch.tensor(v.end_ids, device=m.model.device) for v, m in zip(vocabs, members)
+            ],
             bias=[
-                torch.tensor([0.0 if c is not None else float("-inf") for c in v.canon] + [0.0],
-                             device=m.model.device)
+                torch.tensor(
+                    [0.0 if c is not None else float("-inf") for c in v.canon] + [0.0],
+                    device=m.model.device,
+                )
                 for v, m in zip(vocabs, members)
             ],
             gid=[g.to(m.model.device) for g, m in zip(gids, members)],
@@ -166,7 +162,7 @@ class UniTEEngine:
         """Generate for a batch of prompts (strings or chat conversations); one result each."""
         encoded, opts = self._prepare(prompts, tools, options)
         rows: list[RowState] = []
-        for rows in self._iterate(encoded, opts):
+        for rows in self._iterate(encoded, opts):  # noqa: B007 (the last yield is the answer)
             pass
         return [self._result(row, [len(e[r]) for e in encoded]) for r, row in enumerate(rows)]
 
@@ -179,27 +175,32 @@ class UniTEEngine:
             if delta:
                 yield StreamChunk(text=delta)
         result = self._result(rows[0], [len(e[0]) for e in encoded])
-        yield StreamChunk(text=rows[0].text.take_delta(final=True),
-                          finish_reason=result.finish_reason, result=result)
+        yield StreamChunk(
+            text=rows[0].text.take_delta(final=True),
+            finish_reason=result.finish_reason,
+            result=result,
+        )
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _prepare(self, prompts: Sequence[Prompt], tools: Any, options: dict[str, Any]
-                 ) -> tuple[list[list[list[int]]], GenerationOptions]:
+    def _prepare(
+        self, prompts: Sequence[Prompt], tools: Any, options: dict[str, Any]
+    ) -> tuple[list[list[list[int]]], GenerationOptions]:
         """Validate a call and encode every prompt for every member (outside the lock)."""
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
         if len(prompts) == 0:
             raise InputError("the prompt list is empty: pass at least one prompt")
-        opts: GenerationOptions = _config(_cls=GenerationOptions, **options)
+        opts = GenerationOptions(**options)
         chat = [not isinstance(p, str) for p in prompts]
         if any(chat) and any(not m.has_template for m in self._ens.members):
             opts = opts.model_copy(update={"stop": tuple(opts.stop) + FALLBACK_STOP})
         encoded = [[m.encode_prompt(p, tools) for p in prompts] for m in self._ens.members]
         return encoded, opts
 
-    def _iterate(self, encoded: list[list[list[int]]], opts: GenerationOptions
-                 ) -> Iterator[list[RowState]]:
+    def _iterate(
+        self, encoded: list[list[list[int]]], opts: GenerationOptions
+    ) -> Iterator[list[RowState]]:
         with self._lock:
             yield from decode(self._ens, encoded, opts)
 
@@ -214,12 +215,14 @@ class UniTEEngine:
             wins[winner] += 1
             for name, o in zip(names, own):
                 proposed[name] += o >= 0
-            tokens.append(TokenProvenance(
-                text=self._ens.strings[gid].decode("utf-8", errors="replace"),
-                proposers=[nm for nm, o in zip(names, own) if o >= 0],
-                probs=dict(zip(names, prob)),
-                winner=winner,
-            ))
+            tokens.append(
+                TokenProvenance(
+                    text=self._ens.strings[gid].decode("utf-8", errors="replace"),
+                    proposers=[nm for nm, o in zip(names, own) if o >= 0],
+                    probs=dict(zip(names, prob)),
+                    winner=winner,
+                )
+            )
         provenance = Provenance(
             members=names,
             tokens=tokens,
@@ -236,8 +239,12 @@ class UniTEEngine:
             output_tokens_per_member=out_ids,
         )
         reason = row.finish_reason if row.finish_reason in ("stop", "length") else "length"
-        return GenerationResult(text=row.text.text, finish_reason=reason,  # type: ignore[arg-type]
-                                usage=usage, provenance=provenance)
+        return GenerationResult(
+            text=row.text.text,
+            finish_reason=reason,  # type: ignore[arg-type]
+            usage=usage,
+            provenance=provenance,
+        )
 
 
 def _string_ids(vocabs: list[Vocab]) -> tuple[list[bytes], list[torch.Tensor]]:

@@ -67,14 +67,16 @@ class LoadedMember:
             check_messages(prompt)
             if self.has_template:
                 text = self.tokenizer.apply_chat_template(
-                    [dict(m) for m in prompt], tools=tools, add_generation_prompt=True,
+                    [dict(m) for m in prompt],
+                    tools=tools,
+                    add_generation_prompt=True,
                     tokenize=False,
                 )
                 ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             else:
-                ids = list(self.tokenizer(render_fallback(prompt), add_special_tokens=True)[
-                    "input_ids"
-                ])
+                ids = list(
+                    self.tokenizer(render_fallback(prompt), add_special_tokens=True)["input_ids"]
+                )
         if len(ids) >= self.context_window:
             raise ContextWindowError(
                 f"member {self.name!r}: the prompt is {len(ids)} tokens but its context window "

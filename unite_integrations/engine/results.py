@@ -45,7 +45,8 @@ class Provenance(BaseModel):
         description="Share of decisions (the final END too) where every member's top-1 agreed.",
     )
     win_share: dict[str, float] = Field(
-        default_factory=dict, description="Share of tokens each member gave the highest probability."
+        default_factory=dict,
+        description="Share of tokens each member gave the highest probability.",
     )
     proposal_share: dict[str, float] = Field(
         default_factory=dict, description="Share of tokens that were in each member's top-k."

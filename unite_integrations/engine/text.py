@@ -33,11 +33,7 @@ class RowText:
         """Add a chosen string; True when a stop string now occurs (the text is cut before it)."""
         old = len(self.raw)
         self.raw += piece
-        hits = [
-            i
-            for s in self.stops
-            if (i := self.raw.find(s, max(0, old - len(s) + 1))) >= 0
-        ]
+        hits = [i for s in self.stops if (i := self.raw.find(s, max(0, old - len(s) + 1))) >= 0]
         if hits:
             self.end = min(hits)
         return self.end is not None

@@ -98,8 +98,11 @@ def union_step(
     top_val, top_col = zip(*(m.topk(k, dim=-1) for m in masked))
     # 2. The union: every slot's global string id; -1 for slots nobody may choose.
     gid = torch.cat(
-        [g[c].masked_fill(v == float("-inf"), -1).to(home) for g, c, v in
-         zip(plan.gid, top_col, top_val)], dim=1
+        [
+            g[c].masked_fill(v == float("-inf"), -1).to(home)
+            for g, c, v in zip(plan.gid, top_col, top_val)
+        ],
+        dim=1,
     )  # [B, C]
     same = gid[:, :, None] == gid[:, None, :]  # [B, C, C]
     valid = (gid >= 0) & ~same.tril(-1).any(-1)  # first occurrence of each string only

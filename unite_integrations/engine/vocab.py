@@ -31,7 +31,7 @@ import torch
 
 from ..errors import TokenizerError
 
-__all__ = ["END", "CrossMap", "Vocab", "bytes_to_unicode", "build_cross_map"]
+__all__ = ["END", "CrossMap", "Vocab", "build_cross_map", "bytes_to_unicode"]
 
 #: Global string id of the END sentinel shared by every member's end-of-sequence tokens.
 END = 0
@@ -125,10 +125,7 @@ class Vocab:
         spec = json.loads(backend.to_str())
         kinds = _decoder_kinds(spec.get("decoder"))
         special_ids = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
-        added = {
-            int(i): tok
-            for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items()
-        }
+        added = {int(i): tok for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items()}
         special_ids |= {i for i, t in added.items() if getattr(t, "special", False)}
         pieces = tokenizer.convert_ids_to_tokens(list(range(min(logits_size, len(tokenizer)))))
 

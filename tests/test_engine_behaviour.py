@@ -1,0 +1,125 @@
+"""Batching, streaming, stop strings, sampling, threads, re-tokenization window, chat."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import PROMPTS
+
+from unite_integrations.engine.decode import retokenize_tail
+
+
+def test_batched_equals_row_by_row(hetero, trio):
+    for engine in (hetero, trio):
+        batched = engine.generate(PROMPTS, max_new_tokens=14)
+        for prompt, got in zip(PROMPTS, batched):
+            alone = engine.generate([prompt], max_new_tokens=14)[0]
+            assert got.text == alone.text, prompt
+            assert got.finish_reason == alone.finish_reason
+
+
+def test_streamed_deltas_join_to_the_generated_text(hetero):
+    for prompt in PROMPTS[:12]:
+        chunks = list(hetero.stream(prompt, max_new_tokens=14))
+        full = hetero.generate([prompt], max_new_tokens=14)[0]
+        assert "".join(c.text for c in chunks) == full.text
+        assert chunks[-1].finish_reason == full.finish_reason
+        assert chunks[-1].result is not None and chunks[-1].result.text == full.text
+        assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+def _split_stop(result) -> str | None:
+    """A stop string that straddles the boundary between two chosen strings, if any."""
+    pieces = [t.text for t in result.provenance.tokens]
+    for n in range(1, len(pieces) - 1):
+        left, right = pieces[n - 1], pieces[n]
+        if left and right and "\ufffd" not in left + right:
+            return left[-1] + right[:2]
+    return None
+
+
+def test_stop_string_is_never_emitted_even_when_split_across_steps(hetero):
+    tried = 0
+    for prompt in PROMPTS:
+        free = hetero.generate([prompt], max_new_tokens=16)[0]
+        stop = _split_stop(free)
+        if stop is None:
+            continue
+        tried += 1
+        cut = free.text.index(stop)
+        stopped = hetero.generate([prompt], max_new_tokens=16, stop=[stop])[0]
+        assert stopped.text == free.text[:cut]
+        assert stopped.finish_reason == "stop"
+        streamed = "".join(c.text for c in hetero.stream(prompt, max_new_tokens=16, stop=[stop]))
+        assert streamed == free.text[:cut]
+        assert stop not in streamed
+    assert tried >= 5
+
+
+def test_seed_reproduces_a_sampled_output(hetero):
+    kw = {"max_new_tokens": 16, "temperature": 1.0, "top_p": 0.9}
+    a = hetero.generate(PROMPTS[:6], seed=123, **kw)
+    b = hetero.generate(PROMPTS[:6], seed=123, **kw)
+    c = hetero.generate(PROMPTS[:6], seed=7, **kw)
+    assert [r.text for r in a] == [r.text for r in b]
+    assert [r.text for r in a] != [r.text for r in c]
+
+
+def test_sampling_with_tiny_top_p_is_greedy(hetero):
+    greedy = hetero.generate(PROMPTS[:6], max_new_tokens=12)
+    nucleus = hetero.generate(PROMPTS[:6], max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=1)
+    assert [r.text for r in greedy] == [r.text for r in nucleus]
+
+
+def test_eight_threads_get_the_answers_they_get_alone(hetero):
+    prompts = PROMPTS[:8]
+    alone = [hetero.generate([p], max_new_tokens=12)[0].text for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(
+            pool.map(lambda p: hetero.generate([p], max_new_tokens=12)[0].text, prompts)
+        )
+    assert together == alone
+
+
+def test_short_retokenization_window_keeps_the_invariant(make_engine, tiny_dirs):
+    # check_invariants is on in every engine the tests build: each step asserts that every
+    # member's ids spell exactly the shared text, here with a window of two tokens.
+    engine = make_engine(
+        tiny_dirs["sentencepiece_unigram"], tiny_dirs["bytelevel_bpe"], retokenize_window=2
+    )
+    results = engine.generate(PROMPTS, max_new_tokens=16)
+    assert sum(r.usage.output_tokens for r in results) > 4 * len(PROMPTS)
+
+
+def test_retokenize_tail_equals_full_retokenization_when_the_window_covers_it(hetero):
+    vocab = hetero.members[1].vocab
+    text = "naïve 中文 text 👨‍👩‍👧 ok".encode()
+    for cut in range(1, len(text)):
+        held = vocab.encode(text[:cut])
+        prompt = [7, 8, 9]
+        keep, new = retokenize_tail(vocab, prompt + held, 3, text[cut:], window=10_000)
+        assert (prompt + held)[:keep] + new == prompt + vocab.encode(text)
+
+
+def test_chat_prompts_use_each_members_template(trio):
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+    ]
+    result = trio.generate([conversation], max_new_tokens=8)[0]
+    assert result.finish_reason in ("stop", "length")
+    rendered = [m.tokenizer.decode(m.encode_prompt(conversation)) for m in trio.members]
+    assert "[INST]" in rendered[0] and "<|im_start|>" in rendered[1]
+    assert "<start_of_turn>" in rendered[2]
+
+
+def test_provenance_accounts_for_every_token(trio):
+    r = trio.generate(["Once upon a time"], max_new_tokens=12)[0]
+    prov = r.provenance
+    assert "".join(t.text for t in prov.tokens).startswith(r.text)
+    assert len(prov.tokens) == r.usage.output_tokens
+    assert sum(prov.win_share.values()) == pytest.approx(1.0)
+    for t in prov.tokens:
+        assert set(t.probs) == set(prov.members)
+        assert t.winner == max(prov.members, key=lambda m: t.probs[m])

@@ -1,0 +1,89 @@
+"""Errors a user can act on: each is typed, names the member or value, and says the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from unite_integrations import (
+    ConfigError,
+    ContextWindowError,
+    InputError,
+    MemberSpec,
+    ModelLoadError,
+    UniTEEngine,
+    UniteError,
+)
+
+
+@pytest.mark.parametrize("top_k", [0, -3])
+def test_top_k_below_one(tiny_dirs, top_k):
+    with pytest.raises(ConfigError, match="top_k"):
+        UniTEEngine([str(tiny_dirs["bytelevel_bpe"])], top_k=top_k)
+
+
+@pytest.mark.parametrize("weights", [[-1.0, 1.0], [0.0, 0.0], [float("nan"), 1.0], [1.0]])
+def test_bad_weights(tiny_dirs, weights):
+    with pytest.raises(ConfigError, match="weight"):
+        UniTEEngine(
+            [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])], weights=weights
+        )
+
+
+def test_negative_weight_in_member_spec():
+    with pytest.raises(ConfigError, match="weight"):
+        MemberSpec(source="x", weight=-2)
+
+
+def test_unknown_alias_or_missing_path():
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        UniTEEngine(["./no-such-model"])
+
+
+def test_unavailable_device(tiny_dirs):
+    spec = MemberSpec(source=str(tiny_dirs["bytelevel_bpe"]), device="cuda:7")
+    with pytest.raises(ModelLoadError, match="cuda:7"):
+        UniTEEngine([spec])
+
+
+def test_empty_inputs(hetero):
+    with pytest.raises(InputError, match="empty"):
+        hetero.generate([])
+    with pytest.raises(InputError, match="empty"):
+        hetero.generate([[]])
+    with pytest.raises(InputError, match="empty"):
+        hetero.generate([""])
+    with pytest.raises(InputError, match="list"):
+        hetero.generate("a bare string")  # type: ignore[arg-type]
+
+
+def test_unknown_role(hetero):
+    with pytest.raises(InputError, match="role"):
+        hetero.generate([[{"role": "wizard", "content": "hi"}]])
+
+
+def test_bad_generation_options(hetero):
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        hetero.generate(["hi"], max_new_tokens=0)
+    with pytest.raises(ConfigError, match="top_p"):
+        hetero.generate(["hi"], top_p=0)
+    with pytest.raises(ConfigError, match="temperature"):
+        hetero.generate(["hi"], temperature=-1)
+    with pytest.raises(ConfigError, match="stop"):
+        hetero.generate(["hi"], stop=[""])
+    with pytest.raises(ConfigError, match="nucleus"):
+        hetero.generate(["hi"], nucleus=0.5)
+
+
+def test_prompt_over_a_members_context_window(tiny_dirs):
+    small = MemberSpec(source=str(tiny_dirs["sentencepiece_bpe"]), context_window=16, name="small")
+    engine = UniTEEngine([str(tiny_dirs["bytelevel_bpe"]), small])
+    with pytest.raises(ContextWindowError, match=r"small.*context window is 16"):
+        engine.generate(["word " * 40])
+    # Generation that reaches the window ends with finish_reason 'length', nothing truncated.
+    result = engine.generate(["Hi"], max_new_tokens=50)[0]
+    assert result.finish_reason == "stop" or result.usage.output_tokens < 16
+
+
+def test_every_error_is_a_unite_error():
+    for cls in (ConfigError, ContextWindowError, InputError, ModelLoadError):
+        assert issubclass(cls, UniteError)

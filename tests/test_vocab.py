@@ -1,0 +1,115 @@
+"""Property tests of the byte view of vocabularies: canonical bytes, exact encoding, cross maps."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiny_models import FAMILIES
+from transformers import AutoTokenizer
+
+from unite_integrations.engine.vocab import Vocab, build_cross_map
+
+_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def vocabs(tiny_dirs) -> dict[str, Vocab]:
+    out = {}
+    for family in FAMILIES:
+        tok = AutoTokenizer.from_pretrained(tiny_dirs[family])
+        out[family] = Vocab.from_tokenizer(tok, len(tok))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_canonical_bytes_match_in_context_decoding(vocabs, family):
+    """A token's bytes are what it adds to a text: decode(anchor + id) minus decode(anchor)."""
+    v = vocabs[family]
+    tok = v.tokenizer
+    anchor = tok.encode("Hello", add_special_tokens=False)
+    base = tok.decode(anchor)
+    checked = 0
+    for t, b in enumerate(v.canon):
+        if b is None:
+            continue
+        text = tok.decode([*anchor, t])
+        try:
+            expected = b.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # a partial character: decode() cannot show it, bytes can
+        assert text == base + expected, (t, tok.convert_ids_to_tokens(t))
+        checked += 1
+    assert checked > 200
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_end_tokens_are_not_candidates_and_specials_have_no_bytes(vocabs, family):
+    v = vocabs[family]
+    assert v.end_ids and all(v.canon[t] is None for t in v.end_ids)
+    for t in v.tokenizer.all_special_ids:
+        assert v.canon[t] is None
+    assert v.byte_complete
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@_SETTINGS
+@given(text=st.text(min_size=1, max_size=40))
+def test_encode_round_trips_any_unicode(vocabs, family, text):
+    v = vocabs[family]
+    ids = v.encode(text.encode())
+    assert v.bytes_of(ids) == text.encode()
+    assert all(v.canon[i] is not None for i in ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@_SETTINGS
+@given(data=st.binary(min_size=1, max_size=24))
+def test_encode_round_trips_any_bytes(vocabs, family, data):
+    v = vocabs[family]
+    assert v.bytes_of(v.encode(data)) == data
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@_SETTINGS
+@given(text=st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=30))
+def test_in_context_encoding_matches_the_tokenizer_mid_text(vocabs, family, text):
+    """After a newline, encode() gives the tokenizer's own ids whenever its boundary is clean."""
+    v = vocabs[family]
+    full = v.tokenizer.encode("\n" + text, add_special_tokens=False)
+    mine = v.encode(text.encode())
+    head = v.tokenizer.encode("\n", add_special_tokens=False)
+    if full[: len(head)] == head and v.bytes_of(full[len(head) :]) == text.encode():
+        assert mine == full[len(head) :]
+
+
+@pytest.mark.parametrize("src", FAMILIES)
+@pytest.mark.parametrize("dst", FAMILIES)
+def test_cross_map_reads_the_string_or_its_first_sub_token(vocabs, src, dst, tmp_path):
+    s, d = vocabs[src], vocabs[dst]
+    m = build_cross_map(s, d, tmp_path)
+    again = build_cross_map(s, d, tmp_path)  # from the disk cache
+    assert again.column.equal(m.column) and again.exact.equal(m.exact)
+    assert list(tmp_path.joinpath("maps").iterdir())
+    for t, b in enumerate(s.canon):
+        if b is None:
+            continue
+        target = d.canon[int(m.column[t])]
+        assert target is not None and b.startswith(target)
+        assert bool(m.exact[t]) == (target == b)
+        if not m.exact[t]:
+            assert int(m.column[t]) == d.encode(b)[0]
+
+
+@_SETTINGS
+@given(text=st.text(min_size=1, max_size=20))
+def test_cross_maps_round_trip_random_text(vocabs, text):
+    """Text spelled in one vocabulary maps token by token into prefixes in every other one."""
+    for src in FAMILIES:
+        ids = vocabs[src].encode(text.encode())
+        for dst in FAMILIES:
+            d = vocabs[dst]
+            rebuilt = b"".join(vocabs[src].canon[i] or b"" for i in ids)
+            assert d.bytes_of(d.encode(rebuilt)) == text.encode()

@@ -1,0 +1,141 @@
+"""``unite``: the command line. ``unite generate`` streams an ensemble's answer to the terminal.
+
+Examples::
+
+    unite generate "The capital of France is"
+    unite generate --chat "Tell me a joke" --member smollm2-135m-instruct --member gemma-3-270m
+    unite generate "Once upon a time" --provenance --max-new-tokens 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .engine.config import MemberSpec
+from .engine.loading import BUILTIN_ALIASES
+from .engine.results import GenerationResult
+from .errors import UniteError
+
+__all__ = ["main"]
+
+DEFAULT_MEMBERS = ("smollm2-135m-instruct", "gemma-3-270m")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unite", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate text with an ensemble, streamed")
+    gen.add_argument("prompt", help="the prompt (raw text, or a user message with --chat)")
+    gen.add_argument(
+        "--chat",
+        action="store_true",
+        help="treat the prompt as a user message; each member applies its template",
+    )
+    gen.add_argument("--system", default=None, help="a system message (implies --chat)")
+    gen.add_argument(
+        "-m",
+        "--member",
+        action="append",
+        dest="members",
+        metavar="SOURCE",
+        help="alias, directory, .gguf file or hub id; repeat for each member "
+        f"(default: {' + '.join(DEFAULT_MEMBERS)}; aliases: "
+        f"{', '.join(BUILTIN_ALIASES)})",
+    )
+    gen.add_argument(
+        "-w",
+        "--weight",
+        action="append",
+        type=float,
+        dest="weights",
+        help="member weight, once per --member, in the same order",
+    )
+    gen.add_argument("--device", default="cpu", help="device for every member (cpu, cuda:0 ...)")
+    gen.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
+    gen.add_argument("-n", "--max-new-tokens", type=int, default=128)
+    gen.add_argument("-t", "--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument(
+        "--provenance",
+        action="store_true",
+        help="after the answer, show which member proposed each token",
+    )
+    gen.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
+    return parser
+
+
+def _print_provenance(result: GenerationResult) -> None:
+    prov = result.provenance
+    names = prov.members
+    width = max(len(n) for n in names)
+    err = sys.stderr
+    print("\n\nprovenance (token | winner | proposed by | each member's probability)", file=err)
+    for t in prov.tokens:
+        probs = "  ".join(f"{t.probs[n]:.2f}" for n in names)
+        proposers = ",".join(str(names.index(p)) for p in t.proposers) or "-"
+        print(f"{t.text!r:>14} | {t.winner:<{width}} | {proposers:<5} | {probs}", file=err)
+    print("members: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)), file=err)
+    print(
+        f"agreement rate {prov.agreement_rate:.0%}; won: "
+        + ", ".join(f"{n} {s:.0%}" for n, s in prov.win_share.items()),
+        file=err,
+    )
+    u = result.usage
+    print(
+        f"tokens: {u.input_tokens} in, {u.output_tokens} out; finish: {result.finish_reason}",
+        file=err,
+    )
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .engine.engine import UniTEEngine  # torch is slow to import; keep --help fast
+
+    sources = args.members or list(DEFAULT_MEMBERS)
+    weights = args.weights or [1.0] * len(sources)
+    if len(weights) != len(sources):
+        raise SystemExit(f"unite: {len(weights)} --weight for {len(sources)} members")
+    specs = [MemberSpec(source=s, weight=w, device=args.device) for s, w in zip(sources, weights)]
+    print(f"loading {len(specs)} member(s): {', '.join(sources)} ...", file=sys.stderr)
+    engine = UniTEEngine(specs, top_k=args.top_k, cache_dir=args.cache_dir)
+    if args.chat or args.system:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        prompt: object = [*messages, {"role": "user", "content": args.prompt}]
+    else:
+        prompt = args.prompt
+    result = None
+    for chunk in engine.stream(
+        prompt,  # type: ignore[arg-type]
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    ):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        result = chunk.result or result
+    sys.stdout.write("\n")
+    if args.provenance and result is not None:
+        _print_provenance(result)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+    except UniteError as e:
+        print(f"unite: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

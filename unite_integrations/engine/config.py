@@ -128,6 +128,9 @@ class GenerationOptions(_Config):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(default=256, ge=1, description="Union steps at most.")
+    min_new_tokens: int = Field(
+        default=0, ge=0, description="END cannot win before this many steps (as in generate)."
+    )
     temperature: float = Field(default=0.0, ge=0.0, description="0 is greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass over the union.")
     seed: int | None = Field(default=None, description="Seed for sampling; same seed, same text.")

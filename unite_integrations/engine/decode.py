@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -100,7 +101,10 @@ def decode(
         gen.manual_seed(opts.seed if opts.seed is not None else torch.seed())
     for step in range(opts.max_new_tokens):
         # 1-7. Every member's logits -> one choice per row (pure tensor code).
-        ext = [extend_logits(b.logits.float(), e) for b, e in zip(batches, ens.plan.end_ids)]
+        ext = [extend_logits(b.next_logits(), e) for b, e in zip(batches, ens.plan.end_ids)]
+        if step < opts.min_new_tokens:
+            for z in ext:
+                z[:, -1] = float("-inf")  # END may not win yet
         res = union_step(ext, ens.plan, opts.temperature, opts.top_p, gen)
         src, col, gid, agree = (t.tolist() for t in (res.src, res.col, res.gid, res.agree))
         own, prob = res.own_col.T.tolist(), res.prob.T.tolist()
@@ -135,7 +139,7 @@ def decode(
         # 9. Stop when every row is done; otherwise one forward per member over the new ids.
         if all(row.finish_reason is not None for row in rows):
             return
-        _run(ens, [lambda b=b, u=u: b.advance(u) for b, u in zip(batches, updates)])
+        _run(ens, [partial(b.advance, u) for b, u in zip(batches, updates)])
         if ens.check_invariants:
             _check(ens, batches, rows)
 

@@ -50,8 +50,8 @@ class UniTEEngine:
         if isinstance(members, EnsembleConfig):
             config = members
         else:
-            specs = [members] if isinstance(members, (str, MemberSpec)) else list(members)
-            specs = [MemberSpec(source=m) if isinstance(m, str) else m for m in specs]
+            given = [members] if isinstance(members, (str, MemberSpec)) else list(members)
+            specs = [MemberSpec(source=m) if isinstance(m, str) else m for m in given]
             if weights is not None:
                 if len(weights) != len(specs):
                     raise ConfigError(
@@ -61,7 +61,7 @@ class UniTEEngine:
                     MemberSpec(**{**s.model_dump(), "weight": w}) for s, w in zip(specs, weights)
                 ]
             config = EnsembleConfig(
-                members=specs,
+                members=tuple(specs),
                 top_k=top_k,
                 retokenize_window=retokenize_window,
                 cache_dir=None if cache_dir is None else str(cache_dir),
@@ -81,9 +81,11 @@ class UniTEEngine:
         if len(set(names)) != len(names):  # the same model twice: tell members apart
             for n, m in enumerate(members):
                 m.name = f"{m.name}#{n}"
+        safe = frozenset(range(256))
         if len(members) > 1:
             for m in members:
-                m.vocab.require_byte_complete(m.name)
+                m.vocab.require_spellable(m.name)
+                safe &= m.vocab.spellable
         home = torch.device(self.config.members[0].device)
         vocabs = [m.vocab for m in members]
         maps = [[self._cross(vj, vi) for vi in vocabs] for vj in vocabs]
@@ -93,13 +95,7 @@ class UniTEEngine:
             end_ids=[
                 torch.tensor(v.end_ids, device=m.model.device) for v, m in zip(vocabs, members)
             ],
-            bias=[
-                torch.tensor(
-                    [0.0 if c is not None else float("-inf") for c in v.canon] + [0.0],
-                    device=m.model.device,
-                )
-                for v, m in zip(vocabs, members)
-            ],
+            bias=[_candidate_bias(v, safe, m.model.device) for v, m in zip(vocabs, members)],
             gid=[g.to(m.model.device) for g, m in zip(gids, members)],
             col_map=[[c.column.to(mi.model.device) for c, mi in zip(row, members)] for row in maps],
             weights=torch.tensor(self.config.weights, device=home),
@@ -263,3 +259,11 @@ def _string_ids(vocabs: list[Vocab]) -> tuple[list[bytes], list[torch.Tensor]]:
         g[v.size] = END
         gids.append(torch.tensor(g))
     return strings, gids
+
+
+def _candidate_bias(vocab: Vocab, safe: frozenset[int], device: Any) -> torch.Tensor:
+    """0 for candidate tokens, -inf for tokens that can never win: specials, end tokens (END
+    stands for them) and strings with a byte some member cannot spell."""
+    unsafe = set(range(256)) - safe
+    bias = [0.0 if c is not None and unsafe.isdisjoint(c) else float("-inf") for c in vocab.canon]
+    return torch.tensor([*bias, 0.0], device=device)

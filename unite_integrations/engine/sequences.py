@@ -38,6 +38,11 @@ class MemberBatch:
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
+    def next_logits(self) -> torch.Tensor:
+        """[B, V] float32 logits after each row's last id."""
+        assert self.logits is not None, "prefill() first"
+        return self.logits.float()
+
     def prefill(self) -> None:
         self.advance([(0, list(p)) for p in self._prompts])
 

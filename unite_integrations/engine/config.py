@@ -6,6 +6,7 @@ them as fields, and so that a bad value fails when it is written, not deep insid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 
-__all__ = ["EnsembleConfig", "GenerationOptions", "MemberSpec"]
+__all__ = ["EnsembleConfig", "GenerationOptions", "MemberSpec", "ensemble_config"]
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -150,3 +151,28 @@ class GenerationOptions(_Config):
                 raise ConfigError("stop strings must be non-empty strings")
             return tuple(v)
         return v
+
+
+def ensemble_config(
+    members: Sequence[str | MemberSpec] | str | MemberSpec,
+    *,
+    top_k: int = 10,
+    weights: Sequence[float] | None = None,
+    retokenize_window: int = 32,
+    cache_dir: str | Path | None = None,
+) -> EnsembleConfig:
+    """The configuration for these arguments; equal arguments give equal (shareable) configs."""
+    given = [members] if isinstance(members, (str, MemberSpec)) else list(members)
+    specs = [MemberSpec(source=m) if isinstance(m, str) else m for m in given]
+    if weights is not None:
+        if len(weights) != len(specs):
+            raise ConfigError(
+                f"got {len(weights)} weights for {len(specs)} members: give one per member"
+            )
+        specs = [MemberSpec(**{**s.model_dump(), "weight": w}) for s, w in zip(specs, weights)]
+    return EnsembleConfig(
+        members=tuple(specs),
+        top_k=top_k,
+        retokenize_window=retokenize_window,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+    )

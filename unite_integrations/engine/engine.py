@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, InputError
-from .config import EnsembleConfig, GenerationOptions, MemberSpec
+from ..errors import InputError
+from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
 from .decode import Ensemble, RowState, decode
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
@@ -50,21 +50,12 @@ class UniTEEngine:
         if isinstance(members, EnsembleConfig):
             config = members
         else:
-            given = [members] if isinstance(members, (str, MemberSpec)) else list(members)
-            specs = [MemberSpec(source=m) if isinstance(m, str) else m for m in given]
-            if weights is not None:
-                if len(weights) != len(specs):
-                    raise ConfigError(
-                        f"got {len(weights)} weights for {len(specs)} members: give one per member"
-                    )
-                specs = [
-                    MemberSpec(**{**s.model_dump(), "weight": w}) for s, w in zip(specs, weights)
-                ]
-            config = EnsembleConfig(
-                members=tuple(specs),
+            config = ensemble_config(
+                members,
                 top_k=top_k,
+                weights=weights,
                 retokenize_window=retokenize_window,
-                cache_dir=None if cache_dir is None else str(cache_dir),
+                cache_dir=cache_dir,
             )
         self.config: EnsembleConfig = config
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()

@@ -15,13 +15,14 @@ from functools import partial
 import torch
 
 from .config import GenerationOptions
+from .constraints import ByteMatcher, Constraint
 from .members import LoadedMember
 from .sequences import MemberBatch, Update
 from .text import RowText
-from .union import StepPlan, extend_logits, union_step
+from .union import StepPlan, Union, decide, extend_logits, propose
 from .vocab import END, Vocab
 
-__all__ = ["Ensemble", "RowState", "decode", "retokenize_tail"]
+__all__ = ["Ensemble", "Picks", "RowState", "decode", "retokenize_tail"]
 
 
 @dataclass
@@ -89,12 +90,16 @@ def _run(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:
 
 
 def decode(
-    ens: Ensemble, prompts: list[list[list[int]]], opts: GenerationOptions
+    ens: Ensemble,
+    prompts: list[list[list[int]]],
+    opts: GenerationOptions,
+    constraint: Constraint | None = None,
 ) -> Iterator[list[RowState]]:
     """Yield the rows after every step; ``prompts[i][r]`` is member i's ids for row r."""
     batches = [MemberBatch(m.model, p, m.pad_id) for m, p in zip(ens.members, prompts)]
     _run(ens, [b.prefill for b in batches])
     rows = [RowState(RowText(opts.stop)) for _ in prompts[0]]
+    matchers = [ByteMatcher(constraint) for _ in rows] if constraint else None
     gen = None
     if opts.temperature > 0:
         gen = torch.Generator(device=ens.plan.weights.device)
@@ -105,21 +110,34 @@ def decode(
         if step < opts.min_new_tokens:
             for z in ext:
                 z[:, -1] = float("-inf")  # END may not win yet
-        res = union_step(ext, ens.plan, opts.temperature, opts.top_p, gen)
-        src, col, gid, agree = (t.tolist() for t in (res.src, res.col, res.gid, res.agree))
-        own, prob = res.own_col.T.tolist(), res.prob.T.tolist()
+        union = propose(ext, ens.plan)
+        allowed = _grammar_mask(ens, union, matchers, rows) if matchers else None
+        res = decide(union, ens.plan, opts.temperature, opts.top_p, gen, allowed)
+        picks = Picks(
+            res.src.tolist(),
+            res.col.tolist(),
+            res.gid.tolist(),
+            res.agree.tolist(),
+            res.own_col.T.tolist(),
+            res.prob.T.tolist(),
+        )
+        if matchers and allowed is not None:
+            closing = opts.max_new_tokens - step <= CLOSING_STEPS
+            _grammar_fallbacks(ens, batches, matchers, rows, allowed, picks, closing)
         last = step == opts.max_new_tokens - 1
         updates: list[list[Update]] = [[None] * len(rows) for _ in batches]
         for r, row in enumerate(rows):
             if row.finish_reason is not None:
                 continue
             row.decisions += 1
-            row.agreed += agree[r]
-            if gid[r] == END:
+            row.agreed += picks.agree[r]
+            if picks.gid[r] == END:
                 row.finish_reason = "stop"
                 continue
-            piece = ens.strings[gid[r]]
-            row.steps.append((gid[r], own[r], prob[r], agree[r]))
+            piece = ens.strings[picks.gid[r]]
+            row.steps.append((picks.gid[r], picks.own[r], picks.prob[r], picks.agree[r]))
+            if matchers:
+                matchers[r].consume(piece)
             if row.text.append(piece):
                 row.finish_reason = "stop"
             elif last:
@@ -127,7 +145,9 @@ def decode(
             else:
                 # 8. Feed the string back to every member, as one id or by re-tokenizing.
                 for i, b in enumerate(batches):
-                    updates[i][r] = _feed_back(ens, i, b, r, src[r], col[r], own[r][i], piece)
+                    updates[i][r] = _feed_back(
+                        ens, i, b, r, picks.src[r], picks.col[r], picks.own[r][i], piece
+                    )
                 if any(
                     u is not None and u[0] + len(u[1]) >= m.context_window
                     for u, m in zip((up[r] for up in updates), ens.members)
@@ -142,6 +162,103 @@ def decode(
         _run(ens, [partial(b.advance, u) for b, u in zip(batches, updates)])
         if ens.check_invariants:
             _check(ens, batches, rows)
+
+
+#: Steps before the budget ends from which a constrained row closes its structure.
+CLOSING_STEPS = 32
+_CLOSERS = b'"}],0'
+
+
+@dataclass
+class Picks:
+    """One step's choices on the host, per row (``own``/``prob``: per row, per member)."""
+
+    src: list[int]
+    col: list[int]
+    gid: list[int]
+    agree: list[bool]
+    own: list[list[int]]
+    prob: list[list[float]]
+
+
+def _grammar_mask(
+    ens: Ensemble, union: Union, matchers: list[ByteMatcher], rows: list[RowState]
+) -> torch.Tensor:
+    """[B, C] True where the slot's string keeps the row's text completable by its grammar."""
+    gids, valid = union.gid.tolist(), union.valid.tolist()
+    mask = [
+        [
+            row.finish_reason is not None or (ok and m.allows(ens.strings[g]))
+            for g, ok in zip(row_gids, row_valid)
+        ]
+        for row_gids, row_valid, m, row in zip(gids, valid, matchers, rows)
+    ]
+    return torch.tensor(mask, device=union.gid.device)
+
+
+def _grammar_fallbacks(
+    ens: Ensemble,
+    batches: list[MemberBatch],
+    matchers: list[ByteMatcher],
+    rows: list[RowState],
+    allowed: torch.Tensor,
+    picks: Picks,
+    closing: bool,
+) -> None:
+    """Rows where no union string fits the grammar take a member's best allowed token; near
+    the end of the budget (``closing``), every row takes the shortest way to a complete text."""
+    none_fit = (~allowed).all(1).tolist()
+    for r, row in enumerate(rows):
+        if row.finish_reason is not None or not (none_fit[r] or closing):
+            continue
+        i, t = _closing_token(ens, matchers[r]) if closing else (-1, -1)
+        if i < 0:
+            i, t = _best_allowed(ens, batches, r, matchers[r])
+        picks.src[r], picks.col[r] = i, t
+        picks.gid[r] = int(ens.plan.gid[i][t])
+        picks.own[r] = [t if j == i else -1 for j in range(len(batches))]
+        picks.prob[r] = [0.0] * len(batches)
+        picks.agree[r] = False
+
+
+def _closing_token(ens: Ensemble, matcher: ByteMatcher) -> tuple[int, int]:
+    """END where the grammar accepts; else the longest token of bytes the grammar forces; else
+    the first allowed closing byte (quote, bracket, brace, a digit, a comma) as the primary's
+    byte token; (-1, -1) if none is allowed."""
+    vocab = ens.members[0].vocab
+    if matcher.allows(b""):
+        return 0, vocab.size
+    forced = matcher.forced_bytes()
+    for n in range(len(forced), 0, -1):  # the longest forced prefix some member has as a token
+        for i, m in enumerate(ens.members):
+            t = m.vocab.exact.get(forced[:n])
+            if t is not None and float(ens.plan.bias[i][t]) == 0.0:
+                return i, t
+    allowed = set(matcher.allowed_bytes())
+    for c in _CLOSERS:
+        if c in allowed and vocab.byte_ids[c] >= 0:
+            return 0, vocab.byte_ids[c]
+    return -1, -1
+
+
+def _best_allowed(
+    ens: Ensemble, batches: list[MemberBatch], r: int, matcher: ByteMatcher
+) -> tuple[int, int]:
+    """(member, column): END where the grammar accepts; else the primary's (then the next
+    member's) most likely allowed token among its top 256; else its most likely allowed byte."""
+    if matcher.allows(b""):
+        return 0, ens.members[0].vocab.size
+    for i, b in enumerate(batches):
+        z = b.next_logits()[r] + ens.plan.bias[i][:-1]
+        for t in z.topk(min(256, z.numel())).indices.tolist():
+            piece = ens.members[i].vocab.canon[t]
+            if piece and matcher.allows(piece):
+                return i, t
+    vocab, z = ens.members[0].vocab, batches[0].next_logits()[r]
+    options = [vocab.byte_ids[c] for c in matcher.allowed_bytes() if vocab.byte_ids[c] >= 0]
+    if not options:
+        raise AssertionError("the grammar allows no byte the primary member can spell")
+    return 0, max(options, key=lambda t: float(z[t]))
 
 
 def _check(ens: Ensemble, batches: list[MemberBatch], rows: list[RowState]) -> None:

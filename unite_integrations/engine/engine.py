@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InputError
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
+from .constraints import Constraint
 from .decode import Ensemble, RowState, decode
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
@@ -144,20 +145,36 @@ class UniTEEngine:
         return min(m.context_window for m in self._ens.members)
 
     def generate(
-        self, prompts: Sequence[Prompt], *, tools: Any = None, **options: Any
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        constraint: Constraint | None = None,
+        **options: Any,
     ) -> list[GenerationResult]:
-        """Generate for a batch of prompts (strings or chat conversations); one result each."""
+        """Generate for a batch of prompts (strings or chat conversations); one result each.
+
+        ``tools`` (OpenAI-style function schemas) go into each member's chat template;
+        ``constraint`` makes the text follow a grammar (tool calls, a JSON schema).
+        """
         encoded, opts = self._prepare(prompts, tools, options)
         rows: list[RowState] = []
-        for rows in self._iterate(encoded, opts):  # noqa: B007 (the last yield is the answer)
+        for rows in self._iterate(encoded, opts, constraint):  # noqa: B007 (the last yield is the answer)
             pass
         return [self._result(row, [len(e[r]) for e in encoded]) for r, row in enumerate(rows)]
 
-    def stream(self, prompt: Prompt, *, tools: Any = None, **options: Any) -> Iterator[StreamChunk]:
+    def stream(
+        self,
+        prompt: Prompt,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        constraint: Constraint | None = None,
+        **options: Any,
+    ) -> Iterator[StreamChunk]:
         """Stream one prompt's text as it becomes safe to show (stop strings held back)."""
         encoded, opts = self._prepare([prompt], tools, options)
         rows: list[RowState] = []
-        for rows in self._iterate(encoded, opts):
+        for rows in self._iterate(encoded, opts, constraint):
             delta = rows[0].text.take_delta()
             if delta:
                 yield StreamChunk(text=delta)
@@ -186,10 +203,13 @@ class UniTEEngine:
         return encoded, opts
 
     def _iterate(
-        self, encoded: list[list[list[int]]], opts: GenerationOptions
+        self,
+        encoded: list[list[list[int]]],
+        opts: GenerationOptions,
+        constraint: Constraint | None = None,
     ) -> Iterator[list[RowState]]:
         with self._lock:
-            yield from decode(self._ens, encoded, opts)
+            yield from decode(self._ens, encoded, opts, constraint)
 
     def _result(self, row: RowState, n_in: list[int]) -> GenerationResult:
         names = self.member_names

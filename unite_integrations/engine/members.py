@@ -7,12 +7,14 @@ engine then also stops on ``FALLBACK_STOP`` so a base model does not write the u
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContextWindowError, InputError
 from .config import MemberSpec
+from .constraints import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from .vocab import Vocab
 
 __all__ = ["FALLBACK_STOP", "LoadedMember", "Message", "render_fallback"]
@@ -29,6 +31,57 @@ def render_fallback(messages: Sequence[Message]) -> str:
     return "\n\n".join([*blocks, "Assistant:"])
 
 
+def tools_instruction(tools: Sequence[Mapping[str, Any]]) -> str:
+    """The system text that tells a member without native tool support how to call tools."""
+    listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    return (
+        "You can call these tools:\n<tools>\n"
+        f"{listing}\n</tools>\n"
+        "To call a tool, reply with one block per call and nothing else:\n"
+        f'{TOOL_CALL_OPEN}\n{{"name": "<tool name>", "arguments": {{<arguments>}}}}\n'
+        f"{TOOL_CALL_CLOSE}"
+    )
+
+
+def portable_messages(
+    messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """Messages for a template without tool support: tools described in the system message,
+    earlier tool calls written out as text, tool results sent as user turns."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        content = str(m.get("content") or "")
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            blocks = [
+                f"{TOOL_CALL_OPEN}\n"
+                + json.dumps({"name": c["function"]["name"], "arguments": _args(c)})
+                + f"\n{TOOL_CALL_CLOSE}"
+                for c in m["tool_calls"]
+            ]
+            out.append({"role": "assistant", "content": "\n".join([content, *blocks]).strip()})
+        elif m["role"] == "tool":
+            out.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
+        else:
+            out.append({"role": m["role"], "content": content})
+    if tools:
+        text = tools_instruction(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{text}"}
+        else:
+            out.insert(0, {"role": "system", "content": text})
+    return out
+
+
+def _args(call: Mapping[str, Any]) -> Any:
+    args = call["function"].get("arguments", {})
+    if isinstance(args, str):
+        try:
+            return json.loads(args)
+        except json.JSONDecodeError:
+            return args
+    return args
+
+
 def check_messages(messages: Sequence[Message]) -> None:
     if not messages:
         raise InputError("the conversation is empty: pass at least one message")
@@ -39,8 +92,11 @@ def check_messages(messages: Sequence[Message]) -> None:
                 f"message {n} has role {role!r}; use one of {', '.join(ROLES)} "
                 "(as dicts like {'role': 'user', 'content': '...'})"
             )
-        if not isinstance(m.get("content"), str):
-            raise InputError(f"message {n} ({role}) has no string 'content'")
+        content = m.get("content")
+        if not isinstance(content, str) and not (role == "assistant" and m.get("tool_calls")):
+            raise InputError(
+                f"message {n} ({role}) has no string 'content'; pass text (join content parts)"
+            )
 
 
 @dataclass
@@ -57,7 +113,15 @@ class LoadedMember:
     def has_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode_prompt(self, prompt: str | Sequence[Message], tools: Any = None) -> list[int]:
+    @property
+    def native_tools(self) -> bool:
+        """Whether the chat template renders ``tools`` and tool messages itself."""
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        return isinstance(template, str) and "tools" in template and "tool_calls" in template
+
+    def encode_prompt(
+        self, prompt: str | Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[int]:
         """Token ids of a raw prompt (with the tokenizer's BOS) or of a rendered conversation."""
         if isinstance(prompt, str):
             if not prompt:
@@ -65,17 +129,19 @@ class LoadedMember:
             ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         else:
             check_messages(prompt)
+            if self.has_template and self.native_tools:
+                messages = [dict(m) for m in prompt]
+            else:
+                messages = portable_messages(prompt, tools)
+                tools = None
             if self.has_template:
                 text = self.tokenizer.apply_chat_template(
-                    [dict(m) for m in prompt],
-                    tools=tools,
-                    add_generation_prompt=True,
-                    tokenize=False,
+                    messages, tools=tools, add_generation_prompt=True, tokenize=False
                 )
                 ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             else:
                 ids = list(
-                    self.tokenizer(render_fallback(prompt), add_special_tokens=True)["input_ids"]
+                    self.tokenizer(render_fallback(messages), add_special_tokens=True)["input_ids"]
                 )
         if len(ids) >= self.context_window:
             raise ContextWindowError(

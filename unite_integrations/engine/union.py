@@ -12,7 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["StepPlan", "StepResult", "choose", "extend_logits", "mix", "union_step"]
+__all__ = [
+    "StepPlan",
+    "StepResult",
+    "Union",
+    "choose",
+    "decide",
+    "extend_logits",
+    "mix",
+    "propose",
+    "union_step",
+]
 
 
 @dataclass
@@ -83,20 +93,24 @@ def choose(
     return order.gather(1, pick).squeeze(1)
 
 
-def union_step(
-    ext_logits: list[torch.Tensor],
-    plan: StepPlan,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None,
-) -> StepResult:
-    """One UniTE decision from every member's extended logits ([B, V_i + 1] each)."""
+@dataclass
+class Union:
+    """The candidates of one step, before the choice."""
+
+    gid: torch.Tensor  # int64 [B, C]: global string id per slot (-1: nobody may choose it)
+    valid: torch.Tensor  # bool [B, C]: first occurrence of a string that may be chosen
+    scores: torch.Tensor  # float [N, B, C]: every member's logit for every slot
+    top_col: list[torch.Tensor]  # [N] int64 [B, k]: each member's proposals (its columns)
+
+
+def propose(ext_logits: list[torch.Tensor], plan: StepPlan) -> Union:
+    """Steps 1-4: top-k per member, the union of strings, every member scoring every string."""
     n, k = len(ext_logits), plan.k
     home = plan.weights.device
     # 1. Each member proposes its top-k candidates (never-candidates masked out).
     masked = [z + b for z, b in zip(ext_logits, plan.bias)]
     top_val, top_col = zip(*(m.topk(k, dim=-1) for m in masked))
-    # 2. The union: every slot's global string id; -1 for slots nobody may choose.
+    # 2-3. The union: every slot's global string id; -1 for slots nobody may choose.
     gid = torch.cat(
         [
             g[c].masked_fill(v == float("-inf"), -1).to(home)
@@ -106,7 +120,7 @@ def union_step(
     )  # [B, C]
     same = gid[:, :, None] == gid[:, None, :]  # [B, C, C]
     valid = (gid >= 0) & ~same.tril(-1).any(-1)  # first occurrence of each string only
-    # 3. Every member scores every slot: its own logit, or that of the string's first sub-token.
+    # 4. Every member scores every slot: its own logit, or that of the string's first sub-token.
     #    A string proposed twice takes its best score, so a member that proposed it itself
     #    scores it with the id it proposed.
     scores = torch.stack(
@@ -118,17 +132,36 @@ def union_step(
         ]
     )  # [N, B, C]
     scores = scores[:, :, None, :].masked_fill(~same, float("-inf")).amax(-1)
-    # 4-6. Softmax per member over the union, weighted average, choice.
-    p, p_i = mix(scores, valid, plan.weights, temperature)
-    slot = choose(p, scores[0], valid, temperature, top_p, generator)  # [B]
+    return Union(gid, valid, scores, list(top_col))
+
+
+def decide(
+    union: Union,
+    plan: StepPlan,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+    allowed: torch.Tensor | None = None,
+) -> StepResult:
+    """Steps 5-7: softmax per member over the union, weighted average, choice.
+
+    ``allowed`` [B, C] (from a grammar) removes slots before the choice; the probabilities
+    reported for provenance are those of the unconstrained union.
+    """
+    n, k = union.scores.shape[0], plan.k
+    home = plan.weights.device
+    gid, valid = union.gid, union.valid
+    p, p_i = mix(union.scores, valid, plan.weights, temperature)
+    pickable = valid if allowed is None else valid & allowed
+    slot = choose(p, union.scores[0], pickable, temperature, top_p, generator)  # [B]
     chosen = gid.gather(1, slot[:, None])  # [B, 1]
     # Provenance and feed-back facts: where each member proposed the choice itself.
     own_hit = torch.stack([(gid[:, i * k : (i + 1) * k] == chosen) for i in range(n)])  # [N,B,k]
     own_slot = own_hit.float().argmax(-1)  # first proposing slot of member i
     own_col = torch.stack(
-        [top_col[i].to(home).gather(1, own_slot[i][:, None]).squeeze(1) for i in range(n)]
+        [union.top_col[i].to(home).gather(1, own_slot[i][:, None]).squeeze(1) for i in range(n)]
     ).masked_fill(~own_hit.any(-1), -1)
-    cols = torch.cat([c.to(home) for c in top_col], dim=1)
+    cols = torch.cat([c.to(home) for c in union.top_col], dim=1)
     top1 = gid[:, [i * k for i in range(n)]]
     return StepResult(
         src=slot // k,
@@ -138,3 +171,14 @@ def union_step(
         prob=p_i.gather(2, slot[None, :, None].expand(n, -1, 1)).squeeze(2),
         agree=(top1 == top1[:, :1]).all(1),
     )
+
+
+def union_step(
+    ext_logits: list[torch.Tensor],
+    plan: StepPlan,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> StepResult:
+    """One unconstrained UniTE decision from every member's extended logits ([B, V_i + 1])."""
+    return decide(propose(ext_logits, plan), plan, temperature, top_p, generator)

@@ -1,0 +1,248 @@
+"""Constrained decoding: the shared text must follow a grammar (tool calls, JSON schemas).
+
+Small members rarely write a well-formed tool call or JSON instance by themselves. With a
+constraint, the engine drops every union candidate that would make the text impossible to complete
+into the required format (llguidance, matched over *bytes*, so any candidate string of any member is
+checked the same way), and END may win only where the grammar accepts. When no candidate survives,
+a member's best allowed token is taken instead (see ``decode``), so the output always parses.
+
+Tool calls are written in one format for every member (Hermes/Qwen style)::
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ConfigError
+
+__all__ = [
+    "TOOL_CALL_CLOSE",
+    "TOOL_CALL_OPEN",
+    "ByteMatcher",
+    "Constraint",
+    "ParsedToolCall",
+    "bounded_schema",
+    "parse_tool_calls",
+    "tool_schema",
+]
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+_EOS = 256
+_CALL_RE = re.compile(
+    re.escape(TOOL_CALL_OPEN) + r"\s*(\{.*?\})\s*" + re.escape(TOOL_CALL_CLOSE), re.DOTALL
+)
+# Fixed separators: with free whitespace, small members pad JSON with spaces until the budget ends.
+_LENIENT = {
+    "x-guidance": {
+        "json_allow_general_unicode_escapes": True,
+        "whitespace_flexible": False,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    }
+}
+
+
+def tool_schema(tool: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, JSON schema of arguments) of an OpenAI-style tool: {"type": "function", ...}."""
+    fn = tool.get("function", tool)
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a tool has no name: {dict(tool)!r}")
+    params = fn.get("parameters") or {"type": "object", "properties": {}}
+    return name, dict(params)
+
+
+def bounded_schema(schema: Any, max_string_length: int | None) -> Any:
+    """The schema with the bounds that make every instance finish: objects with listed
+    properties allow no others (as OpenAI's strict mode), and strings without a length, pattern
+    or choices get ``maxLength``. Without bounds a small member can write a string forever."""
+    if isinstance(schema, list):
+        return [bounded_schema(s, max_string_length) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded_schema(v, max_string_length) for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {k: bounded_schema(v, max_string_length) for k, v in schema[key].items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    bounded = {"maxLength", "enum", "const", "pattern", "format"}
+    if schema.get("type") == "string" and max_string_length and not bounded & set(schema):
+        out["maxLength"] = max_string_length
+    return out
+
+
+class Constraint(BaseModel):
+    """A grammar for the generated text, in llguidance's Lark dialect."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lark: str
+    kind: Literal["json_schema", "tool_calls", "lark", "regex"] = "lark"
+
+    @classmethod
+    def json_schema(
+        cls, schema: Mapping[str, Any], max_string_length: int | None = 512
+    ) -> Constraint:
+        """The whole output is one JSON instance of ``schema`` (see ``bounded_schema``)."""
+        body = json.dumps({**bounded_schema(dict(schema), max_string_length), **_LENIENT})
+        return cls(lark=f"start: obj\nobj: %json {body}\n", kind="json_schema")
+
+    @classmethod
+    def regex(cls, pattern: str) -> Constraint:
+        return cls(lark=f"start: /{pattern}/\n", kind="regex")
+
+    @classmethod
+    def tool_calls(
+        cls,
+        tools: Sequence[Mapping[str, Any]],
+        choice: str = "required",
+        parallel: bool = True,
+        max_string_length: int | None = 512,
+    ) -> Constraint:
+        """One or more tool calls (``required``, or a tool's name to force it), or, with
+        ``auto``, either such calls or plain text (text may not start with ``<``)."""
+        schemas = {
+            name: bounded_schema(params, max_string_length)
+            for name, params in (tool_schema(t) for t in tools)
+        }
+        if not schemas:
+            raise ConfigError("tool calling needs at least one tool")
+        if choice not in ("required", "auto", "any") and choice not in schemas:
+            raise ConfigError(
+                f"tool_choice {choice!r} is neither 'auto', 'required' nor one of the tools "
+                f"({', '.join(schemas)})"
+            )
+        names = [choice] if choice in schemas else list(schemas)
+        options = [
+            {
+                "type": "object",
+                "properties": {"name": {"const": n}, "arguments": schemas[n]},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for n in names
+        ]
+        obj = options[0] if len(options) == 1 else {"anyOf": options}
+        body = json.dumps({**obj, **_LENIENT})
+        calls = 'calls: call ("\\n" call)*' if parallel else "calls: call"
+        start = "start: calls | text" if choice == "auto" else "start: calls"
+        return cls(
+            lark=(
+                f"{start}\n{calls}\n"
+                f'call: "{TOOL_CALL_OPEN}\\n" obj "\\n{TOOL_CALL_CLOSE}"\n'
+                f"obj: %json {body}\n"
+                "text: /[^<](.|\\n)*/\n"
+            ),
+            kind="tool_calls",
+        )
+
+
+@dataclass
+class ParsedToolCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ParsedToolCall]]:
+    """Split generated text into (text outside tool-call blocks, the calls parsed from them).
+
+    A block whose JSON does not parse, or lacks a name, stays in the text: nothing is dropped.
+    """
+    calls: list[ParsedToolCall] = []
+    kept: list[str] = []
+    pos = 0
+    for m in _CALL_RE.finditer(text):
+        try:
+            data = json.loads(m.group(1))
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            continue
+        args = data.get("arguments", data.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                args = {"input": args}
+        calls.append(
+            ParsedToolCall(
+                data["name"],
+                args if isinstance(args, dict) else {},
+                f"call_{uuid.uuid4().hex[:24]}",
+            )
+        )
+        kept.append(text[pos : m.start()])
+        pos = m.end()
+    kept.append(text[pos:])
+    return "".join(kept).strip() if calls else text, calls
+
+
+# -- matching bytes -------------------------------------------------------------------------------
+
+
+class _ByteTokenizer:
+    """llguidance sees a vocabulary of the 256 bytes plus EOS: any candidate string is its bytes."""
+
+    eos_token_id = _EOS
+    bos_token_id = None
+    tokens: ClassVar[list[bytes]] = [bytes([b]) for b in range(256)] + [b"<|end|>"]
+    special_token_ids: ClassVar[list[int]] = [_EOS]
+
+    def __call__(self, s: bytes | str) -> list[int]:
+        return list(s if isinstance(s, bytes) else s.encode())
+
+
+@cache
+def _byte_tokenizer() -> Any:
+    try:
+        import llguidance
+    except ImportError as e:  # pragma: no cover - llguidance is a core dependency
+        raise ConfigError("constrained decoding needs `pip install llguidance`") from e
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokenizer()), slices=[])
+
+
+class ByteMatcher:
+    """One row's grammar state, advanced by the bytes of each chosen string."""
+
+    def __init__(self, constraint: Constraint) -> None:
+        import llguidance
+
+        grammar = llguidance.grammar_from("lark", constraint.lark)
+        tok = _byte_tokenizer()
+        error = llguidance.LLMatcher.validate_grammar(grammar, tok)
+        if error:
+            raise ConfigError(f"invalid grammar for constrained decoding: {error}")
+        self._m = llguidance.LLMatcher(tok, grammar, log_level=0)
+
+    def allows(self, piece: bytes) -> bool:
+        """Could the text continue with ``piece`` (END is ``b""``) and still be completed?"""
+        if not piece:
+            return bool(self._m.is_accepting())
+        return int(self._m.validate_tokens(list(piece))) == len(piece)
+
+    def consume(self, piece: bytes) -> None:
+        if piece and not self._m.consume_tokens(list(piece)):
+            raise AssertionError(f"grammar rejected a validated string: {self._m.get_error()}")
+
+    def forced_bytes(self) -> bytes:
+        """Bytes the grammar forces next, whatever is chosen (e.g. ``"\n</tool_call>"``)."""
+        return bytes(self._m.compute_ff_bytes())
+
+    def allowed_bytes(self) -> list[int]:
+        """Every byte the grammar accepts next (for the last-resort fallback)."""
+        return [b for b in range(256) if self._m.validate_tokens([b]) == 1]

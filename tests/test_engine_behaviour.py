@@ -123,3 +123,18 @@ def test_provenance_accounts_for_every_token(trio):
     for t in prov.tokens:
         assert set(t.probs) == set(prov.members)
         assert t.winner == max(prov.members, key=lambda m: t.probs[m])
+
+
+def test_members_stepping_in_a_thread_pool_give_the_same_text(make_engine, tiny_dirs):
+    """Members on different devices run their forward passes in a pool; the result is the same."""
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_unigram"])
+    sequential = [r.text for r in engine.generate(PROMPTS[:6], max_new_tokens=12)]
+    engine._ens.pool = Pool(2)
+    try:
+        pooled = [r.text for r in engine.generate(PROMPTS[:6], max_new_tokens=12)]
+    finally:
+        engine._ens.pool.shutdown()
+        engine._ens.pool = None
+    assert pooled == sequential

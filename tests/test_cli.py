@@ -1,0 +1,33 @@
+"""`unite generate` end to end on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+
+from unite_integrations.cli import main
+
+
+def test_generate_streams_text_and_shows_provenance(tiny_dirs, capsys, cache_dir):
+    members = [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])]
+    args = ["generate", "Once upon a time", "-n", "12", "-k", "5", "--cache-dir", str(cache_dir)]
+    for m in members:
+        args += ["-m", m]
+    assert main([*args, "--provenance"]) == 0
+    out, err = capsys.readouterr()
+    assert "provenance" in err and "agreement rate" in err
+    from unite_integrations import UniTEEngine
+
+    engine = UniTEEngine(members, top_k=5, cache_dir=cache_dir)
+    expected = engine.generate(["Once upon a time"], max_new_tokens=12)[0].text
+    assert out == expected + "\n"
+
+
+def test_chat_mode_and_errors(tiny_dirs, capsys, cache_dir):
+    member = str(tiny_dirs["bytelevel_bpe"])
+    assert main(["generate", "hi", "--chat", "--system", "Be brief.", "-m", member, "-n", "4",
+                 "--cache-dir", str(cache_dir)]) == 0
+    assert main(["generate", "hi", "-m", "./missing-model-dir"]) == 2
+    assert "unite: error:" in capsys.readouterr().err
+    assert main(["generate", "hi", "-m", member, "-k", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["generate", "hi", "-m", member, "-w", "1", "-w", "2"])

@@ -138,3 +138,28 @@ def test_members_stepping_in_a_thread_pool_give_the_same_text(make_engine, tiny_
         engine._ens.pool.shutdown()
         engine._ens.pool = None
     assert pooled == sequential
+
+
+def test_calls_waiting_together_are_batched_and_get_their_own_answers(make_engine, tiny_dirs):
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=3)
+    prompts = PROMPTS[:8]
+    alone = [engine.generate([p], max_new_tokens=10)[0].text for p in prompts]
+    before = dict(engine.stats)
+    with ThreadPoolExecutor(9) as pool:
+        # A long call keeps the worker busy while the eight others queue up behind it.
+        busy = pool.submit(engine.generate, ["Once upon a time"], max_new_tokens=300,
+                           min_new_tokens=300)
+        together = list(pool.map(lambda p: engine.generate([p], max_new_tokens=10)[0].text,
+                                 prompts))
+        busy.result()
+    assert together == alone
+    assert engine.stats["requests"] - before["requests"] == 9
+    assert engine.stats["batches"] - before["batches"] < 9
+
+
+def test_an_abandoned_stream_stops_and_the_engine_goes_on(hetero):
+    stream = hetero.stream("Once upon a time", max_new_tokens=200, min_new_tokens=200)
+    first = next(stream)
+    assert first.text
+    stream.close()
+    assert hetero.generate(["Hello world"], max_new_tokens=5)[0].finish_reason in ("stop", "length")

@@ -1,14 +1,14 @@
 """``UniTEEngine``: load members once, then generate, batch and stream through the union step.
 
-The engine is shared (see ``registry``), so it is called from many threads at once: a lock queues
-calls, so concurrent calls never share caches (each call builds its own ``MemberBatch``es). Members
-on different devices run their forward passes in a thread pool, so a step costs the slowest member.
+The engine is shared (see ``registry``), so it is called from many threads at once: one worker
+thread decodes, and calls waiting together with the same options are batched (``scheduler``);
+every batch builds its own KV caches. Members on different devices run their forward passes in a
+thread pool, so a step costs the slowest member.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +23,7 @@ from .decode import Ensemble, RowState, decode
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
 from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
+from .scheduler import Request, Scheduler
 from .union import StepPlan
 from .vocab import END, CrossMap, Vocab, build_cross_map
 
@@ -62,8 +63,10 @@ class UniTEEngine:
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         if check_invariants is None:
             check_invariants = os.environ.get("UNITE_CHECK_INVARIANTS", "") not in ("", "0")
-        self._lock = threading.Lock()
         self._ens = self._build(check_invariants)
+        self._scheduler = Scheduler(self._run_group)
+        #: Calls served and decode batches run (calls waiting together share a batch).
+        self.stats = {"requests": 0, "batches": 0}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -158,10 +161,11 @@ class UniTEEngine:
         ``constraint`` makes the text follow a grammar (tool calls, a JSON schema).
         """
         encoded, opts = self._prepare(prompts, tools, options)
-        rows: list[RowState] = []
-        for rows in self._iterate(encoded, opts, constraint):  # noqa: B007 (the last yield is the answer)
-            pass
-        return [self._result(row, [len(e[r]) for e in encoded]) for r, row in enumerate(rows)]
+        request = self._scheduler.submit(
+            Request(len(prompts), (opts, constraint), (encoded, opts, constraint))
+        )
+        _, results = request.wait()
+        return list(results)
 
     def stream(
         self,
@@ -173,24 +177,27 @@ class UniTEEngine:
     ) -> Iterator[StreamChunk]:
         """Stream one prompt's text as it becomes safe to show (stop strings held back)."""
         encoded, opts = self._prepare([prompt], tools, options)
-        rows: list[RowState] = []
-        for rows in self._iterate(encoded, opts, constraint):
-            delta = rows[0].text.take_delta()
-            if delta:
-                yield StreamChunk(text=delta)
-        result = self._result(rows[0], [len(e[0]) for e in encoded])
-        yield StreamChunk(
-            text=rows[0].text.take_delta(final=True),
-            finish_reason=result.finish_reason,
-            result=result,
+        request = self._scheduler.submit(
+            Request(1, (opts, constraint), (encoded, opts, constraint), stream=True)
         )
+        try:
+            while True:
+                kind, value = request.wait()
+                if kind == "delta":
+                    yield StreamChunk(text=value)
+                else:
+                    delta, result = value
+                    yield StreamChunk(text=delta, finish_reason=result.finish_reason, result=result)
+                    return
+        finally:
+            request.cancelled = True  # a consumer that stops reading stops the decoding too
 
     # -- internals --------------------------------------------------------------------------------
 
     def _prepare(
         self, prompts: Sequence[Prompt], tools: Any, options: dict[str, Any]
     ) -> tuple[list[list[list[int]]], GenerationOptions]:
-        """Validate a call and encode every prompt for every member (outside the lock)."""
+        """Validate a call and encode every prompt for every member (in the caller's thread)."""
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
         if len(prompts) == 0:
@@ -202,14 +209,29 @@ class UniTEEngine:
         encoded = [[m.encode_prompt(p, tools) for p in prompts] for m in self._ens.members]
         return encoded, opts
 
-    def _iterate(
-        self,
-        encoded: list[list[list[int]]],
-        opts: GenerationOptions,
-        constraint: Constraint | None = None,
-    ) -> Iterator[list[RowState]]:
-        with self._lock:
-            yield from decode(self._ens, encoded, opts, constraint)
+    def _run_group(self, group: list[Request]) -> None:
+        """Decode a batch of compatible requests as one, handing each its rows' text."""
+        opts, constraint = group[0].payload[1], group[0].payload[2]
+        self.stats["requests"] += len(group)
+        self.stats["batches"] += 1
+        encoded = [[p for r in group for p in r.payload[0][i]] for i in range(len(self.members))]
+        spans, start = [], 0
+        for r in group:
+            spans.append(range(start, start + r.n_rows))
+            start += r.n_rows
+        rows: list[RowState] = []
+        for rows in decode(self._ens, encoded, opts, constraint):
+            for r, span in zip(group, spans):
+                if r.stream and not r.cancelled and (delta := rows[span[0]].text.take_delta()):
+                    r.events.put(("delta", delta))
+            if all(r.cancelled for r in group):
+                return
+        for r, span in zip(group, spans):
+            results = [self._result(rows[i], [len(e[i]) for e in encoded]) for i in span]
+            if r.stream:
+                r.events.put(("done", (rows[span[0]].text.take_delta(final=True), results[0])))
+            else:
+                r.events.put(("done", results))
 
     def _result(self, row: RowState, n_in: list[int]) -> GenerationResult:
         names = self.member_names

@@ -19,7 +19,7 @@ from .constraints import ByteMatcher, Constraint
 from .members import LoadedMember
 from .sequences import MemberBatch, Update
 from .text import RowText
-from .union import StepPlan, Union, decide, extend_logits, propose
+from .union import StepPlan, StepResult, Union, decide, extend_logits, propose
 from .vocab import END, Vocab
 
 __all__ = ["Ensemble", "Picks", "RowState", "decode", "retokenize_tail"]
@@ -112,49 +112,18 @@ def decode(
                 z[:, -1] = float("-inf")  # END may not win yet
         union = propose(ext, ens.plan)
         allowed = _grammar_mask(ens, union, matchers, rows) if matchers else None
-        res = decide(union, ens.plan, opts.temperature, opts.top_p, gen, allowed)
-        picks = Picks(
-            res.src.tolist(),
-            res.col.tolist(),
-            res.gid.tolist(),
-            res.agree.tolist(),
-            res.own_col.T.tolist(),
-            res.prob.T.tolist(),
-        )
+        picks = Picks.of(decide(union, ens.plan, opts.temperature, opts.top_p, gen, allowed))
         if matchers and allowed is not None:
             closing = opts.max_new_tokens - step <= CLOSING_STEPS
             _grammar_fallbacks(ens, batches, matchers, rows, allowed, picks, closing)
+        # 8. Each row takes its string; every member learns which ids to feed back.
         last = step == opts.max_new_tokens - 1
         updates: list[list[Update]] = [[None] * len(rows) for _ in batches]
         for r, row in enumerate(rows):
-            if row.finish_reason is not None:
-                continue
-            row.decisions += 1
-            row.agreed += picks.agree[r]
-            if picks.gid[r] == END:
-                row.finish_reason = "stop"
-                continue
-            piece = ens.strings[picks.gid[r]]
-            row.steps.append((picks.gid[r], picks.own[r], picks.prob[r], picks.agree[r]))
-            if matchers:
-                matchers[r].consume(piece)
-            if row.text.append(piece):
-                row.finish_reason = "stop"
-            elif last:
-                row.finish_reason = "length"
-            else:
-                # 8. Feed the string back to every member, as one id or by re-tokenizing.
-                for i, b in enumerate(batches):
-                    updates[i][r] = _feed_back(
-                        ens, i, b, r, picks.src[r], picks.col[r], picks.own[r][i], piece
-                    )
-                if any(
-                    u is not None and u[0] + len(u[1]) >= m.context_window
-                    for u, m in zip((up[r] for up in updates), ens.members)
-                ):
-                    row.finish_reason = "length"
-                    for up in updates:
-                        up[r] = None
+            if row.finish_reason is None:
+                matcher = matchers[r] if matchers else None
+                for i, u in enumerate(_take(ens, batches, row, r, picks, matcher, last)):
+                    updates[i][r] = u
         yield rows
         # 9. Stop when every row is done; otherwise one forward per member over the new ids.
         if all(row.finish_reason is not None for row in rows):
@@ -179,6 +148,55 @@ class Picks:
     agree: list[bool]
     own: list[list[int]]
     prob: list[list[float]]
+
+    @classmethod
+    def of(cls, res: StepResult) -> Picks:
+        """The one device-to-host transfer of a step."""
+        return cls(
+            res.src.tolist(),
+            res.col.tolist(),
+            res.gid.tolist(),
+            res.agree.tolist(),
+            res.own_col.T.tolist(),
+            res.prob.T.tolist(),
+        )
+
+
+def _take(
+    ens: Ensemble,
+    batches: list[MemberBatch],
+    row: RowState,
+    r: int,
+    picks: Picks,
+    matcher: ByteMatcher | None,
+    last: bool,
+) -> list[Update]:
+    """Row r takes its chosen string; returns each member's update, [] once the row is done."""
+    row.decisions += 1
+    row.agreed += picks.agree[r]
+    if picks.gid[r] == END:
+        row.finish_reason = "stop"
+        return []
+    piece = ens.strings[picks.gid[r]]
+    row.steps.append((picks.gid[r], picks.own[r], picks.prob[r], picks.agree[r]))
+    if matcher is not None:
+        matcher.consume(piece)
+    if row.text.append(piece):
+        row.finish_reason = "stop"
+        return []
+    if last:
+        row.finish_reason = "length"
+        return []
+    updates = [
+        _feed_back(ens, i, b, r, picks.src[r], picks.col[r], picks.own[r][i], piece)
+        for i, b in enumerate(batches)
+    ]
+    if any(
+        u is not None and u[0] + len(u[1]) >= m.context_window for u, m in zip(updates, ens.members)
+    ):
+        row.finish_reason = "length"  # a member would pass its context window
+        return []
+    return updates
 
 
 def _grammar_mask(

@@ -96,3 +96,26 @@ def reference_generate(
         for v, g in zip(vocabs, gen):
             assert v.bytes_of(g) == text
     return text
+
+
+def transformers_greedy(member: Any, prompt: str, max_new_tokens: int) -> tuple[str, bool]:
+    """(text, stopped) from the member's own ``generate``, told the same rules as the engine:
+    stop at any of the member's end tokens, and never emit another special token."""
+    vocab = member.vocab
+    ends = set(vocab.end_ids)
+    never = [t for t, c in enumerate(vocab.canon) if c is None and t not in ends]
+    ids = member.tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = member.model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=member.pad_id,
+            eos_token_id=vocab.end_ids,
+            suppress_tokens=never,
+        )
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
+    stopped = any(t in ends for t in new)
+    if stopped:
+        new = new[: min(n for n, t in enumerate(new) if t in ends)]
+    return vocab.bytes_of(new).decode("utf-8", errors="replace"), stopped

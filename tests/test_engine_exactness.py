@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import PROMPTS
-from reference import reference_generate
+from reference import reference_generate, transformers_greedy
 from tiny_models import FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_single_member_equals_transformers_greedy_generate(make_engine, tiny_dirs, family):
-    engine = make_engine(tiny_dirs[family])
-    member = engine.members[0]
     # The engine never lets special tokens other than end-of-sequence be chosen (spec 1.2);
-    # generate() matches that when told to suppress them.
-    ends = set(member.vocab.end_ids)
-    never = [t for t, c in enumerate(member.vocab.canon) if c is None and t not in ends]
+    # generate() matches that when told to suppress them (see reference.transformers_greedy).
+    engine = make_engine(tiny_dirs[family])
     for prompt in PROMPTS[:12]:
-        ids = member.tokenizer(prompt, return_tensors="pt")
-        with torch.no_grad():
-            out = member.model.generate(
-                **ids,
-                max_new_tokens=16,
-                do_sample=False,
-                pad_token_id=member.pad_id,
-                eos_token_id=member.vocab.end_ids,
-                suppress_tokens=never,
-            )
-        expected_ids = out[0, ids["input_ids"].shape[1] :].tolist()
-        eos = set(member.vocab.end_ids)
-        stopped = any(t in eos for t in expected_ids)
-        if stopped:
-            expected_ids = expected_ids[: min(n for n, t in enumerate(expected_ids) if t in eos)]
-        expected = member.vocab.bytes_of(expected_ids).decode("utf-8", errors="replace")
+        expected, stopped = transformers_greedy(engine.members[0], prompt, 16)
         result = engine.generate([prompt], max_new_tokens=16)[0]
         assert result.text == expected, prompt
         assert result.finish_reason == ("stop" if stopped else "length")

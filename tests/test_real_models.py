@@ -9,9 +9,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 from conftest import REAL_MODELS_MISSING
-from reference import reference_generate
+from reference import reference_generate, transformers_greedy
 
 from unite_integrations import UniTEEngine
 
@@ -43,19 +42,8 @@ def singles(pair: UniTEEngine) -> dict[str, UniTEEngine]:
 @pytest.mark.parametrize("alias", ALIASES)
 def test_single_real_member_equals_generate(singles, alias):
     engine = singles[alias]
-    m = engine.members[0]
-    ends = set(m.vocab.end_ids)
-    never = [t for t, c in enumerate(m.vocab.canon) if c is None and t not in ends]
     for prompt in PROMPTS[:3]:
-        ids = m.tokenizer(prompt, return_tensors="pt")
-        with torch.no_grad():
-            out = m.model.generate(**ids, max_new_tokens=12, do_sample=False,
-                                   eos_token_id=m.vocab.end_ids, pad_token_id=m.pad_id,
-                                   suppress_tokens=never)
-        new = out[0, ids["input_ids"].shape[1] :].tolist()
-        if any(t in ends for t in new):
-            new = new[: min(n for n, t in enumerate(new) if t in ends)]
-        expected = m.vocab.bytes_of(new).decode("utf-8", errors="replace")
+        expected, _ = transformers_greedy(engine.members[0], prompt, 12)
         assert engine.generate([prompt], max_new_tokens=12)[0].text == expected
 
 

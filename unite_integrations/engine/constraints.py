@@ -41,8 +41,14 @@ __all__ = [
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 _EOS = 256
+# A block's JSON may not contain another opening tag, so an unclosed block cannot swallow the next.
 _CALL_RE = re.compile(
-    re.escape(TOOL_CALL_OPEN) + r"\s*(\{.*?\})\s*" + re.escape(TOOL_CALL_CLOSE), re.DOTALL
+    re.escape(TOOL_CALL_OPEN)
+    + r"\s*(\{(?:(?!"
+    + re.escape(TOOL_CALL_OPEN)
+    + r").)*?\})\s*"
+    + re.escape(TOOL_CALL_CLOSE),
+    re.DOTALL,
 )
 # Fixed separators: with free whitespace, small members pad JSON with spaces until the budget ends.
 _LENIENT = {

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         help="after the answer, show which member proposed each token",
     )
     gen.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
+    from .compat.cli import add_subcommands  # `unite check` and `unite eval`
+
+    add_subcommands(sub)
     return parser
 
 
@@ -131,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
     except UniteError as e:
         print(f"unite: error: {e}", file=sys.stderr)
         return 2

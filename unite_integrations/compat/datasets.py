@@ -1,0 +1,667 @@
+"""Evaluation data: loaders, prompt formats and answer scoring for six benchmarks and user examples.
+
+The data sets are read from the JSON-lines layout of the UniTE paper's repository (see
+``/work/shared/data/README.md`` in the project): ``$UNITE_DATA_DIR``, else ``../shared/data`` next
+to the repository. A small calibration sample of three formats (multiple choice from ARC-Challenge
+*train*, short answers from TriviaQA *dev*, math word problems from GSM8K *train*) ships with the
+package, so the compatibility check works without the data directory.
+
+Formats (as the paper evaluates them):
+
+* **multiple choice** (ARC-Challenge, PIQA, MMLU): the question and lettered options, "Answer with
+  A, B, C or D", greedy, a few tokens; the first option letter of the answer counts (if the answer
+  has no letter but starts with one option's text, that option). MMLU is 5-shot from ``dev/``.
+* **math** (GSM8K): the 4-shot chain-of-thought prompt; the answer is the ``\\boxed{}`` number, else
+  the number after "the answer is", else the last number.
+* **short answer** (TriviaQA, NaturalQuestions): the 5-shot prompt; exact match of the first line,
+  normalised (lower case, no punctuation or articles), against any alias.
+
+Splits: tune on ``train``/``dev``/``val``, report on ``test``. TriviaQA's test file contains every
+dev question, so its ``test`` split here is the test file *minus* the dev questions (4,100 items).
+PIQA ships only a dev file; its ``test`` split is that file (there is nothing else to report on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "GENERIC_TASKS",
+    "CalibrationExample",
+    "Item",
+    "Kind",
+    "Task",
+    "bundled_data_dir",
+    "custom_task",
+    "default_data_dir",
+    "extract_choice",
+    "extract_number",
+    "first_line",
+    "load_task",
+    "normalize_answer",
+    "resolve_task_name",
+]
+
+DATA_DIR_ENV = "UNITE_DATA_DIR"
+Kind = Literal["choice", "number", "text"]
+Split = Literal["train", "dev", "test"]
+LETTERS = "ABCDE"
+
+
+def default_data_dir() -> Path:
+    """``$UNITE_DATA_DIR``, else ``../shared/data`` beside the repository (or the working dir)."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[2]
+    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return repo.parent / "shared" / "data"
+
+
+def bundled_data_dir() -> Path:
+    """The calibration sample shipped with the package (same layout, small train/dev subsets)."""
+    return Path(__file__).resolve().parent / "calibration"
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation) | {"‘", "’", "“", "”", "–", "—"}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD/TriviaQA normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(" " if ch in _PUNCT else ch for ch in text)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def first_line(text: str) -> str:
+    """The answer part of a short-answer generation: its first non-empty line."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+_LETTER_AT_START = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-E])(?:\W|$)", re.I)
+
+
+def extract_choice(text: str, choices: Sequence[tuple[str, str]]) -> str | None:
+    """The letter a multiple-choice answer picks, or None.
+
+    The first option letter standing alone (``"B"``, ``" (C)"``, ``"Answer: D."``, ``"The answer
+    is A"``); else, when the answer starts with an option's text, that option.
+    """
+    letters = "".join(letter for letter, _ in choices)
+    stripped = text.strip()
+    m = _LETTER_AT_START.match(stripped)
+    if m and m.group(1).upper() in letters and (m.group(1).isupper() or len(stripped) <= 3):
+        return m.group(1).upper()
+    m = re.search(rf"\b([{letters}])\b", stripped)
+    if m:
+        return m.group(1)
+    norm = normalize_answer(stripped)
+    if norm:
+        for letter, option in choices:
+            opt = normalize_answer(option)
+            if opt and (norm.startswith(opt) or opt.startswith(norm)):
+                return letter
+    return None
+
+
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.I)
+
+
+def _to_number(text: str) -> float | None:
+    cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        return float(cleaned)
+    except ValueError:
+        return None
+
+
+def extract_number(text: str) -> float | None:
+    """The final number of a worked answer: ``\\boxed{}``, else "the answer is N", else the last."""
+    for pattern in (_BOXED, _ANSWER_IS):
+        found = pattern.findall(text)
+        if found:
+            nums = _NUMBER.findall(found[-1])
+            if nums:
+                return _to_number(nums[-1])
+    nums = _NUMBER.findall(text)
+    return _to_number(nums[-1]) if nums else None
+
+
+# -- items and tasks -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question with its accepted answers (a letter, a number, or aliases)."""
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    choices: tuple[tuple[str, str], ...] = ()
+    group: str = ""  # MMLU subject, for per-subject shots
+
+
+@dataclass
+class Task:
+    """A data set in one prompt format: items, how to prompt, when to stop, how to score."""
+
+    name: str
+    title: str
+    kind: Kind
+    split: str
+    items: list[Item]
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    chance: float
+    render: Callable[[Item], str]
+    shots: int = 0
+    note: str = ""
+    available: int = 0  # items in the split before --limit
+    chat: bool = False  # send the prompt as one user message (each member applies its template)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def text(self, item: Item) -> str:
+        """The prompt text of an item (few-shot examples included)."""
+        return self.render(item)
+
+    def prompt(self, item: Item) -> str | list[dict[str, str]]:
+        """What ``engine.generate`` gets: the text, or one user message in chat mode."""
+        text = self.render(item)
+        return [{"role": "user", "content": text}] if self.chat else text
+
+    def extract(self, output: str, item: Item) -> str | None:
+        """The answer read from a generation (a letter, a number as text, or the first line)."""
+        if self.kind == "choice":
+            return extract_choice(output, item.choices)
+        if self.kind == "number":
+            x = extract_number(output)
+            return None if x is None else f"{x:g}"
+        line = first_line(output)
+        return line or None
+
+    def is_correct(self, output: str, item: Item) -> bool:
+        got = self.extract(output, item)
+        if got is None:
+            return False
+        if self.kind == "choice":
+            return got in item.answers
+        if self.kind == "number":
+            x = _to_number(got)
+            return x is not None and any(
+                (g := _to_number(a)) is not None and abs(g - x) < 1e-6 for a in item.answers
+            )
+        norm = normalize_answer(got)
+        return any(norm == normalize_answer(a) for a in item.answers)
+
+
+# -- prompt formats --------------------------------------------------------------------------------
+
+MC_INSTRUCTION = "Answer with {letters}."
+
+
+def _letters_text(choices: Sequence[tuple[str, str]]) -> str:
+    letters = [c for c, _ in choices]
+    return ", ".join(letters[:-1]) + " or " + letters[-1] if len(letters) > 1 else letters[0]
+
+
+def mc_block(item: Item, answer: str | None = None) -> str:
+    opts = "\n".join(f"{letter}. {text}" for letter, text in item.choices)
+    tail = f" {answer}" if answer else ""
+    return f"Question: {item.question}\n{opts}\nAnswer:{tail}"
+
+
+def _mc_renderer(
+    header: str, shots_by_group: Mapping[str, Sequence[Item]]
+) -> Callable[[Item], str]:
+    def render(item: Item) -> str:
+        shots = shots_by_group.get(item.group) or shots_by_group.get("", ())
+        parts = [header.format(letters=_letters_text(item.choices))]
+        parts += [mc_block(s, s.answers[0]) for s in shots]
+        parts.append(mc_block(item))
+        return "\n\n".join(parts)
+
+    return render
+
+
+def _qa_renderer(prefix: str) -> Callable[[Item], str]:
+    def render(item: Item) -> str:
+        head = f"{prefix}\n\n" if prefix else ""
+        return f"{head}Question: {item.question}\nAnswer:"
+
+    return render
+
+
+def _math_renderer(prefix: str) -> Callable[[Item], str]:
+    def render(item: Item) -> str:
+        head = f"{prefix}\n\n\n" if prefix else ""
+        return f"{head}Question: {item.question}\nLet's think step by step\n"
+
+    return render
+
+
+# -- loaders ---------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _mc_item(d: Mapping[str, Any], id_: str) -> Item | None:
+    letters = [c for c in LETTERS if c in d and isinstance(d[c], str)]
+    choices = tuple((c, str(d[c]).strip()) for c in letters)
+    if len(choices) < 2 or not all(text for _, text in choices):
+        return None  # a few ARC items have empty options in this copy: unanswerable, skipped
+    answer = str(d["answer"]).strip()
+    if answer.isdigit() and 1 <= int(answer) <= len(choices):  # ARC's numeric labels
+        answer = choices[int(answer) - 1][0]
+    group = str(d.get("domain", ""))
+    return Item(id_, str(d["question"]).strip(), (answer,), choices, group)
+
+
+def _gold_number(solution: str) -> str:
+    m = re.search(r"answer is\s*(.*)$", solution.strip(), re.I | re.S)
+    return (m.group(1) if m else solution).strip().replace(",", "").rstrip(".")
+
+
+def _aliases(answer: object) -> tuple[str, ...]:
+    if isinstance(answer, str):
+        return (answer,)
+    if isinstance(answer, list):
+        return tuple(str(a) for a in answer)
+    raise ConfigError(f"an answer must be a string or a list of strings, got {answer!r}")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a data set's files are and how its items look."""
+
+    name: str
+    title: str
+    folder: str
+    kind: Kind
+    files: Mapping[str, str]  # split -> file or folder (MMLU) inside ``folder``
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    default_shots: int
+    chance: float | None  # None: computed from the items (e.g. 1 / number of options)
+    prompt_file: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "arc": DatasetSpec(
+        "arc",
+        "ARC-Challenge",
+        "ARC-challenge",
+        "choice",
+        {"train": "train.jsonl", "dev": "train.jsonl", "test": "test.jsonl"},
+        max_new_tokens=4,
+        stop=(),
+        default_shots=0,
+        chance=None,
+        aliases=("arc-challenge", "arc-c", "arc_challenge"),
+    ),
+    "piqa": DatasetSpec(
+        "piqa",
+        "PIQA",
+        "PIQA",
+        "choice",
+        {"dev": "dev_our.jsonl", "test": "dev_our.jsonl"},
+        max_new_tokens=4,
+        stop=(),
+        default_shots=0,
+        chance=None,
+    ),
+    "mmlu": DatasetSpec(
+        "mmlu",
+        "MMLU",
+        "MMLU",
+        "choice",
+        {"train": "dev", "dev": "val", "test": "test"},
+        max_new_tokens=4,
+        stop=(),
+        default_shots=5,
+        chance=None,
+    ),
+    "gsm8k": DatasetSpec(
+        "gsm8k",
+        "GSM8K",
+        "GSM",
+        "number",
+        {
+            "train": "train_sample300_seed42.cleand.jsonl",
+            "dev": "train_sample300_seed42.cleand.jsonl",
+            "test": "test.cleand.jsonl",
+        },
+        max_new_tokens=256,
+        stop=("\n\n\n", "\nQuestion:"),
+        default_shots=4,
+        chance=0.0,
+        prompt_file="gsm_prompt.txt",
+        aliases=("gsm", "math"),
+    ),
+    "triviaqa": DatasetSpec(
+        "triviaqa",
+        "TriviaQA",
+        "TriviaQA",
+        "text",
+        {"dev": "wikipedia-dev-1900.jsonl", "test": "wikipedia-test-6000.jsonl"},
+        max_new_tokens=24,
+        stop=("\n",),
+        default_shots=5,
+        chance=0.0,
+        prompt_file="prompt.txt",
+        aliases=("trivia", "tqa"),
+    ),
+    "nq": DatasetSpec(
+        "nq",
+        "NaturalQuestions",
+        "NaturalQuestions",
+        "text",
+        {
+            "dev": "dev/v1.0-simplified_simplified-nq-train.simpled_dev_100000_sample1600_seed42.jsonl",
+            "test": "test/natural-questions.jsonl",
+        },
+        max_new_tokens=24,
+        stop=("\n",),
+        default_shots=5,
+        chance=0.0,
+        prompt_file="dev/nq_prompt.txt",
+        aliases=("naturalquestions", "natural-questions"),
+    ),
+}
+
+#: Task names for the bundled calibration formats -> (data set, split used for calibration).
+GENERIC_TASKS: dict[str, tuple[str, Split]] = {
+    "multiple-choice": ("arc", "train"),
+    "short-answer": ("triviaqa", "dev"),
+    "math": ("gsm8k", "train"),
+}
+
+
+def resolve_task_name(name: str) -> str:
+    """The canonical data-set name for a name or alias (case-insensitive)."""
+    key = name.strip().lower()
+    if key in DATASETS or key in GENERIC_TASKS:
+        return key
+    for spec in DATASETS.values():
+        if key in spec.aliases or key == spec.title.lower():
+            return spec.name
+    known = ", ".join([*DATASETS, *GENERIC_TASKS])
+    raise ConfigError(f"unknown task {name!r}; use one of {known}")
+
+
+def _split_path(spec: DatasetSpec, split: str, root: Path) -> Path:
+    if split not in spec.files:
+        raise ConfigError(
+            f"{spec.title} has no {split!r} split here; use one of {', '.join(spec.files)}"
+        )
+    return root / spec.folder / spec.files[split]
+
+
+def _load_items(spec: DatasetSpec, split: str, root: Path) -> list[Item]:
+    path = _split_path(spec, split, root)
+    if not path.exists():
+        raise ConfigError(
+            f"{spec.title} {split} data not found at {path}; set {DATA_DIR_ENV} to the data "
+            "directory (the layout of the UniTE paper's data folder)"
+        )
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if path.is_dir():  # MMLU: one file per subject
+        for f in sorted(path.glob("*.jsonl")):
+            rows += [(f"{f.stem}/{n}", d) for n, d in enumerate(_read_jsonl(f))]
+    else:
+        rows = [(str(n), d) for n, d in enumerate(_read_jsonl(path))]
+    items: list[Item] = []
+    for n, d in rows:
+        id_ = f"{spec.name}/{split}/{n}"
+        if spec.kind == "choice":
+            item = _mc_item(d, id_)
+            if item is not None:
+                items.append(item)
+        elif spec.kind == "number":
+            items.append(Item(id_, str(d["question"]).strip(), (_gold_number(str(d["answer"])),)))
+        else:
+            items.append(Item(id_, str(d["question"]).strip(), _aliases(d["answer"])))
+    if spec.name == "triviaqa" and split == "test":
+        # The test file contains every dev question: report on the rest only.
+        dev_path = _split_path(spec, "dev", root)
+        if dev_path.exists():
+            dev = {str(d["question"]).strip() for d in _read_jsonl(dev_path)}
+            items = [it for it in items if it.question not in dev]
+    return items
+
+
+def _sample(items: list[Item], limit: int | None, seed: int) -> list[Item]:
+    """A seeded sample of ``limit`` items, kept in file order (all items when no limit)."""
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def load_task(
+    name: str,
+    split: str = "test",
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    shots: int | None = None,
+    chat: bool = False,
+    data_dir: str | Path | None = None,
+) -> Task:
+    """A data set in its prompt format; ``limit`` draws a seeded sample (file order kept).
+
+    ``name`` is a data set (``arc``, ``piqa``, ``mmlu``, ``gsm8k``, ``triviaqa``, ``nq``) or a
+    calibration format (``multiple-choice``, ``short-answer``, ``math``), which reads the train/dev
+    split from the data directory, or from the sample bundled with the package if that is missing.
+    ``shots``: examples in the prompt (default: the paper's). Few-shot examples come from the
+    prompt files (GSM8K, TriviaQA, NQ), MMLU's ``dev`` split (same subject) or ARC's train split.
+    ``chat``: send each prompt as one user message, which each member renders with its own chat
+    template (instruction-tuned members often answer raw prompts with an immediate end token).
+    """
+    key = resolve_task_name(name)
+    generic = key in GENERIC_TASKS
+    if generic:
+        key, split = GENERIC_TASKS[key]
+    spec = DATASETS[key]
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if generic and not _split_path(spec, split, root).exists():
+        root = bundled_data_dir()
+    items = _load_items(spec, split, root)
+    available = len(items)
+    items = _sample(items, limit, seed)
+    n_shots = spec.default_shots if shots is None else shots
+    if n_shots < 0:
+        raise ConfigError(f"shots must be >= 0, got {n_shots}")
+    note = ""
+    if spec.name == "piqa":
+        split = "dev"  # the only file: say so wherever the split is shown
+        note = "PIQA has only a dev file: reported on it, prompts not tuned on it"
+    if spec.name == "triviaqa" and split == "test":
+        note = "test file minus the 1,900 dev questions it contains"
+    if spec.kind == "choice":
+        header = "The following is a multiple choice question. " + MC_INSTRUCTION
+        shots_by_group: dict[str, list[Item]] = {}
+        if n_shots:
+            shot_split = "train"
+            pool = _load_items(spec, shot_split, root) if shot_split in spec.files else []
+            if not pool:
+                raise ConfigError(f"{spec.title} has no train split for few-shot examples")
+            if spec.name == "mmlu":
+                header = "The following are multiple choice questions (with answers). " + (
+                    MC_INSTRUCTION
+                )
+                for it in pool:
+                    shots_by_group.setdefault(it.group, [])
+                    if len(shots_by_group[it.group]) < n_shots:
+                        shots_by_group[it.group].append(it)
+            else:
+                shots_by_group[""] = _sample(pool, n_shots, seed + 1)
+        render = _mc_renderer(header, shots_by_group)
+        chance = (
+            spec.chance
+            if spec.chance is not None
+            else (sum(1 / len(it.choices) for it in items) / len(items) if items else 0.0)
+        )
+    else:
+        prefix = ""
+        if n_shots:
+            assert spec.prompt_file is not None
+            prefix = _few_shot_prefix(spec, root, n_shots)
+        render = _math_renderer(prefix) if spec.kind == "number" else _qa_renderer(prefix)
+        chance = spec.chance or 0.0
+    return Task(
+        name=spec.name,
+        title=spec.title,
+        kind=spec.kind,
+        split=split,
+        items=items,
+        max_new_tokens=spec.max_new_tokens,
+        stop=spec.stop,
+        chance=chance,
+        render=render,
+        shots=n_shots,
+        note=note,
+        available=available,
+        chat=chat,
+    )
+
+
+def _few_shot_prefix(spec: DatasetSpec, root: Path, n_shots: int) -> str:
+    assert spec.prompt_file is not None
+    path = root / spec.folder / spec.prompt_file
+    if not path.exists():
+        raise ConfigError(f"{spec.title} prompt file not found at {path}")
+    text = path.read_text(encoding="utf-8").strip()
+    # Blocks start at "Question:"; the instruction line before the first one is kept.
+    parts = re.split(r"\n\s*\n(?=Question:)", text)
+    head = [] if parts[0].startswith("Question:") else [parts.pop(0).strip()]
+    blocks = [p.strip() for p in parts]
+    if n_shots > len(blocks):
+        raise ConfigError(f"{spec.title} has {len(blocks)} few-shot examples; asked for {n_shots}")
+    sep = "\n\n\n" if spec.kind == "number" else "\n\n"
+    return sep.join(head + blocks[:n_shots])
+
+
+# -- user examples ---------------------------------------------------------------------------------
+
+
+class CalibrationExample(BaseModel):
+    """One of the user's own examples: a question and its accepted answer(s).
+
+    With ``choices`` (``{"A": "...", "B": "..."}``) it is multiple choice and ``answer`` is the
+    letter; with numeric answers it is scored on the final number; otherwise by normalised exact
+    match of the first line against any answer.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    question: str = Field(min_length=1)
+    answer: str | list[str] = Field(description="The answer, or accepted aliases.")
+    choices: dict[str, str] | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(f"invalid CalibrationExample: {e}") from e
+
+    @field_validator("answer")
+    @classmethod
+    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+            raise ValueError("an example needs an answer")
+        return v
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return (self.answer,) if isinstance(self.answer, str) else tuple(self.answer)
+
+
+def _is_number(text: str) -> bool:
+    return _to_number(text) is not None
+
+
+def custom_task(
+    examples: Iterable[CalibrationExample | Mapping[str, Any]],
+    *,
+    kind: Kind | None = None,
+    instruction: str | None = None,
+    max_new_tokens: int | None = None,
+    chat: bool = False,
+    name: str = "examples",
+) -> Task:
+    """A task from the user's own examples (0-shot; the kind is inferred unless given)."""
+    exs = [e if isinstance(e, CalibrationExample) else CalibrationExample(**e) for e in examples]
+    if not exs:
+        raise ConfigError("no examples given")
+    if kind is None:
+        if all(e.choices for e in exs):
+            kind = "choice"
+        elif all(all(_is_number(a) for a in e.answers) for e in exs):
+            kind = "number"
+        else:
+            kind = "text"
+    items: list[Item] = []
+    for n, e in enumerate(exs):
+        choices = tuple((k.strip().upper(), v) for k, v in (e.choices or {}).items())
+        if kind == "choice" and len(choices) < 2:
+            raise ConfigError(f"example {n} has no choices; multiple choice needs two or more")
+        answers = tuple(a.strip().upper() for a in e.answers) if kind == "choice" else e.answers
+        items.append(Item(f"{name}/{n}", e.question.strip(), answers, choices))
+    if kind == "choice":
+        header = instruction or ("The following is a multiple choice question. " + MC_INSTRUCTION)
+        render = _mc_renderer(header, {})
+        chance = sum(1 / len(it.choices) for it in items) / len(items)
+        stop: tuple[str, ...]
+        default_tokens, stop = 4, ()
+    elif kind == "number":
+        render = _math_renderer(instruction or "Solve the problem. End with 'The answer is N'.")
+        chance, default_tokens, stop = 0.0, 256, ("\n\n\n", "\nQuestion:")
+    else:
+        render = _qa_renderer(
+            instruction or "Answer the question, and only return the final answer."
+        )
+        chance, default_tokens, stop = 0.0, 32, ("\n",)
+    return Task(
+        name=name,
+        title=name,
+        kind=kind,
+        split="given",
+        items=items,
+        max_new_tokens=max_new_tokens or default_tokens,
+        stop=stop,
+        chance=chance,
+        render=render,
+        available=len(items),
+        chat=chat,
+    )

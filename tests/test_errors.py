@@ -87,3 +87,10 @@ def test_prompt_over_a_members_context_window(tiny_dirs):
 def test_every_error_is_a_unite_error():
     for cls in (ConfigError, ContextWindowError, InputError, ModelLoadError):
         assert issubclass(cls, UniteError)
+
+
+def test_a_template_that_refuses_the_conversation_names_the_member(trio):
+    # The tiny Llama-2-style template raises on roles it does not know.
+    with pytest.raises(InputError, match=r"sentencepiece_unigram.*chat template"):
+        trio.generate([[{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
+                        {"role": "tool", "content": "c"}]])

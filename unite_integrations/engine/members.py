@@ -135,9 +135,16 @@ class LoadedMember:
                 messages = portable_messages(prompt, tools)
                 tools = None
             if self.has_template:
-                text = self.tokenizer.apply_chat_template(
-                    messages, tools=tools, add_generation_prompt=True, tokenize=False
-                )
+                try:
+                    text = self.tokenizer.apply_chat_template(
+                        messages, tools=tools, add_generation_prompt=True, tokenize=False
+                    )
+                except Exception as e:  # jinja's TemplateError, raise_exception(...) in templates
+                    raise InputError(
+                        f"member {self.name!r}: its chat template cannot render this "
+                        f"conversation ({e}); change the messages (e.g. roles or their order) or "
+                        "give the member a chat_template"
+                    ) from e
                 ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             else:
                 ids = list(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -300,10 +299,8 @@ def test_async_calls_do_not_block_the_event_loop(llm):
         async for _ in await llm.astream_chat(HELLO, **long):
             await asyncio.sleep(0)
 
-    start = time.perf_counter()
     assert asyncio.run(run(achat)) >= 5
     assert asyncio.run(run(astream)) >= 5
-    assert time.perf_counter() - start < 60
 
 
 def test_async_stream_left_early_stops_the_worker(llm):

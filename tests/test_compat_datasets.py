@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,7 @@ from unite_integrations.compat.datasets import (
     resolve_task_name,
 )
 
-REAL_DATA = default_data_dir()
-needs_data = pytest.mark.skipif(
-    not (REAL_DATA / "ARC-challenge").is_dir(), reason=f"no data folder at {REAL_DATA}"
-)
+REAL_DATA = default_data_dir()  # the repository's data/ folder: present in every checkout
 ABCD = tuple((c, f"option {c}") for c in "ABCD")
 
 
@@ -186,7 +184,6 @@ def test_triviaqa_test_excludes_dev_questions(tmp_path):
     assert "minus" in task.note
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("name", "split", "kind", "at_least"),
     [
@@ -216,7 +213,6 @@ def test_real_data_loads(name, split, kind, at_least):
     assert prompt.rstrip().endswith(("Answer:", "step by step"))
 
 
-@needs_data
 def test_real_data_prompts_follow_the_paper():
     mmlu = load_task("mmlu", "test", limit=3)
     first = mmlu.items[0]
@@ -235,3 +231,17 @@ def test_every_dataset_spec_is_consistent():
         assert "test" in spec.files
         assert spec.max_new_tokens > 0
     assert Item("x", "q", ("a",)).choices == ()
+
+
+def test_the_checkout_carries_every_data_set():
+    checkout_data = Path(__file__).resolve().parents[1] / "data"
+    assert checkout_data == REAL_DATA or "UNITE_DATA_DIR" in os.environ
+    for name in DATASETS:
+        task = load_task(name, "test", limit=3, data_dir=REAL_DATA)
+        assert len(task.items) == 3 and task.available >= 1000, name
+
+
+def test_missing_data_says_where_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"data/ folder of the unite-integrations repository"):
+        load_task("arc", "test", data_dir=tmp_path / "nowhere")

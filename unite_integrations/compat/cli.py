@@ -35,7 +35,7 @@ def _member_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=None,
-        help="data folder (default: $UNITE_DATA_DIR, else ../shared/data beside the repository)",
+        help="data folder (default: $UNITE_DATA_DIR, else the data/ folder of the repository checkout)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -1,8 +1,8 @@
 """Evaluation data: loaders, prompt formats and answer scoring for six benchmarks and user examples.
 
-The data sets are read from the JSON-lines layout of the UniTE paper's repository (see
-``/work/shared/data/README.md`` in the project): ``$UNITE_DATA_DIR``, else ``../shared/data`` next
-to the repository. A small calibration sample of three formats (multiple choice from ARC-Challenge
+The data sets are read from the JSON-lines layout of the UniTE paper's repository, which the
+project's repository carries in its ``data/`` folder (see ``data/README.md`` and ``data/NOTICE``):
+``$UNITE_DATA_DIR`` or ``--data-dir``, else ``data/`` of the checkout the package runs from. A small calibration sample of three formats (multiple choice from ARC-Challenge
 *train*, short answers from TriviaQA *dev*, math word problems from GSM8K *train*) ships with the
 package, so the compatibility check works without the data directory.
 
@@ -62,16 +62,20 @@ Split = Literal["train", "dev", "test"]
 LETTERS = "ABCDE"
 
 
+#: Where the data files come from, for users without a checkout of the repository.
+DATA_SOURCE = "the data/ folder of the unite-integrations repository (git clone it)"
+
+
 def default_data_dir() -> Path:
-    """``$UNITE_DATA_DIR``, else ``../shared/data`` beside the repository (or the working dir)."""
+    """``$UNITE_DATA_DIR``, else the ``data/`` folder of the checkout this package runs from,
+    else ``data/`` in the working directory (what a pip-installed user gets pointed at)."""
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return repo.parent / "shared" / "data"
+    checkout = Path(__file__).resolve().parents[2] / "data"
+    if checkout.is_dir():
+        return checkout
+    return Path.cwd() / "data"
 
 
 def bundled_data_dir() -> Path:
@@ -429,8 +433,8 @@ def _load_items(spec: DatasetSpec, split: str, root: Path) -> list[Item]:
     path = _split_path(spec, split, root)
     if not path.exists():
         raise ConfigError(
-            f"{spec.title} {split} data not found at {path}; set {DATA_DIR_ENV} to the data "
-            "directory (the layout of the UniTE paper's data folder)"
+            f"{spec.title} {split} data not found at {path}; the data sets are in "
+            f"{DATA_SOURCE}: pass --data-dir (data_dir=) or set {DATA_DIR_ENV} to that folder"
         )
     rows: list[tuple[str, dict[str, Any]]] = []
     if path.is_dir():  # MMLU: one file per subject

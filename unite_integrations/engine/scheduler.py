@@ -65,6 +65,8 @@ class Scheduler:
                 while not self._pending:
                     self._ready.wait()
                 group = self._take_group()
+            if not group:
+                continue
             try:
                 self._run_group(group)
             except BaseException as e:  # every caller of the batch sees the failure
@@ -72,6 +74,11 @@ class Scheduler:
                     r.events.put(("error", e))
 
     def _take_group(self) -> list[Request]:
+        # A request abandoned while it waited (a stream closed before its first chunk) is dropped
+        # here: decoding it would cost a batch and delay everyone behind it.
+        self._pending = [r for r in self._pending if not r.cancelled]
+        if not self._pending:
+            return []
         first = self._pending.pop(0)
         group, rows = [first], first.n_rows
         for r in list(self._pending):

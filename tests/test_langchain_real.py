@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import REAL_MODELS_MISSING
+from conftest import real_models_mark
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from test_langchain_integration import ASYNCIO_SUITE
 
@@ -22,7 +22,7 @@ from unite_integrations.langchain import UniTEChatModel
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING)),
+    real_models_mark,
 ]
 
 MEMBERS = ["smollm2-135m-instruct", "gemma-3-270m"]

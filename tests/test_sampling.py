@@ -1,0 +1,145 @@
+"""The mixing and sampling step (``engine/union.py``) against an independent computation.
+
+``mix``/``choose``/``decide`` at temperature > 0 and top-p < 1: many seeded draws of one row must
+follow the distribution computed here in plain Python (softmax of scores / t per member over the
+valid slots, weighted average, nucleus cut, renormalise). The bounds are per-category binomial
+bounds at z = 6.5 (a false alarm rate near 1e-10 per category) and a chi-square bound at a false
+alarm rate near 1e-9; the generator is seeded, so a run is deterministic and a pass stays a pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unite_integrations.engine.union import StepPlan, Union, choose, decide, mix
+
+DRAWS = 40_000
+Z = 6.5
+
+# Two members that disagree: member 0 likes slots 0-1, member 1 likes slots 2-3; slot 5 is a
+# duplicate (invalid) with a high score, which must never be drawn.
+SCORES = [
+    [3.0, 2.6, 0.4, 0.1, -0.5, 5.0, -1.0, 1.2],
+    [0.2, -0.3, 2.9, 2.2, 1.0, 5.0, 0.5, -2.0],
+]
+VALID = [True, True, True, True, True, False, True, True]
+
+
+def expected_distribution(
+    scores: list[list[float]], valid: list[bool], weights: list[float], t: float, top_p: float
+) -> list[float]:
+    """The spec's step 5-7 for one row, in plain floats."""
+    total = sum(weights)
+    p = [0.0] * len(valid)
+    for w, row in zip(weights, scores):
+        e = [math.exp(s / t) if ok else 0.0 for s, ok in zip(row, valid)]
+        for c in range(len(p)):
+            p[c] += w / total * e[c] / sum(e)
+    order = sorted(range(len(p)), key=lambda c: -p[c])
+    kept, above = [], 0.0
+    for c in order:
+        if p[c] > 0 and (above < top_p or not kept):
+            kept.append(c)
+        above += p[c]
+    mass = sum(p[c] for c in kept)
+    return [p[c] / mass if c in kept else 0.0 for c in range(len(p))]
+
+
+def chi2_critical(df: int, z: float = 6.0) -> float:
+    """Wilson-Hilferty upper quantile of chi-square(df) at the normal quantile z (~1e-9 for 6)."""
+    a = 2.0 / (9.0 * df)
+    return df * (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def assert_follows(counts: list[int], probs: list[float]) -> None:
+    n = sum(counts)
+    for c, (k, p) in enumerate(zip(counts, probs)):
+        if p == 0.0:
+            assert k == 0, f"slot {c} has probability 0 but was drawn {k} times"
+            continue
+        sd = math.sqrt(n * p * (1 - p))
+        assert abs(k - n * p) <= Z * sd + 1, f"slot {c}: {k} draws, expected {n * p:.0f} ± {sd:.0f}"
+    kept = [c for c, p in enumerate(probs) if p > 0]
+    stat = sum((counts[c] - n * probs[c]) ** 2 / (n * probs[c]) for c in kept)
+    assert stat <= chi2_critical(max(len(kept) - 1, 1)), f"chi-square {stat:.1f}"
+
+
+def _draw(weights: list[float], t: float, top_p: float, seed: int) -> list[int]:
+    scores = torch.tensor(SCORES)[:, None, :].expand(-1, DRAWS, -1)  # [N, B, C]
+    valid = torch.tensor(VALID)[None, :].expand(DRAWS, -1)
+    w = torch.tensor(weights) / sum(weights)
+    p, _ = mix(scores, valid, w, t)
+    gen = torch.Generator().manual_seed(seed)
+    slot = choose(p, scores[0], valid, t, top_p, gen)
+    return torch.bincount(slot, minlength=len(VALID)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("weights", "t", "top_p"),
+    [
+        ([0.5, 0.5], 0.7, 0.8),
+        ([0.8, 0.2], 0.5, 0.9),
+        ([0.2, 0.8], 1.5, 0.95),
+        ([0.6, 0.4], 1.0, 1.0),
+        ([0.5, 0.5], 2.0, 0.5),
+    ],
+)
+def test_mix_then_choose_samples_the_spec_distribution(weights, t, top_p):
+    probs = expected_distribution(SCORES, VALID, weights, t, top_p)
+    counts = _draw(weights, t, top_p, seed=1234)
+    assert_follows(counts, probs)
+
+
+def test_mix_equals_the_plain_computation():
+    scores = torch.tensor(SCORES)[:, None, :]
+    valid = torch.tensor(VALID)[None, :]
+    for weights, t in (([0.7, 0.3], 0.6), ([0.1, 0.9], 1.7)):
+        p, p_i = mix(scores, valid, torch.tensor(weights), t)
+        want = expected_distribution(SCORES, VALID, weights, t, 1.0)
+        assert p[0].tolist() == pytest.approx(want, abs=1e-6)
+        for i in range(2):
+            one = expected_distribution(SCORES[i : i + 1], VALID, [1.0], t, 1.0)
+            assert p_i[i, 0].tolist() == pytest.approx(one, abs=1e-6)
+
+
+def test_greedy_mix_is_the_plain_softmax_average_and_ties_go_to_the_primary():
+    scores = torch.tensor([[[1.0, 1.0, 0.0]], [[1.0, 1.0, 0.0]]])  # slots 0 and 1 tie
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    p, _ = mix(scores, valid, torch.tensor([0.5, 0.5]), 0.0)
+    assert p[0].tolist() == pytest.approx(
+        expected_distribution(scores[:, 0].tolist(), [True] * 3, [1, 1], 1.0, 1.0), abs=1e-6
+    )
+    primary = torch.tensor([[0.0, 2.0, 5.0]])  # the primary prefers slot 1 among the tied
+    assert choose(p, primary, valid, 0.0, 1.0, None).tolist() == [1]
+
+
+def test_top_p_keeps_the_best_slot_even_when_it_alone_passes_top_p():
+    counts = _draw([0.5, 0.5], 0.3, 0.01, seed=7)
+    best = max(
+        range(len(VALID)), key=lambda c: expected_distribution(SCORES, VALID, [1, 1], 0.3, 1.0)[c]
+    )
+    assert counts[best] == DRAWS
+
+
+def test_decide_samples_the_spec_distribution_with_weights():
+    """The whole decision (``decide``) on a hand-made union: weights, temperature, top-p."""
+    n, k, draws = 2, 4, DRAWS
+    # Slots: member 0 proposed strings 1,2,3,4; member 1 proposed 3,5,1,6 (3 and 1 repeat).
+    gid = torch.tensor([1, 2, 3, 4, 3, 5, 1, 6])[None, :].expand(draws, -1)
+    valid = torch.tensor([True] * 4 + [False, True, False, True])[None, :].expand(draws, -1)
+    scores = torch.tensor(SCORES)[:, None, :].expand(-1, draws, -1)
+    plan = StepPlan(
+        end_ids=[], bias=[], gid=[], col_map=[], weights=torch.tensor([0.75, 0.25]), k=k
+    )
+    top_col = [torch.arange(k)[None, :].expand(draws, -1) for _ in range(n)]
+    union = Union(gid, valid, scores, top_col)
+    res = decide(union, plan, 0.8, 0.85, torch.Generator().manual_seed(99))
+    counts = torch.bincount(res.gid, minlength=7).tolist()
+    probs = expected_distribution(SCORES, valid[0].tolist(), [0.75, 0.25], 0.8, 0.85)
+    by_string = [0.0] * 7
+    for c, g in enumerate(gid[0].tolist()):
+        by_string[g] += probs[c]
+    assert_follows(counts, by_string)

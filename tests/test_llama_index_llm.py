@@ -9,7 +9,6 @@ applications; it is built here with the invariant checks on and a scratch cache 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -188,7 +187,8 @@ def test_usage_and_provenance_in_raw(llm):
         "completion_tokens": usage["output_tokens"],
         "total_tokens": usage["total_tokens"],
     }
-    assert r.raw["finish_reason"] in ("stop", "length")
+    # N new tokens and no stop strings: an answer shorter than N ended with END.
+    assert r.raw["finish_reason"] == ("stop" if usage["output_tokens"] < N else "length")
     prov = r.raw["provenance"]
     assert set(prov["win_share"]) == set(llm.engine.member_names)
     assert 0.0 <= prov["agreement_rate"] <= 1.0
@@ -400,7 +400,9 @@ def test_tool_choice_by_name_and_openai_dicts(llm):
 
 def test_auto_and_none_tool_choice(llm):
     auto = llm.chat_with_tools([ADD], user_msg="Hello", max_new_tokens=TOOL_TOKENS)
-    assert _calls(auto) or not (auto.message.content or "").startswith("<")
+    # "auto": any call is complete and valid, and no tool-call markup is left in the content.
+    assert "<tool_call>" not in (auto.message.content or "")
+    assert all(c.tool_name == "add" and set(c.tool_kwargs) == {"a", "b"} for c in _calls(auto))
     none = llm.chat_with_tools([ADD], user_msg="Hello", tool_choice="none")
     assert not _calls(none) and none.message.content == llm.chat(HELLO).message.content
 
@@ -628,7 +630,8 @@ def test_function_agent_calls_the_tool_and_answers(llm, streaming):
     assert results[0].tool_name == "add_numbers"
     assert results[0].tool_output.content == str(sum(seen[0]))
     assert response.tool_calls and response.tool_calls[0].tool_name == "add_numbers"
-    assert isinstance(str(response), str) and not _calls(ChatResponse(message=response.response))
+    assert not _calls(ChatResponse(message=response.response))
+    assert str(response) == (response.response.content or "")
 
 
 def test_function_agent_with_a_return_direct_tool(llm):
@@ -656,8 +659,7 @@ def test_equal_llms_share_one_engine(llm):
 
 
 def test_llm_and_langchain_chat_model_share_one_engine(llm):
-    chat_model = pytest.importorskip("unite_integrations.langchain.chat_model")
-    pytest.importorskip("langchain_core")
+    import unite_integrations.langchain.chat_model as chat_model
     before = {id(e) for e in loaded_engines()}
     model = chat_model.UniTEChatModel(members=members(), top_k=5)
     reply = model.invoke("Hello")
@@ -730,5 +732,5 @@ def test_tool_call_stream_holds_back_markup():
     s = ToolCallStream()
     deltas = [s.update(plain[:i]) for i in range(1, len(plain) + 1)]
     content, calls, last = s.finish(plain)
-    assert "".join(deltas) + last == content == plain and not calls
-    assert json.loads(json.dumps(calls)) == []
+    assert "".join(deltas) + last == content == plain
+    assert calls == []

@@ -65,8 +65,8 @@ class UniTEEngine:
             check_invariants = os.environ.get("UNITE_CHECK_INVARIANTS", "") not in ("", "0")
         self._ens = self._build(check_invariants)
         self._scheduler = Scheduler(self._run_group)
-        #: Calls served and decode batches run (calls waiting together share a batch).
-        self.stats = {"requests": 0, "batches": 0}
+        #: Calls served, decode batches run (calls waiting together share a batch), decode steps.
+        self.stats = {"requests": 0, "batches": 0, "steps": 0}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -221,6 +221,7 @@ class UniTEEngine:
             start += r.n_rows
         rows: list[RowState] = []
         for rows in decode(self._ens, encoded, opts, constraint):
+            self.stats["steps"] += 1
             for r, span in zip(group, spans):
                 if r.stream and not r.cancelled and (delta := rows[span[0]].text.take_delta()):
                     r.events.put(("delta", delta))

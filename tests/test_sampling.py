@@ -14,7 +14,15 @@ import math
 import pytest
 import torch
 
-from unite_integrations.engine.union import StepPlan, Union, choose, decide, mix
+from unite_integrations.engine.union import (
+    StepPlan,
+    Union,
+    choose,
+    decide,
+    extend_logits,
+    mix,
+    propose,
+)
 
 DRAWS = 40_000
 Z = 6.5
@@ -143,3 +151,63 @@ def test_decide_samples_the_spec_distribution_with_weights():
     for c, g in enumerate(gid[0].tolist()):
         by_string[g] += probs[c]
     assert_follows(counts, by_string)
+
+
+# ------------------------------------------------------------------ steps 1-4 on a hand-made plan
+
+
+def _plan(weights=(0.5, 0.5), k=3):
+    """Two members: A has 5 tokens, B has 4; END is column V (gid 0); gids name strings."""
+    inf = float("-inf")
+    gid_a = torch.tensor([1, 2, 3, -1, 4, 0])  # token 3 is a special (never a candidate)
+    gid_b = torch.tensor([2, 5, 1, 6, 0])
+    # col_map[j][i][t]: column of member i that scores member j's token t.
+    a_to_b = torch.tensor([2, 0, 1, 0, 2, 4])  # 1->B's 2 ("1"), 2->B's 0, 3->first sub-token 1
+    b_to_a = torch.tensor([1, 0, 0, 4, 5])  # 5->A's first sub-token 0, 6->A's 4 (sub-token)
+    return StepPlan(
+        end_ids=[torch.tensor([3]), torch.tensor([3])],
+        bias=[
+            torch.tensor([0.0, 0.0, 0.0, inf, 0.0, 0.0]),
+            torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0]),
+        ],
+        gid=[gid_a, gid_b],
+        col_map=[[torch.arange(6), a_to_b], [b_to_a, torch.arange(5)]],
+        weights=torch.tensor(weights),
+        k=k,
+    )
+
+
+def test_extend_logits_appends_the_best_end_logit():
+    z = torch.tensor([[0.0, 1.0, 5.0, 2.0], [3.0, -1.0, -2.0, -4.0]])
+    ext = extend_logits(z, torch.tensor([1, 3]))
+    assert ext.tolist() == [[0.0, 1.0, 5.0, 2.0, 2.0], [3.0, -1.0, -2.0, -4.0, -1.0]]
+
+
+def test_propose_builds_the_union_and_scores_every_string_in_every_member():
+    plan = _plan()
+    a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5]])  # top-3 candidates: 0, 1, 4 (3 is special)
+    b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0]])  # top-3: 2, 1, 0
+    u = propose([a, b], plan)
+    assert u.top_col[0].tolist() == [[0, 1, 4]] and u.top_col[1].tolist() == [[2, 1, 0]]
+    assert u.gid.tolist() == [[1, 2, 4, 1, 5, 2]]
+    assert u.valid.tolist() == [[True, True, True, False, True, False]]
+    # Member A scores B's "5" with its first sub-token (column 0); B scores A's "4" with 2.
+    assert u.scores[0].tolist() == [[4.0, 3.0, 2.5, 4.0, 4.0, 3.0]]
+    assert u.scores[1].tolist() == [[3.0, 1.0, 3.0, 3.0, 2.0, 1.0]]
+    res = decide(u, plan, 0.0, 1.0, None)
+    # p over valid slots [1, 2, 4, 5]: A softmax(4,3,2.5,4), B softmax(3,1,3,2); "1" wins.
+    assert res.gid.tolist() == [1] and res.src.tolist() == [0] and res.col.tolist() == [0]
+    assert res.own_col.tolist() == [[0], [2]]  # both proposed "1": A as its 0, B as its 2
+    assert res.agree.item()  # both members' own top-1 is "1"
+    e = math.exp
+    want = [e(4) / (2 * e(4) + e(3) + e(2.5)), e(3) / (2 * e(3) + e(1) + e(2))]
+    assert res.prob[:, 0].tolist() == pytest.approx(want, abs=1e-6)
+    # A sure of "2", B fairly sure of "5": equal weights follow A, weights (0.1, 0.9) follow B.
+    a2 = torch.tensor([[1.0, 6.0, 0.0, 9.0, 0.5, -2.0]])  # top-3: "2", "1", "4"
+    b2 = torch.tensor([[1.0, 2.5, 0.5, -1.0, -3.0]])  # top-3: "5", "2", "1"
+    equal = decide(propose([a2, b2], plan), plan, 0.0, 1.0, None)
+    assert equal.gid.tolist() == [2] and equal.src.tolist() == [0] and not equal.agree.item()
+    heavy = _plan(weights=(0.1, 0.9))
+    leaning = decide(propose([a2, b2], heavy), heavy, 0.0, 1.0, None)
+    assert leaning.gid.tolist() == [5] and leaning.src.tolist() == [1]
+    assert leaning.own_col.tolist() == [[-1], [1]]  # A never proposed "5"

@@ -211,3 +211,114 @@ def test_propose_builds_the_union_and_scores_every_string_in_every_member():
     leaning = decide(propose([a2, b2], heavy), heavy, 0.0, 1.0, None)
     assert leaning.gid.tolist() == [5] and leaning.src.tolist() == [1]
     assert leaning.own_col.tolist() == [[-1], [1]]  # A never proposed "5"
+
+
+def test_decide_on_a_batch_keeps_rows_apart():
+    """Two rows decided together: each its own maximum, its own agreement, integer sources."""
+    plan = _plan()
+    a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5], [1.0, 6.0, 0.0, 9.0, 0.5, -2.0]])
+    b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0], [1.0, 2.5, 0.5, -1.0, -3.0]])
+    res = decide(propose([a, b], plan), plan, 0.0, 1.0, None)
+    assert res.gid.tolist() == [1, 2]
+    assert res.agree.tolist() == [True, False]
+    assert res.src.dtype == torch.int64 and res.src.tolist() == [0, 0]
+    assert res.col.tolist() == [0, 1]
+
+
+def test_end_is_a_candidate_and_can_win():
+    plan = _plan()
+    a = torch.tensor([[0.0, 0.1, 0.0, 9.0, 0.2, 7.0]])  # END (column 5) far ahead
+    b = torch.tensor([[0.0, 0.1, 0.2, 0.0, 6.0]])  # END (column 4) far ahead
+    u = propose([a, b], plan)
+    assert u.gid[0, 0].item() == 0 and u.valid[0, 0].item()
+    assert decide(u, plan, 0.0, 1.0, None).gid.tolist() == [0]
+
+
+def test_slots_past_a_members_candidates_are_never_valid():
+    """k=6: A has only 5 candidates (token 3 is special), so its last slot is empty (-1)."""
+    plan = _plan_with_k(6)
+    a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5]])
+    b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0, 0.5]])
+    u = propose([a, b], plan)
+    assert u.gid[0, :6].tolist() == [1, 2, 4, 3, 0, -1]
+    assert not u.valid[0, 5].item()
+
+
+def _plan_with_k(k: int) -> StepPlan:
+    plan = _plan(k=k)
+    plan.bias[1] = torch.cat([plan.bias[1], torch.tensor([0.0])])
+    plan.gid[1] = torch.tensor([2, 5, 1, 6, 0, 7])
+    plan.col_map = [
+        [torch.arange(6), torch.tensor([2, 0, 1, 0, 2, 4])],
+        [torch.tensor([1, 0, 0, 4, 5, 0]), torch.arange(6)],
+    ]
+    return plan
+
+
+def test_adjacent_duplicate_strings_keep_only_the_first():
+    plan = _plan()
+    a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 3.5, 0.5]])  # top-3: "1", "4", "2"
+    b = torch.tensor([[3.0, 1.0, 0.5, -1.0, 0.0]])  # top-3: "2", "5", "1": "2" right after "2"
+    u = propose([a, b], plan)
+    assert u.gid.tolist() == [[1, 4, 2, 2, 5, 1]]
+    assert u.valid.tolist() == [[True, True, True, False, True, False]]
+
+
+def test_a_member_scores_a_string_it_proposed_with_its_own_best_id():
+    """A string proposed twice takes each member's best score for it: B's own id for "1" (its
+    column 3, a second token with the same bytes) beats the column A's token maps to (2)."""
+    plan = _plan()
+    plan.gid[1] = torch.tensor([2, 5, 1, 1, 0])
+    a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5]])  # top-3: "1", "2", "4"
+    b = torch.tensor([[1.0, 2.0, 0.0, 3.0, -5.0]])  # top-3: "1" (col 3), "5", "2"
+    u = propose([a, b], plan)
+    assert u.gid.tolist() == [[1, 2, 4, 1, 5, 2]]
+    assert u.scores[1, 0, 0].item() == 3.0  # slot 0 (A's "1") read B's column 2 (0.0) alone
+
+
+def test_greedy_ties_on_the_mix_go_to_the_primary_members_scores():
+    plan = _plan(weights=(0.0, 1.0))  # the mix is B's alone; A only breaks ties
+    a = torch.tensor([[3.0, 2.0, 1.0, 9.0, 0.0, -9.0]])  # A proposes "1", "2", "3"
+    b = torch.tensor([[2.0, 2.0, -9.0, -9.0, -9.0]])  # B: "2", "3" and "5" tie exactly at 2
+    res = decide(propose([a, b], plan), plan, 0.0, 1.0, None)
+    assert res.gid.tolist() == [5]  # A scores "5" with its column 0 (3.0), above "2" and "3"
+
+
+def test_a_grammar_mask_removes_slots_before_the_choice():
+    plan = _plan()
+    a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5]])
+    b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0]])
+    u = propose([a, b], plan)
+    allowed = torch.tensor([[False, True, True, True, True, True]])  # "1" is not allowed
+    res = decide(u, plan, 0.0, 1.0, None, allowed)
+    assert res.gid.tolist() == [5]  # the best of the rest (p: "5" .27, "4" .24, "2" .10)
+    assert decide(u, plan, 0.0, 1.0, None).gid.tolist() == [1]
+
+
+def test_top_p_cut_is_strictly_at_the_mass_above():
+    """A slot whose mass above equals top_p exactly is cut (mass strictly above >= top_p)."""
+    p = torch.tensor([[0.5, 0.25, 0.25]]).expand(4000, -1)
+    valid = torch.ones(4000, 3, dtype=torch.bool)
+    slots = choose(p, p, valid, 1.0, 0.5, torch.Generator().manual_seed(3))
+    assert slots.tolist() == [0] * 4000
+
+
+def test_sampling_uses_only_the_given_generator():
+    p = torch.tensor([[0.3, 0.3, 0.4]]).expand(64, -1)
+    valid = torch.ones(64, 3, dtype=torch.bool)
+    state = torch.get_rng_state()
+    one = choose(p, p, valid, 1.0, 1.0, torch.Generator().manual_seed(11))
+    two = choose(p, p, valid, 1.0, 1.0, torch.Generator().manual_seed(11))
+    assert one.tolist() == two.tolist()
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator was not touched
+    plan = _plan()
+    u = propose(
+        [
+            torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5]]).expand(64, -1),
+            torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0]]).expand(64, -1),
+        ],
+        plan,
+    )
+    r1 = decide(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
+    r2 = decide(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
+    assert r1 == r2 and torch.equal(torch.get_rng_state(), state)

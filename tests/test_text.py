@@ -122,3 +122,12 @@ def test_earliest_of_several_stop_strings_wins():
     row = RowText(("later", "ear"))
     assert row.append(b"an earlier word")
     assert row.text == "an "
+
+
+def test_invalid_bytes_inside_streamed_text_become_replacement_characters():
+    """Members can choose bytes that are not UTF-8; the stream shows U+FFFD, never raises."""
+    row = RowText(())
+    row.append(b"a\x80b")
+    assert row.take_delta() == "a\ufffdb"
+    row.append(b"\xff")
+    assert row.take_delta(final=True) == "\ufffd" and row.text == "a\ufffdb\ufffd"

@@ -165,3 +165,13 @@ def test_portable_messages_spell_tool_calls_and_results_for_templates_without_to
     assert out[2]["role"] == "assistant"
     assert parse_tool_calls(out[2]["content"])[1][0].arguments == {"a": 1, "b": 2}
     assert out[3] == {"role": "user", "content": "<tool_response>\n3\n</tool_response>"}
+
+
+def test_unicode_tool_arguments_survive_parsing():
+    """Non-ASCII arguments, written raw or as JSON escapes, come back as the same text."""
+    raw = '<tool_call>\n{"name": "lookup", "arguments": {"customer_name": "你好啊集团 😀"}}\n</tool_call>'
+    escaped = json.dumps({"name": "lookup", "arguments": {"customer_name": "こんにちは株式会社"}})
+    text, calls = parse_tool_calls(f"Sure. {raw} and <tool_call>\n{escaped}\n</tool_call>")
+    assert text.strip() == "Sure.  and".strip()
+    assert [c.arguments["customer_name"] for c in calls] == ["你好啊集团 😀", "こんにちは株式会社"]
+    assert "\\u" in escaped  # the second block really used escapes

@@ -22,6 +22,7 @@ from unite_integrations.engine.union import (
     extend_logits,
     mix,
     propose,
+    union_step,
 )
 
 DRAWS = 40_000
@@ -322,3 +323,25 @@ def test_sampling_uses_only_the_given_generator():
     r1 = decide(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
     r2 = decide(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
     assert r1 == r2 and torch.equal(torch.get_rng_state(), state)
+
+
+def test_greedy_choice_is_per_row():
+    p = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    assert choose(p, torch.zeros(2, 3), valid, 0.0, 1.0, None).tolist() == [1, 2]
+
+
+def test_union_step_is_propose_then_decide():
+    plan = _plan(weights=(0.3, 0.7))
+    a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5], [1.0, 6.0, 0.0, 9.0, 0.5, -2.0]])
+    b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0], [1.0, 2.5, 0.5, -1.0, -3.0]])
+    for t, top_p in ((0.0, 1.0), (0.9, 0.8)):
+        got = union_step([a, b], plan, t, top_p, torch.Generator().manual_seed(5))
+        want = decide(propose([a, b], plan), plan, t, top_p, torch.Generator().manual_seed(5))
+        for name in ("src", "col", "gid", "own_col", "prob", "agree"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+    hot = [
+        union_step([a, b], plan, 5.0, 1.0, torch.Generator().manual_seed(s)).gid.tolist()
+        for s in range(40)
+    ]
+    assert len({tuple(h) for h in hot}) > 1  # temperature reaches the choice

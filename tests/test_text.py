@@ -31,6 +31,10 @@ from unite_integrations.engine.text import RowText, complete_utf8_prefix
         (b"a\x80", 2),  # a stray continuation byte can never complete: nothing to hold back
         (b"a\xff", 2),
         (b"\xe4\xb8\xad\xe4", 3),
+        ("ሀ".encode()[:2], 0),  # lead byte 0xE1: every 3-byte lead, not only 0xE0
+        (b"x" + "ሀ".encode()[:1], 1),
+        (b"x" + "ϴ".encode()[:1], 1),  # a 2-byte lead 0xCF
+        (b"x" + "񁀀".encode()[:3], 1),  # a 4-byte lead 0xF1
     ],
 )
 def test_complete_utf8_prefix_cases(data, keep):

@@ -93,7 +93,7 @@ ENGINE_CASES: list[tuple[str, Callable[[UniTEEngine], Any], type[UniteError]]] =
     ("prompt-bytes", gen([b"hi"]), InputError),
     ("prompt-empty-string", gen([""]), InputError),
     ("prompt-second-is-int", gen(["ok", 7]), InputError),
-    ("prompt-too-long", gen(["word " * 3000]), ContextWindowError),
+    ("prompt-too-long", gen(["word " * 10_000], max_new_tokens=2), ContextWindowError),
     # a conversation and its messages
     ("conversation-of-strings", gen([["hi"]]), InputError),
     ("conversation-empty", gen([[]]), InputError),

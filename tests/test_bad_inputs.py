@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -268,6 +269,9 @@ def test_the_rules_accept_what_they_should(hetero):
         hetero.generate([BASE], seed=0, temperature=1, top_p=1, max_new_tokens=2),
         hetero.generate([BASE], min_new_tokens=2, max_new_tokens=2, stop="x"),
         hetero.generate(["emoji 😀 and 中文"], stop=("😀",), max_new_tokens=2),
+        # NumPy scalars are numbers too (seeds and budgets often come from arrays)
+        hetero.generate([BASE], seed=np.uint64(7), temperature=np.float32(0.5), max_new_tokens=2),
+        hetero.generate([BASE], max_new_tokens=np.int64(2)),
     ]
     assert all(isinstance(r[0], GenerationResult) for r in ok)
 

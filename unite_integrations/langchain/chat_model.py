@@ -34,7 +34,6 @@ from ..chat import (
     tool_choice,
     tool_names,
 )
-from ..chat.options import DEFAULT_MAX_TOKENS
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..engine.engine import UniTEEngine
 from ..engine.registry import get_engine
@@ -229,15 +228,7 @@ class UniTEChatModel(BaseChatModel):
         return self.load()
 
     def _defaults(self) -> ChatDefaults:
-        return ChatDefaults(
-            max_tokens=DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
-            min_tokens=self.min_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=stop_strings(self.stop),
-            max_json_string_length=self.max_json_string_length,
-        )
+        return ChatDefaults.from_fields(self)
 
     @property
     def core(self) -> ChatCore:

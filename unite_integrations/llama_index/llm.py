@@ -189,14 +189,8 @@ class UniTELLM(FunctionCallingLLM):
         return ChatCore(lambda: self.engine, defaults=self._defaults(), model_name=self._name())
 
     def _defaults(self) -> ChatDefaults:
-        return ChatDefaults(
-            max_tokens=self.max_new_tokens,
-            min_tokens=self.min_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            seed=self.seed,
-            stop=tuple(self.stop),
-            max_json_string_length=self.max_json_string_length,
+        return ChatDefaults.from_fields(
+            self, max_tokens="max_new_tokens", min_tokens="min_new_tokens"
         )
 
     def _name(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InputError
@@ -23,6 +24,8 @@ __all__ = [
     "render",
     "role_of",
 ]
+
+_ENGINE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def role_of(raw: object, where: str) -> Role:
@@ -118,6 +121,10 @@ def render(messages: Sequence[Message], instruction: str | None = None) -> list[
     for n, m in enumerate(messages):
         if not isinstance(m, Message):
             raise InputError(f"message {n} is a {type(m).__name__}, not a chat Message")
+        if m.role not in _ENGINE_ROLES:
+            m = replace(m, role=role_of(m.role, f"message {n}"))  # another spelling, or an error
+        if not isinstance(m.content, str):
+            raise InputError(f"message {n}: content must be a string")
         entry: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.tool_calls:
             entry["tool_calls"] = [

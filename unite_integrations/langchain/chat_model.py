@@ -79,7 +79,7 @@ class UniTEChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    members: list[str | MemberSpec] = Field(min_length=1)
+    members: list[str | MemberSpec]
     """The ensemble: built-in aliases (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``), local
     transformers directories, ``.gguf`` files, hub ids, or ``MemberSpec``s (weight, device,
     dtype, chat template, context window). The first member is the primary."""

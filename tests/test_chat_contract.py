@@ -586,3 +586,13 @@ def test_rendering_rules():
     assert make_tool_call(None, "add", '{"a": 1}', "m").arguments == {"a": 1}
     with pytest.raises(InputError, match="role 'critic'"):
         render((Message("critic", "x"),))  # type: ignore[arg-type]  # as a careless front end
+    with pytest.raises(InputError, match="tool_calls"):
+        render((Message("assistant", "", tool_calls="add"),))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="tool_calls"):
+        render((Message("assistant", "", tool_calls=(1, 2)),))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="content"):
+        render((Message("user", 5),))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="ChatOptions"):
+        ChatCore(ensemble_config(tiny_members())).prepare(
+            ChatRequest(messages=(Message("user", "x"),), options={"max_tokens": 3})  # type: ignore[arg-type]
+        )

@@ -125,6 +125,13 @@ def render(messages: Sequence[Message], instruction: str | None = None) -> list[
             m = replace(m, role=role_of(m.role, f"message {n}"))  # another spelling, or an error
         if not isinstance(m.content, str):
             raise InputError(f"message {n}: content must be a string")
+        if not isinstance(m.tool_calls, (tuple, list)) or not all(
+            isinstance(c, ToolCall) and isinstance(c.arguments, Mapping) for c in m.tool_calls
+        ):
+            raise InputError(
+                f"message {n}: tool_calls must be a list of ToolCall(id, name, arguments: dict) "
+                "(build them with make_tool_call)"
+            )
         entry: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.tool_calls:
             entry["tool_calls"] = [

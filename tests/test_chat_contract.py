@@ -462,6 +462,19 @@ def test_same_typed_errors_for_bad_calls(front, messages, call, error, match):
     assert front.invoke(SEA, max_tokens=2).usage[1] <= 2  # and the engine answers right after
 
 
+def test_bad_tools_are_config_errors(front):
+    for tools in ([1], ["add"], [{"type": "function", "function": {}}]):
+        with pytest.raises(ConfigError):
+            front.invoke(SEA, tools=tools, tool_choice="required")
+
+
+def test_core_batch_equals_single_calls(core):
+    prompts = [SEA, [("user", "Hello")], SEA]
+    requests = [core.request(p) for p in prompts]
+    answers = [core.answer(r) for r in core.core.batch(requests)]
+    assert [a.content for a in answers] == [core.invoke(p).content for p in prompts]
+
+
 def test_typed_errors_for_bad_construction_and_unknown_options(front):
     for fields in ({"members": []}, {"members": tiny_members(), "stop": [""]}):
         with pytest.raises(ConfigError):

@@ -609,3 +609,15 @@ def test_rendering_rules():
         ChatCore(ensemble_config(tiny_members())).prepare(
             ChatRequest(messages=(Message("user", "x"),), options={"max_tokens": 3})  # type: ignore[arg-type]
         )
+
+
+def test_the_core_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, unite_integrations.chat; "
+        "print(any(m.split('.')[0] in ('langchain_core', 'llama_index') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

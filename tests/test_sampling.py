@@ -25,6 +25,36 @@ from unite_integrations.engine.union import (
     union_step,
 )
 
+
+# The step takes per-row settings ([B] tensors) and one uniform draw per row from the row's own
+# generator; these helpers give every row the same settings and draw from one seeded generator.
+def _rows(x: float, b: int) -> torch.Tensor:
+    return torch.full((b,), float(x))
+
+
+def _draws(gen: torch.Generator | None, b: int) -> torch.Tensor:
+    return torch.rand(b, generator=gen) if gen is not None else torch.zeros(b)
+
+
+def mix_(scores, valid, weights, t):
+    return mix(scores, valid, weights, _rows(t, valid.shape[0]))
+
+
+def choose_(p, primary, valid, t, top_p, gen):
+    b = p.shape[0]
+    return choose(p, primary, valid, _rows(t, b), _rows(top_p, b), _draws(gen, b))
+
+
+def decide_(union, plan, t, top_p, gen, allowed=None):
+    b = union.gid.shape[0]
+    return decide(union, plan, _rows(t, b), _rows(top_p, b), _draws(gen, b), allowed)
+
+
+def union_step_(ext, plan, t, top_p, gen):
+    b = ext[0].shape[0]
+    return union_step(ext, plan, _rows(t, b), _rows(top_p, b), _draws(gen, b))
+
+
 DRAWS = 40_000
 Z = 6.5
 
@@ -80,9 +110,9 @@ def _draw(weights: list[float], t: float, top_p: float, seed: int) -> list[int]:
     scores = torch.tensor(SCORES)[:, None, :].expand(-1, DRAWS, -1)  # [N, B, C]
     valid = torch.tensor(VALID)[None, :].expand(DRAWS, -1)
     w = torch.tensor(weights) / sum(weights)
-    p, _ = mix(scores, valid, w, t)
+    p, _ = mix_(scores, valid, w, t)
     gen = torch.Generator().manual_seed(seed)
-    slot = choose(p, scores[0], valid, t, top_p, gen)
+    slot = choose_(p, scores[0], valid, t, top_p, gen)
     return torch.bincount(slot, minlength=len(VALID)).tolist()
 
 
@@ -106,7 +136,7 @@ def test_mix_equals_the_plain_computation():
     scores = torch.tensor(SCORES)[:, None, :]
     valid = torch.tensor(VALID)[None, :]
     for weights, t in (([0.7, 0.3], 0.6), ([0.1, 0.9], 1.7)):
-        p, p_i = mix(scores, valid, torch.tensor(weights), t)
+        p, p_i = mix_(scores, valid, torch.tensor(weights), t)
         want = expected_distribution(SCORES, VALID, weights, t, 1.0)
         assert p[0].tolist() == pytest.approx(want, abs=1e-6)
         for i in range(2):
@@ -117,12 +147,12 @@ def test_mix_equals_the_plain_computation():
 def test_greedy_mix_is_the_plain_softmax_average_and_ties_go_to_the_primary():
     scores = torch.tensor([[[1.0, 1.0, 0.0]], [[1.0, 1.0, 0.0]]])  # slots 0 and 1 tie
     valid = torch.ones(1, 3, dtype=torch.bool)
-    p, _ = mix(scores, valid, torch.tensor([0.5, 0.5]), 0.0)
+    p, _ = mix_(scores, valid, torch.tensor([0.5, 0.5]), 0.0)
     assert p[0].tolist() == pytest.approx(
         expected_distribution(scores[:, 0].tolist(), [True] * 3, [1, 1], 1.0, 1.0), abs=1e-6
     )
     primary = torch.tensor([[0.0, 2.0, 5.0]])  # the primary prefers slot 1 among the tied
-    assert choose(p, primary, valid, 0.0, 1.0, None).tolist() == [1]
+    assert choose_(p, primary, valid, 0.0, 1.0, None).tolist() == [1]
 
 
 def test_top_p_keeps_the_best_slot_even_when_it_alone_passes_top_p():
@@ -145,7 +175,7 @@ def test_decide_samples_the_spec_distribution_with_weights():
     )
     top_col = [torch.arange(k)[None, :].expand(draws, -1) for _ in range(n)]
     union = Union(gid, valid, scores, top_col)
-    res = decide(union, plan, 0.8, 0.85, torch.Generator().manual_seed(99))
+    res = decide_(union, plan, 0.8, 0.85, torch.Generator().manual_seed(99))
     counts = torch.bincount(res.gid, minlength=7).tolist()
     probs = expected_distribution(SCORES, valid[0].tolist(), [0.75, 0.25], 0.8, 0.85)
     by_string = [0.0] * 7
@@ -195,7 +225,7 @@ def test_propose_builds_the_union_and_scores_every_string_in_every_member():
     # Member A scores B's "5" with its first sub-token (column 0); B scores A's "4" with 2.
     assert u.scores[0].tolist() == [[4.0, 3.0, 2.5, 4.0, 4.0, 3.0]]
     assert u.scores[1].tolist() == [[3.0, 1.0, 3.0, 3.0, 2.0, 1.0]]
-    res = decide(u, plan, 0.0, 1.0, None)
+    res = decide_(u, plan, 0.0, 1.0, None)
     # p over valid slots [1, 2, 4, 5]: A softmax(4,3,2.5,4), B softmax(3,1,3,2); "1" wins.
     assert res.gid.tolist() == [1] and res.src.tolist() == [0] and res.col.tolist() == [0]
     assert res.own_col.tolist() == [[0], [2]]  # both proposed "1": A as its 0, B as its 2
@@ -206,10 +236,10 @@ def test_propose_builds_the_union_and_scores_every_string_in_every_member():
     # A sure of "2", B fairly sure of "5": equal weights follow A, weights (0.1, 0.9) follow B.
     a2 = torch.tensor([[1.0, 6.0, 0.0, 9.0, 0.5, -2.0]])  # top-3: "2", "1", "4"
     b2 = torch.tensor([[1.0, 2.5, 0.5, -1.0, -3.0]])  # top-3: "5", "2", "1"
-    equal = decide(propose([a2, b2], plan), plan, 0.0, 1.0, None)
+    equal = decide_(propose([a2, b2], plan), plan, 0.0, 1.0, None)
     assert equal.gid.tolist() == [2] and equal.src.tolist() == [0] and not equal.agree.item()
     heavy = _plan(weights=(0.1, 0.9))
-    leaning = decide(propose([a2, b2], heavy), heavy, 0.0, 1.0, None)
+    leaning = decide_(propose([a2, b2], heavy), heavy, 0.0, 1.0, None)
     assert leaning.gid.tolist() == [5] and leaning.src.tolist() == [1]
     assert leaning.own_col.tolist() == [[-1], [1]]  # A never proposed "5"
 
@@ -219,7 +249,7 @@ def test_decide_on_a_batch_keeps_rows_apart():
     plan = _plan()
     a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5], [1.0, 6.0, 0.0, 9.0, 0.5, -2.0]])
     b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0], [1.0, 2.5, 0.5, -1.0, -3.0]])
-    res = decide(propose([a, b], plan), plan, 0.0, 1.0, None)
+    res = decide_(propose([a, b], plan), plan, 0.0, 1.0, None)
     assert res.gid.tolist() == [1, 2]
     assert res.agree.tolist() == [True, False]
     assert res.src.dtype == torch.int64 and res.src.tolist() == [0, 0]
@@ -232,7 +262,7 @@ def test_end_is_a_candidate_and_can_win():
     b = torch.tensor([[0.0, 0.1, 0.2, 0.0, 6.0]])  # END (column 4) far ahead
     u = propose([a, b], plan)
     assert u.gid[0, 0].item() == 0 and u.valid[0, 0].item()
-    assert decide(u, plan, 0.0, 1.0, None).gid.tolist() == [0]
+    assert decide_(u, plan, 0.0, 1.0, None).gid.tolist() == [0]
 
 
 def test_slots_past_a_members_candidates_are_never_valid():
@@ -281,7 +311,7 @@ def test_greedy_ties_on_the_mix_go_to_the_primary_members_scores():
     plan = _plan(weights=(0.0, 1.0))  # the mix is B's alone; A only breaks ties
     a = torch.tensor([[3.0, 2.0, 1.0, 9.0, 0.0, -9.0]])  # A proposes "1", "2", "3"
     b = torch.tensor([[2.0, 2.0, -9.0, -9.0, -9.0]])  # B: "2", "3" and "5" tie exactly at 2
-    res = decide(propose([a, b], plan), plan, 0.0, 1.0, None)
+    res = decide_(propose([a, b], plan), plan, 0.0, 1.0, None)
     assert res.gid.tolist() == [5]  # A scores "5" with its column 0 (3.0), above "2" and "3"
 
 
@@ -291,16 +321,16 @@ def test_a_grammar_mask_removes_slots_before_the_choice():
     b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0]])
     u = propose([a, b], plan)
     allowed = torch.tensor([[False, True, True, True, True, True]])  # "1" is not allowed
-    res = decide(u, plan, 0.0, 1.0, None, allowed)
+    res = decide_(u, plan, 0.0, 1.0, None, allowed)
     assert res.gid.tolist() == [5]  # the best of the rest (p: "5" .27, "4" .24, "2" .10)
-    assert decide(u, plan, 0.0, 1.0, None).gid.tolist() == [1]
+    assert decide_(u, plan, 0.0, 1.0, None).gid.tolist() == [1]
 
 
 def test_top_p_cut_is_strictly_at_the_mass_above():
     """A slot whose mass above equals top_p exactly is cut (mass strictly above >= top_p)."""
     p = torch.tensor([[0.5, 0.25, 0.25]]).expand(4000, -1)
     valid = torch.ones(4000, 3, dtype=torch.bool)
-    slots = choose(p, p, valid, 1.0, 0.5, torch.Generator().manual_seed(3))
+    slots = choose_(p, p, valid, 1.0, 0.5, torch.Generator().manual_seed(3))
     assert slots.tolist() == [0] * 4000
 
 
@@ -308,10 +338,14 @@ def test_sampling_uses_only_the_given_generator():
     p = torch.tensor([[0.3, 0.3, 0.4]]).expand(64, -1)
     valid = torch.ones(64, 3, dtype=torch.bool)
     state = torch.get_rng_state()
-    one = choose(p, p, valid, 1.0, 1.0, torch.Generator().manual_seed(11))
-    two = choose(p, p, valid, 1.0, 1.0, torch.Generator().manual_seed(11))
+    one = choose_(p, p, valid, 1.0, 1.0, torch.Generator().manual_seed(11))
+    two = choose_(p, p, valid, 1.0, 1.0, torch.Generator().manual_seed(11))
     assert one.tolist() == two.tolist()
     assert torch.equal(torch.get_rng_state(), state)  # the global generator was not touched
+    # A sampled row's choice is a function of its own draw: the same draw, the same slot.
+    u = torch.full((64,), 0.5)
+    t, tp = _rows(1.0, 64), _rows(1.0, 64)
+    assert choose(p, p, valid, t, tp, u).tolist() == choose(p, p, valid, t, tp, u).tolist()
     plan = _plan()
     u = propose(
         [
@@ -320,15 +354,15 @@ def test_sampling_uses_only_the_given_generator():
         ],
         plan,
     )
-    r1 = decide(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
-    r2 = decide(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
+    r1 = decide_(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
+    r2 = decide_(u, plan, 1.0, 1.0, torch.Generator().manual_seed(4)).gid.tolist()
     assert r1 == r2 and torch.equal(torch.get_rng_state(), state)
 
 
 def test_greedy_choice_is_per_row():
     p = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
     valid = torch.ones(2, 3, dtype=torch.bool)
-    assert choose(p, torch.zeros(2, 3), valid, 0.0, 1.0, None).tolist() == [1, 2]
+    assert choose_(p, torch.zeros(2, 3), valid, 0.0, 1.0, None).tolist() == [1, 2]
 
 
 def test_union_step_is_propose_then_decide():
@@ -336,12 +370,12 @@ def test_union_step_is_propose_then_decide():
     a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5], [1.0, 6.0, 0.0, 9.0, 0.5, -2.0]])
     b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0], [1.0, 2.5, 0.5, -1.0, -3.0]])
     for t, top_p in ((0.0, 1.0), (0.9, 0.8)):
-        got = union_step([a, b], plan, t, top_p, torch.Generator().manual_seed(5))
-        want = decide(propose([a, b], plan), plan, t, top_p, torch.Generator().manual_seed(5))
+        got = union_step_([a, b], plan, t, top_p, torch.Generator().manual_seed(5))
+        want = decide_(propose([a, b], plan), plan, t, top_p, torch.Generator().manual_seed(5))
         for name in ("src", "col", "gid", "own_col", "prob", "agree"):
             assert torch.equal(getattr(got, name), getattr(want, name)), name
     hot = [
-        union_step([a, b], plan, 5.0, 1.0, torch.Generator().manual_seed(s)).gid.tolist()
+        union_step_([a, b], plan, 5.0, 1.0, torch.Generator().manual_seed(s)).gid.tolist()
         for s in range(40)
     ]
     assert len({tuple(h) for h in hot}) > 1  # temperature reaches the choice

@@ -109,10 +109,6 @@ class TestUniTEChatModelTiny(ChatModelIntegrationTests):
     def test_unicode_tool_call_integration(self, model: Any, **kwargs: Any) -> None:
         super().test_unicode_tool_call_integration(model, **kwargs)
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=NEEDS_A_CAPABLE_MODEL + ": answer_style needs 'pirate'")
-    def test_bind_runnables_as_tools(self, model: Any) -> None:
-        super().test_bind_runnables_as_tools(model)
-
     @pytest.mark.xfail(
         strict=True,
         raises=AssertionError,

@@ -379,3 +379,21 @@ def test_union_step_is_propose_then_decide():
         for s in range(40)
     ]
     assert len({tuple(h) for h in hot}) > 1  # temperature reaches the choice
+
+
+def test_sampling_reaches_the_last_slot_when_nothing_is_cut():
+    """top_p = 1 and every slot valid: the least likely slot keeps its share."""
+    probs = [0.5, 0.3, 0.2]
+    p = torch.tensor([probs]).expand(DRAWS, -1)
+    valid = torch.ones(DRAWS, 3, dtype=torch.bool)
+    slots = choose_(p, p, valid, 1.0, 1.0, torch.Generator().manual_seed(21))
+    assert_follows(torch.bincount(slots, minlength=3).tolist(), probs)
+
+
+def test_a_draw_on_a_cdf_boundary_takes_the_next_slot():
+    """Slot k is chosen when cdf[k-1] <= draw * total < cdf[k]."""
+    p = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.25, 0.75]])
+    valid = torch.ones(3, 2, dtype=torch.bool)
+    ones = torch.ones(3)
+    draws = torch.tensor([0.5, 0.0, 0.25])
+    assert choose(p, p, valid, ones, ones, draws).tolist() == [1, 0, 1]

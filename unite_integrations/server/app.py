@@ -144,18 +144,20 @@ class _Server:
 
         async def guarded(request: Request) -> Response:
             self.metrics.started()
-            status = 500
+            status, streaming = 500, False
             try:
                 self._check_key(request)
                 response = await handler(request)
                 status = response.status_code
+                streaming = isinstance(response, StreamingResponse)
                 return response
             except Exception as e:
                 error = from_exception(e)
                 status = error.status
                 return JSONResponse(error.body(), status_code=error.status)
             finally:
-                self.metrics.finished(endpoint, status)
+                if not streaming:  # a stream is counted when it ends (see ``_events``)
+                    self.metrics.finished(endpoint, status)
 
         return guarded
 
@@ -303,7 +305,9 @@ class _Server:
             usage=bool(body.stream_options and body.stream_options.include_usage),
         )
         if body.stream:
-            return await self._stream(chat_request, want, "chat.completion.chunk", _chat_chunk)
+            return await self._stream(
+                chat_request, want, "chat.completion.chunk", _chat_chunk, "chat"
+            )
         result = await self.core.ainvoke(chat_request)
         self._count(result)
         return JSONResponse(self._chat_response(result, want))
@@ -412,7 +416,9 @@ class _Server:
                 raise APIError(
                     400, "stream one prompt per request (got a list)", param="prompt"
                 )
-            return await self._stream(requests[0], want, "text_completion", _text_chunk)
+            return await self._stream(
+                requests[0], want, "text_completion", _text_chunk, "completions"
+            )
         results = await asyncio.gather(*(self.core.ainvoke(r) for r in requests))
         for r in results:
             self._count(r)
@@ -465,6 +471,7 @@ class _Server:
         want: _Wants,
         kind: str,
         render: Callable[[ChatChunk, bool], list[dict[str, Any]]],
+        endpoint: str,
     ) -> Response:
         """Server-sent events. The first chunk is awaited before the response starts, so a bad
         request (or an overloaded engine) is still an HTTP error, not an event."""
@@ -472,7 +479,7 @@ class _Server:
         head = {"id": _id("chatcmpl" if kind != "text_completion" else "cmpl"),
                 "object": kind, "created": int(time.time()), "model": self.model}
         return StreamingResponse(
-            self._events(chunks, head, want, render),
+            self._events(chunks, head, want, render, endpoint),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -483,6 +490,7 @@ class _Server:
         head: dict[str, Any],
         want: _Wants,
         render: Callable[[ChatChunk, bool], list[dict[str, Any]]],
+        endpoint: str,
     ) -> AsyncIterator[bytes]:
         finished = False
         first = True
@@ -512,10 +520,12 @@ class _Server:
                     yield self._event(head, choice, want)
             yield b"data: [DONE]\n\n"
         except Exception as e:  # after the headers: the error goes out as an event
+            finished = True
             yield _sse(from_exception(e).body())
         finally:
             if not finished:
                 self.metrics.disconnected()
+            self.metrics.finished(endpoint, 200)
             await chunks.aclose()  # cancels the engine request if it is still running
 
     @staticmethod

@@ -77,8 +77,8 @@ class Metrics:
                              "Mean share of decisions where every member's top-1 agreed.", rate)
         for key, value in sorted(engine_stats.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                name = f"unite_engine_{_snake(key)}"
                 kind = "counter" if key in _COUNTERS else "gauge"
+                name = f"unite_engine_{_snake(key)}" + ("_total" if kind == "counter" else "")
                 lines += _metric(name, kind, f"Engine stat {key!r}.", value)
         return "\n".join(lines) + "\n"
 

@@ -290,7 +290,9 @@ def test_logprobs_and_token_provenance(hetero, client):
 def test_chat_core_is_the_backend(hetero, client):
     """The server is a translator: its answer is the chat core's for the same request."""
     core = ChatCore(hetero)
-    want = core.invoke(ChatRequest(messages=(Message("system", "Be brief."), Message("user", "Hi"))))
+    want = core.invoke(
+        ChatRequest(messages=(Message("system", "Be brief."), Message("user", "Hi")))
+    )
     r = client.chat.completions.create(
         model="tiny",
         messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
@@ -327,7 +329,12 @@ def _post(base: str, body: object, headers: dict[str, str] | None = None, raw: b
         ({"model": "tiny", "messages": USER, "max_tokens": 10**9}, None, 400, "max_tokens"),
         ({"model": "tiny", "messages": USER, "temperature": -1}, None, 400, "temperature"),
         ({"model": "tiny", "messages": USER, "n": 2}, None, 400, "n"),
-        ({"model": "tiny", "messages": USER, "top_logprobs": 3, "logprobs": True}, None, 400, "top_logprobs"),
+        (
+            {"model": "tiny", "messages": USER, "top_logprobs": 3, "logprobs": True},
+            None,
+            400,
+            "top_logprobs",
+        ),
         ({"model": "tiny", "messages": USER, "tool_choice": "required"}, None, 400, "tool_choice"),
         ({"model": "tiny", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, None, 400, "stop"),
         (

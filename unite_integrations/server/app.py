@@ -121,7 +121,9 @@ class _Server:
                 self._guard("chat", self.chat),
                 methods=["POST"],
             ),
-            Route("/v1/completions", self._guard("completions", self.completions), methods=["POST"]),
+            Route(
+                "/v1/completions", self._guard("completions", self.completions), methods=["POST"]
+            ),
         ]
         self.app = Starlette(
             routes=routes,
@@ -219,9 +221,7 @@ class _Server:
                 code="unsupported_value",
             )
         if len(body.stops()) > MAX_STOP:
-            raise APIError(
-                400, f"at most {MAX_STOP} stop sequences are allowed", param="stop"
-            )
+            raise APIError(400, f"at most {MAX_STOP} stop sequences are allowed", param="stop")
         budget = body.token_budget()
         window = self.engine.context_window
         if budget is not None and budget >= window:
@@ -241,6 +241,7 @@ class _Server:
     def _options(self, body: ChatCompletionRequest | CompletionRequest) -> ChatOptions:
         return ChatOptions(
             max_tokens=body.token_budget(),
+            min_tokens=body.min_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             seed=body.seed,
@@ -254,9 +255,7 @@ class _Server:
 
     async def render_metrics(self, request: Request) -> Response:
         stats = dict(getattr(self.engine, "stats", {}) or {})
-        return PlainTextResponse(
-            self.metrics.render(stats), media_type="text/plain; version=0.0.4"
-        )
+        return PlainTextResponse(self.metrics.render(stats), media_type="text/plain; version=0.0.4")
 
     def _model_card(self) -> dict[str, Any]:
         return {
@@ -372,7 +371,10 @@ class _Server:
         content = []
         for token in _tokens(result):
             text = token["text"]
-            p = sum(w * token["probs"].get(m, 0.0) for m, w in zip(self.engine.member_names, self.weights))
+            p = sum(
+                w * token["probs"].get(m, 0.0)
+                for m, w in zip(self.engine.member_names, self.weights)
+            )
             content.append(
                 {
                     "token": text,
@@ -388,10 +390,17 @@ class _Server:
     async def completions(self, request: Request) -> Response:
         body: CompletionRequest = await self._body(request, CompletionRequest)
         self._check_common(body)
-        for field, bad in (("echo", body.echo), ("suffix", body.suffix), ("best_of", body.best_of not in (None, 1))):
+        for field, bad in (
+            ("echo", body.echo),
+            ("suffix", body.suffix),
+            ("best_of", body.best_of not in (None, 1)),
+        ):
             if bad:
                 raise APIError(
-                    400, f"{field} is not supported by the ensemble", param=field, code="unsupported_value"
+                    400,
+                    f"{field} is not supported by the ensemble",
+                    param=field,
+                    code="unsupported_value",
                 )
         if body.logprobs:
             raise APIError(
@@ -413,9 +422,7 @@ class _Server:
         requests = [ChatRequest(text=p, options=options) for p in prompts]
         if body.stream:
             if len(requests) != 1:
-                raise APIError(
-                    400, "stream one prompt per request (got a list)", param="prompt"
-                )
+                raise APIError(400, "stream one prompt per request (got a list)", param="prompt")
             return await self._stream(
                 requests[0], want, "text_completion", _text_chunk, "completions"
             )
@@ -476,8 +483,12 @@ class _Server:
         """Server-sent events. The first chunk is awaited before the response starts, so a bad
         request (or an overloaded engine) is still an HTTP error, not an event."""
         chunks = await self.core.astream(chat_request)
-        head = {"id": _id("chatcmpl" if kind != "text_completion" else "cmpl"),
-                "object": kind, "created": int(time.time()), "model": self.model}
+        head = {
+            "id": _id("chatcmpl" if kind != "text_completion" else "cmpl"),
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.model,
+        }
         return StreamingResponse(
             self._events(chunks, head, want, render, endpoint),
             media_type="text/event-stream",
@@ -529,9 +540,7 @@ class _Server:
             await chunks.aclose()  # cancels the engine request if it is still running
 
     @staticmethod
-    def _event(
-        head: dict[str, Any], choice: dict[str, Any], want: _Wants, **extra: Any
-    ) -> bytes:
+    def _event(head: dict[str, Any], choice: dict[str, Any], want: _Wants, **extra: Any) -> bytes:
         event = {**head, "choices": [choice], **extra}
         if want.usage:
             event["usage"] = None  # as OpenAI: every chunk has the key; the last one the counts
@@ -589,7 +598,9 @@ def _message(m: Any, n: int) -> Message:
                 param=f"{where}.tool_calls",
             )
         calls.append(
-            make_tool_call(call.get("id"), fn.get("name"), fn.get("arguments"), f"{where}.tool_calls[{i}]")
+            make_tool_call(
+                call.get("id"), fn.get("name"), fn.get("arguments"), f"{where}.tool_calls[{i}]"
+            )
         )
     return make_message(
         m.role, text, where=where, tool_calls=calls, tool_call_id=m.tool_call_id, name=m.name
@@ -630,7 +641,9 @@ def _chat_chunk(chunk: ChatChunk, first: bool) -> list[dict[str, Any]]:
         out.append({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
 
     if first or chunk.content:
-        choice({"role": "assistant", "content": chunk.content} if first else {"content": chunk.content})
+        choice(
+            {"role": "assistant", "content": chunk.content} if first else {"content": chunk.content}
+        )
     for c in chunk.tool_calls:
         head = {"index": c.index, "id": c.id, "type": "function"}
         choice({"tool_calls": [{**head, "function": {"name": c.name, "arguments": ""}}]})
@@ -665,6 +678,7 @@ def _too_large(limit: int) -> APIError:
 async def _http_error(request: Request, error: HTTPException) -> Response:
     """Routing errors (unknown path, wrong method) in OpenAI's error body too."""
     kind = "not_found" if error.status_code == 404 else "invalid_request_error"
-    body = APIError(error.status_code, f"{request.method} {request.url.path}: {error.detail}",
-                    type=kind).body()
+    body = APIError(
+        error.status_code, f"{request.method} {request.url.path}: {error.detail}", type=kind
+    ).body()
     return JSONResponse(body, status_code=error.status_code)

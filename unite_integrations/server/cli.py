@@ -31,24 +31,47 @@ def add_subcommands(sub: Any) -> None:
         help=f"alias, directory, .gguf file or hub id; repeat for each member "
         f"(default: {' + '.join(DEFAULT_MEMBERS)})",
     )
-    p.add_argument("-w", "--weight", action="append", type=float, dest="weights",
-                   help="member weight, once per --member, in the same order")
+    p.add_argument(
+        "-w",
+        "--weight",
+        action="append",
+        type=float,
+        dest="weights",
+        help="member weight, once per --member, in the same order",
+    )
     p.add_argument("--device", default="cpu", help="device for every member (cpu, cuda:0 ...)")
     p.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)",
+    )
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1 (default: $UNITE_API_KEY)")
-    p.add_argument("--model-name", default=None,
-                   help="the model id clients send (default: unite: and the members joined by +)")
-    p.add_argument("--max-tokens", type=int, default=256,
-                   help="tokens generated when a request does not say (default 256)")
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
-                   help="larger request bodies get 413")
-    p.add_argument("--graceful-timeout", type=float, default=30.0,
-                   help="seconds requests in flight may finish after SIGTERM before they are "
-                   "cancelled")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $UNITE_API_KEY)",
+    )
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="the model id clients send (default: unite: and the members joined by +)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        help="tokens generated when a request does not say (default 256)",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies get 413"
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds requests in flight may finish after SIGTERM before they are cancelled",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
     p.set_defaults(handler=_serve)

@@ -64,17 +64,33 @@ class Metrics:
             for (endpoint, status), n in sorted(self.requests.items()):
                 lines.append(f'unite_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
             rate = self._agreement_sum / self._answers if self._answers else 0.0
-            lines += _metric("unite_prompt_tokens_total", "counter",
-                             "Prompt tokens (primary member's count).", self.prompt_tokens)
-            lines += _metric("unite_completion_tokens_total", "counter",
-                             "Generated tokens (union steps).", self.completion_tokens)
-            lines += _metric("unite_requests_in_flight", "gauge",
-                             "Requests being answered now.", self.in_flight)
-            lines += _metric("unite_requests_cancelled_total", "counter",
-                             "Requests whose client went away before the answer ended.",
-                             self.cancelled)
-            lines += _metric("unite_agreement_rate", "gauge",
-                             "Mean share of decisions where every member's top-1 agreed.", rate)
+            lines += _metric(
+                "unite_prompt_tokens_total",
+                "counter",
+                "Prompt tokens (primary member's count).",
+                self.prompt_tokens,
+            )
+            lines += _metric(
+                "unite_completion_tokens_total",
+                "counter",
+                "Generated tokens (union steps).",
+                self.completion_tokens,
+            )
+            lines += _metric(
+                "unite_requests_in_flight", "gauge", "Requests being answered now.", self.in_flight
+            )
+            lines += _metric(
+                "unite_requests_cancelled_total",
+                "counter",
+                "Requests whose client went away before the answer ended.",
+                self.cancelled,
+            )
+            lines += _metric(
+                "unite_agreement_rate",
+                "gauge",
+                "Mean share of decisions where every member's top-1 agreed.",
+                rate,
+            )
         for key, value in sorted(engine_stats.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 kind = "counter" if key in _COUNTERS else "gauge"

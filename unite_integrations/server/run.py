@@ -32,7 +32,7 @@ def serve(
     cache_dir: str | Path | None = None,
     defaults: ChatDefaults | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    graceful_timeout: float = 30.0,
+    graceful_timeout: int = 30,
     log_level: str = "info",
 ) -> None:
     """Load ``members`` as one ensemble and serve it until interrupted."""
@@ -51,5 +51,5 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
-        timeout_graceful_shutdown=graceful_timeout,
+        timeout_graceful_shutdown=max(1, graceful_timeout),
     )

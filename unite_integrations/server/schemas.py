@@ -61,6 +61,11 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1)
+    min_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Tokens to generate before the answer may end (vLLM's extension).",
+    )
     unite: UniteOptions = Field(default_factory=UniteOptions)
 
     def stops(self) -> list[str]:

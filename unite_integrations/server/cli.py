@@ -68,8 +68,8 @@ def add_subcommands(sub: Any) -> None:
     )
     p.add_argument(
         "--graceful-timeout",
-        type=float,
-        default=30.0,
+        type=int,
+        default=30,
         help="seconds requests in flight may finish after SIGTERM before they are cancelled",
     )
     p.add_argument("--log-level", default="info")

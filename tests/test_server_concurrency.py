@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("uvicorn")
 
-from server_harness import running
+from server_harness import running, serving
 
 PROMPTS = ["Hello world", "The quick brown fox", "1 + 1 =", "Once upon a time"]
 
@@ -103,3 +103,43 @@ def test_disconnect_mid_stream_cancels_the_request(base):
     client = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
     r2 = client.chat.completions.create(model="tiny", messages=body["messages"], max_tokens=2)
     assert r2.usage.completion_tokens <= 2
+
+
+def _stream_body(tokens: int) -> dict[str, object]:
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Tell me a long story"}],
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "stream": True,
+    }
+
+
+def test_graceful_shutdown_finishes_in_flight_streams(make_engine, tiny_dirs):
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=4)
+    with (
+        serving(engine, model_name="tiny") as (url, server),
+        httpx.stream("POST", url + "/chat/completions", json=_stream_body(24), timeout=60) as r,
+    ):
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        server.should_exit = True  # as SIGTERM does
+        rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        assert '"finish_reason": "length"' in rest[-2]
+
+
+def test_shutdown_past_the_grace_period_cancels_streams(make_engine, tiny_dirs):
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=4)
+    with serving(engine, model_name="tiny", graceful_timeout=1) as (url, server):
+        metrics = server.config.app.state.unite.metrics
+        with httpx.stream(
+            "POST", url + "/chat/completions", json=_stream_body(480), timeout=60
+        ) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            server.should_exit = True
+            with pytest.raises(httpx.HTTPError):  # the stream is cut: no [DONE]
+                for line in lines:
+                    assert line != "data: [DONE]"
+    _wait_for(lambda: metrics.cancelled == 1, "the cut stream counted as cancelled")

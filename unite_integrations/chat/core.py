@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,7 @@ class ChatCore:
 
     def _chunks(self, call: PreparedCall, pieces: Iterator[Any]) -> Iterator[ChatChunk]:
         splitter = ToolCallStream() if call.parse_calls else None
+        streamed: list[str] = []  # ids of the calls streamed so far: the result keeps them
         index = 0
         try:
             for piece in pieces:
@@ -153,12 +154,14 @@ class ChatCore:
                         parts += splitter.finish()
                     for chunk in _part_chunks(parts, index):
                         index += len(chunk.tool_calls)
+                        streamed += [c.id for c in chunk.tool_calls]
                         yield chunk
-                    result = self.result(piece.result, call.parse_calls)
+                    result = self.result(piece.result, call.parse_calls, streamed)
                     yield ChatChunk(finish_reason=result.finish_reason, result=result)
                     return
                 for chunk in _part_chunks(parts, index):
                     index += len(chunk.tool_calls)
+                    streamed += [c.id for c in chunk.tool_calls]
                     yield chunk
         finally:
             close = getattr(pieces, "close", None)
@@ -187,9 +190,12 @@ class ChatCore:
 
     # -- engine results -> chat results ------------------------------------------------------
 
-    def result(self, result: GenerationResult, parse: bool) -> ChatResult:
-        """A ``ChatResult`` from the engine's result (``parse``: split off tool calls)."""
+    def result(self, result: GenerationResult, parse: bool, ids: Sequence[str] = ()) -> ChatResult:
+        """A ``ChatResult`` from the engine's result (``parse``: split off tool calls; ``ids``:
+        the ids a stream already gave those calls, so the result's calls carry the same)."""
         content, calls = parse_calls(result.text) if parse else (result.text, ())
+        if ids and len(ids) == len(calls):
+            calls = tuple(replace(c, id=i) for c, i in zip(calls, ids))
         u = result.usage
         return ChatResult(
             content=content,

@@ -13,7 +13,7 @@ its ``ChatDefaults``; a call's options (``ChatOptions``) override them one by on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..engine.config import GenerationOptions
@@ -40,6 +40,27 @@ class ChatDefaults:
     max_json_string_length: int | None = 512
     """Longest string the grammar lets the members write in a call's arguments or a structured
     output, where the schema does not bound it itself; ``None``: unbounded."""
+
+    @classmethod
+    def from_fields(cls, owner: object, **renamed: str) -> ChatDefaults:
+        """The defaults a front end's fields give: each attribute of ``owner`` named as a field
+        here (``renamed`` maps the ones named otherwise, e.g. ``max_tokens="max_new_tokens"``);
+        ``None`` where a value is needed keeps the default; ``stop`` as ``stop_strings`` reads
+        it."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = renamed.get(f.name, f.name)
+            if not hasattr(owner, name):
+                continue
+            value = getattr(owner, name)
+            if value is None and f.name in _NEEDED:
+                continue
+            values[f.name] = stop_strings(value) if f.name == "stop" else value
+        return cls(**values)
+
+
+#: Defaults that must have a value (``None`` for them means "the default").
+_NEEDED = frozenset({"max_tokens", "min_tokens", "temperature", "top_p", "parallel_tool_calls"})
 
 
 def stop_strings(value: object, field: str = "stop") -> tuple[str, ...]:

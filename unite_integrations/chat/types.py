@@ -115,16 +115,19 @@ class ChatRequest:
     ``tools`` are OpenAI-style function tools (``{"type": "function", "function": {...}}``).
     ``tool_choice``: ``"auto"`` (default: text or calls, the ensemble decides), ``"none"`` (text;
     the tools are not shown), ``"required"`` (at least one call) or a tool's name (that tool);
-    ``chat.tools.tool_choice`` reads every front end's spelling. ``parallel_tool_calls``: ``None``
+    every front end's spelling is read (``True``, ``"any"``, ``{"type": "function", "function":
+    {"name": ...}}``; see ``chat.tools.tool_choice``). ``parallel_tool_calls``: ``None``
     is the front end's default (off: small members repeat a call until the budget ends).
     """
 
     messages: tuple[Message, ...] = ()
     options: ChatOptions = ChatOptions()
     tools: tuple[Mapping[str, Any], ...] = ()
-    tool_choice: str = "auto"
+    tool_choice: str | bool | Mapping[str, Any] | None = "auto"
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
+    response_format: ResponseFormat | Mapping[str, Any] | None = None
+    """A ``ResponseFormat``, or OpenAI's dicts (``{"type": "json_object"}``, ``{"type":
+    "json_schema", "json_schema": {"schema": ...}}``) or a bare JSON schema."""
     text: str | None = None
     """A raw prompt the members continue as is (no chat template); replaces ``messages``."""
 

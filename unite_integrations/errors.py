@@ -5,7 +5,9 @@
     ├── ModelLoadError         unknown alias, missing path, unreadable checkpoint, unavailable device
     ├── InputError             empty prompt list, empty conversation, unknown message role
     ├── ContextWindowError     a prompt that does not fit a member's context window
-    └── TokenizerError         a tokenizer the ensemble cannot represent exactly (no byte coverage)
+    ├── TokenizerError         a tokenizer the ensemble cannot represent exactly (no byte coverage)
+    ├── OverloadedError        the engine's queue is full: retry later (a server answers 429/503)
+    └── EngineClosedError      the engine was closed (``close()``, or the interpreter is exiting)
 
 Every message names the member concerned (where there is one) and what to do about it, because a
 user who sees these errors usually cannot read the engine to find out.
@@ -16,8 +18,10 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ContextWindowError",
+    "EngineClosedError",
     "InputError",
     "ModelLoadError",
+    "OverloadedError",
     "TokenizerError",
     "UniteError",
 ]
@@ -45,3 +49,15 @@ class ContextWindowError(UniteError, ValueError):
 
 class TokenizerError(UniteError):
     """A member's tokenizer cannot encode arbitrary bytes, so the shared text cannot be mirrored."""
+
+
+class OverloadedError(UniteError, RuntimeError):
+    """The engine already holds as many waiting requests as it may; the call was not queued.
+
+    Nothing was decoded: retry later, or raise the engine's ``max_queue``.
+    """
+
+
+class EngineClosedError(UniteError, RuntimeError):
+    """The engine was closed (``close()``, leaving its ``with`` block, or interpreter exit), so
+    the call was refused or stopped; build a new engine to go on."""

@@ -235,6 +235,12 @@ class ByteMatcher:
             raise ConfigError(f"invalid grammar for constrained decoding: {error}")
         self._m = llguidance.LLMatcher(tok, grammar, log_level=0)
 
+    def copy(self) -> ByteMatcher:
+        """An independent matcher in the same state (to look ahead without moving this one)."""
+        twin = object.__new__(ByteMatcher)
+        twin._m = self._m.deep_copy()
+        return twin
+
     def allows(self, piece: bytes) -> bool:
         """Could the text continue with ``piece`` (END is ``b""``) and still be completed?"""
         if not piece:
@@ -248,6 +254,18 @@ class ByteMatcher:
     def forced_bytes(self) -> bytes:
         """Bytes the grammar forces next, whatever is chosen (e.g. ``"\n</tool_call>"``)."""
         return bytes(self._m.compute_ff_bytes())
+
+    def finishing_byte(self, spellable: list[bool]) -> int | None:
+        """An allowed byte after which the text is complete, else the lowest allowed byte (both
+        among ``spellable``); None if the grammar allows none. The closing rule's last resort."""
+        options = [b for b in self.allowed_bytes() if spellable[b]]
+        for b in options:
+            self._m.consume_tokens([b])
+            done = self._m.is_accepting()
+            self._m.rollback(1)
+            if done:
+                return b
+        return options[0] if options else None
 
     def allowed_bytes(self) -> list[int]:
         """Every byte the grammar accepts next (for the last-resort fallback)."""

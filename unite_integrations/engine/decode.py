@@ -1,28 +1,31 @@
-"""The decode loop: prefill, then one union step and one feed-back per generated string.
+"""One decode step over the rows in flight: a union decision per row, then one forward per member.
 
-Everything here is host-side bookkeeping around two calls: ``union_step`` (pure tensors) and
-``MemberBatch.advance`` (one forward pass per member). The only device->host transfer per step is
-the small ``StepResult``.
+Rows join and leave between steps (continuous batching, driven by the engine's worker): ``Batch``
+holds every member's ``MemberBatch`` and each row's own state and options (budget, temperature,
+top-p, its own random generator, stop strings, grammar), index r everywhere. ``step`` is host-side
+bookkeeping around two calls: ``propose``/``decide`` (pure tensors) and ``MemberBatch.advance``
+(one forward pass per member). The only device->host transfer per step is the small ``StepResult``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 
 from .config import GenerationOptions
-from .constraints import ByteMatcher, Constraint
+from .constraints import ByteMatcher
 from .members import LoadedMember
 from .sequences import MemberBatch, Update
 from .text import RowText
 from .union import StepPlan, StepResult, Union, decide, extend_logits, propose
 from .vocab import END, Vocab
 
-__all__ = ["Ensemble", "Picks", "RowState", "decode", "retokenize_tail"]
+__all__ = ["Batch", "Ensemble", "Picks", "RowState", "closing_need", "retokenize_tail", "step"]
 
 
 @dataclass
@@ -37,16 +40,55 @@ class Ensemble:
     window: int
     pool: ThreadPoolExecutor | None = None  # set when members live on different devices
     check_invariants: bool = False
+    usable: list[list[bool]] = field(default_factory=list)  # [i][t]: token t may be chosen
 
 
 @dataclass
 class RowState:
+    """One row in flight: its options, text, grammar state and random generator."""
+
     text: RowText
+    opts: GenerationOptions = field(default_factory=GenerationOptions)
+    matcher: ByteMatcher | None = None
+    generator: torch.Generator | None = None  # a sampled row's own: same seed, same text
+    n_in: list[int] = field(default_factory=list)  # prompt tokens per member
     finish_reason: str | None = None
     # One entry per chosen string: (gid, own_col per member, prob per member, agree).
     steps: list[tuple[int, list[int], list[float], bool]] = field(default_factory=list)
     decisions: int = 0  # union decisions taken, the final END included
     agreed: int = 0  # of which every member's own top-1 was the same string
+    owner: Any = None  # what the worker reports this row to (a scheduler request)
+
+
+class Batch:
+    """The rows in flight: each member's ``MemberBatch`` and each row's state, index r in all."""
+
+    def __init__(self, ens: Ensemble) -> None:
+        self.ens = ens
+        self.members = [MemberBatch(m.model, [], m.pad_id) for m in ens.members]
+        self.rows: list[RowState] = []
+        self.updates: list[list[Update]] = [[] for _ in ens.members]  # [i][r], set by ``step``
+
+    def add(self, prompts: list[list[list[int]]], rows: list[RowState]) -> None:
+        """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them."""
+        _run(self.ens, [partial(b.add_rows, p) for b, p in zip(self.members, prompts)])
+        self.rows += rows
+        for u in self.updates:
+            u += [None] * len(rows)
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep only rows ``keep`` (finished and cancelled rows leave)."""
+        for b in self.members:
+            b.keep_rows(keep)
+        self.rows = [self.rows[r] for r in keep]
+        self.updates = [[u[r] for r in keep] for u in self.updates]
+
+    def forward(self) -> None:
+        """One forward pass per member over the ids each row takes this step."""
+        if self.rows:
+            _run(self.ens, [partial(b.advance, u) for b, u in zip(self.members, self.updates)])
+            if self.ens.check_invariants:
+                _check(self.ens, self.members, self.rows)
 
 
 def retokenize_tail(
@@ -89,52 +131,41 @@ def _run(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:
             f.result()
 
 
-def decode(
-    ens: Ensemble,
-    prompts: list[list[list[int]]],
-    opts: GenerationOptions,
-    constraint: Constraint | None = None,
-) -> Iterator[list[RowState]]:
-    """Yield the rows after every step; ``prompts[i][r]`` is member i's ids for row r."""
-    batches = [MemberBatch(m.model, p, m.pad_id) for m, p in zip(ens.members, prompts)]
-    _run(ens, [b.prefill for b in batches])
-    rows = [RowState(RowText(opts.stop)) for _ in prompts[0]]
-    matchers = [ByteMatcher(constraint) for _ in rows] if constraint else None
-    gen = None
-    if opts.temperature > 0:
-        gen = torch.Generator(device=ens.plan.weights.device)
-        gen.manual_seed(opts.seed if opts.seed is not None else torch.seed())
-    for step in range(opts.max_new_tokens):
-        # 1-7. Every member's logits -> one choice per row (pure tensor code).
-        ext = [extend_logits(b.next_logits(), e) for b, e in zip(batches, ens.plan.end_ids)]
-        if step < opts.min_new_tokens:
-            for z in ext:
-                z[:, -1] = float("-inf")  # END may not win yet
-        union = propose(ext, ens.plan)
-        allowed = _grammar_mask(ens, union, matchers, rows) if matchers else None
-        picks = Picks.of(decide(union, ens.plan, opts.temperature, opts.top_p, gen, allowed))
-        if matchers and allowed is not None:
-            closing = opts.max_new_tokens - step <= CLOSING_STEPS
-            _grammar_fallbacks(ens, batches, matchers, rows, allowed, picks, closing)
-        # 8. Each row takes its string; every member learns which ids to feed back.
-        last = step == opts.max_new_tokens - 1
-        updates: list[list[Update]] = [[None] * len(rows) for _ in batches]
-        for r, row in enumerate(rows):
-            if row.finish_reason is None:
-                matcher = matchers[r] if matchers else None
-                for i, u in enumerate(_take(ens, batches, row, r, picks, matcher, last)):
-                    updates[i][r] = u
-        yield rows
-        # 9. Stop when every row is done; otherwise one forward per member over the new ids.
-        if all(row.finish_reason is not None for row in rows):
-            return
-        _run(ens, [partial(b.advance, u) for b, u in zip(batches, updates)])
-        if ens.check_invariants:
-            _check(ens, batches, rows)
+def step(ens: Ensemble, batch: Batch) -> None:
+    """Steps 1-8 for every row in flight: logits -> one union choice per row -> each row takes its
+    string and every member learns which ids to feed back (``batch.updates``)."""
+    rows, home = batch.rows, ens.plan.weights.device
+    ext = [extend_logits(b.next_logits(), e) for b, e in zip(batch.members, ens.plan.end_ids)]
+    if any(row.decisions < row.opts.min_new_tokens for row in rows):
+        early = torch.tensor([row.decisions < row.opts.min_new_tokens for row in rows])
+        for z in ext:
+            z[:, -1] = z[:, -1].masked_fill(early.to(z.device), float("-inf"))  # END may not win
+    union = propose(ext, ens.plan)
+    allowed = _grammar_mask(ens, union, rows) if any(r.matcher for r in rows) else None
+    temperature = torch.tensor([r.opts.temperature for r in rows], device=home)
+    top_p = torch.tensor([r.opts.top_p for r in rows], device=home)
+    picks = Picks.of(decide(union, ens.plan, temperature, top_p, _draws(rows, home), allowed))
+    if allowed is not None:
+        _grammar_fallbacks(ens, batch.members, rows, allowed, picks)
+    batch.updates = [[None] * len(rows) for _ in batch.members]
+    for r, row in enumerate(rows):
+        for i, u in enumerate(_take(ens, batch.members, row, r, picks)):
+            batch.updates[i][r] = u
 
 
-#: Steps before the budget ends from which a constrained row closes its structure.
-CLOSING_STEPS = 32
+def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
+    """[B] one uniform draw per sampled row from its own generator (0 for greedy rows)."""
+    zero = torch.zeros((), device=device)
+    return torch.stack(
+        [
+            torch.rand((), generator=r.generator, device=device) if r.generator else zero
+            for r in rows
+        ]
+    )
+
+
+#: Steps kept in hand beyond the shortest completion when deciding to close (see ``closing_need``).
+CLOSING_MARGIN = 1
 _CLOSERS = b'"}],0'
 
 
@@ -163,15 +194,10 @@ class Picks:
 
 
 def _take(
-    ens: Ensemble,
-    batches: list[MemberBatch],
-    row: RowState,
-    r: int,
-    picks: Picks,
-    matcher: ByteMatcher | None,
-    last: bool,
+    ens: Ensemble, batches: list[MemberBatch], row: RowState, r: int, picks: Picks
 ) -> list[Update]:
     """Row r takes its chosen string; returns each member's update, [] once the row is done."""
+    last = row.decisions == row.opts.max_new_tokens - 1
     row.decisions += 1
     row.agreed += picks.agree[r]
     if picks.gid[r] == END:
@@ -179,8 +205,8 @@ def _take(
         return []
     piece = ens.strings[picks.gid[r]]
     row.steps.append((picks.gid[r], picks.own[r], picks.prob[r], picks.agree[r]))
-    if matcher is not None:
-        matcher.consume(piece)
+    if row.matcher is not None:
+        row.matcher.consume(piece)
     if row.text.append(piece):
         row.finish_reason = "stop"
         return []
@@ -199,17 +225,16 @@ def _take(
     return updates
 
 
-def _grammar_mask(
-    ens: Ensemble, union: Union, matchers: list[ByteMatcher], rows: list[RowState]
-) -> torch.Tensor:
-    """[B, C] True where the slot's string keeps the row's text completable by its grammar."""
+def _grammar_mask(ens: Ensemble, union: Union, rows: list[RowState]) -> torch.Tensor:
+    """[B, C] True where the slot's string keeps the row's text completable by its grammar
+    (every slot of a row without a grammar)."""
     gids, valid = union.gid.tolist(), union.valid.tolist()
     mask = [
         [
-            row.finish_reason is not None or (ok and m.allows(ens.strings[g]))
+            row.matcher is None or (ok and row.matcher.allows(ens.strings[g]))
             for g, ok in zip(row_gids, row_valid)
         ]
-        for row_gids, row_valid, m, row in zip(gids, valid, matchers, rows)
+        for row_gids, row_valid, row in zip(gids, valid, rows)
     ]
     return torch.tensor(mask, device=union.gid.device)
 
@@ -217,32 +242,65 @@ def _grammar_mask(
 def _grammar_fallbacks(
     ens: Ensemble,
     batches: list[MemberBatch],
-    matchers: list[ByteMatcher],
     rows: list[RowState],
     allowed: torch.Tensor,
     picks: Picks,
-    closing: bool,
 ) -> None:
-    """Rows where no union string fits the grammar take a member's best allowed token; near
-    the end of the budget (``closing``), every row takes the shortest way to a complete text."""
+    """Rows where no union string fits the grammar take a member's best allowed token; a row
+    whose pick would leave too few steps to complete its text closes instead (``closing_need``)."""
     none_fit = (~allowed).all(1).tolist()
     for r, row in enumerate(rows):
-        if row.finish_reason is not None or not (none_fit[r] or closing):
+        if row.matcher is None:
             continue
-        i, t = _closing_token(ens, matchers[r]) if closing else (-1, -1)
+        if none_fit[r]:
+            _override(ens, picks, r, *_best_allowed(ens, batches, r, row.matcher))
+        left = row.opts.max_new_tokens - row.decisions  # steps left, this one included
+        piece = ens.strings[picks.gid[r]]
+        if (
+            picks.gid[r] != END
+            and closing_need(ens, row.matcher, piece, left) + CLOSING_MARGIN >= left
+        ):
+            i, t = _closing_token(ens, row.matcher)
+            if i < 0:
+                i, t = _best_allowed(ens, batches, r, row.matcher)
+            _override(ens, picks, r, i, t)
+
+
+def _override(ens: Ensemble, picks: Picks, r: int, i: int, t: int) -> None:
+    """Row r takes member i's token t instead of the union's choice."""
+    n = len(ens.members)
+    picks.src[r], picks.col[r] = i, t
+    picks.gid[r] = int(ens.plan.gid[i][t])
+    picks.own[r] = [t if j == i else -1 for j in range(n)]
+    picks.prob[r] = [0.0] * n
+    picks.agree[r] = False
+
+
+def closing_need(ens: Ensemble, matcher: ByteMatcher, piece: bytes, limit: int) -> int:
+    """Steps the closing rule takes to end the text (END included) after ``piece``, at most
+    ``limit``.
+
+    The closing rule (``_closing_token``) is deterministic in the grammar state, so following it
+    on a copy of the matcher counts exactly the steps a row needs to finish well-formed; a row may
+    write freely while its budget holds that many steps (plus ``CLOSING_MARGIN``).
+    """
+    m = matcher.copy()
+    m.consume(piece)
+    for n in range(limit):
+        i, t = _closing_token(ens, m)
         if i < 0:
-            i, t = _best_allowed(ens, batches, r, matchers[r])
-        picks.src[r], picks.col[r] = i, t
-        picks.gid[r] = int(ens.plan.gid[i][t])
-        picks.own[r] = [t if j == i else -1 for j in range(len(batches))]
-        picks.prob[r] = [0.0] * len(batches)
-        picks.agree[r] = False
+            return limit  # no deterministic way to close from here: close now
+        if t == ens.members[i].vocab.size:  # END
+            return n + 1
+        m.consume(ens.members[i].vocab.canon[t] or b"")
+    return limit
 
 
 def _closing_token(ens: Ensemble, matcher: ByteMatcher) -> tuple[int, int]:
-    """END where the grammar accepts; else the longest token of bytes the grammar forces; else
-    the first allowed closing byte (quote, bracket, brace, a digit, a comma) as the primary's
-    byte token; (-1, -1) if none is allowed."""
+    """The closing rule, a function of the grammar state only: END where the grammar accepts;
+    else the longest token of bytes the grammar forces; else the first allowed closing byte
+    (quote, bracket, brace, a digit, a comma) as the primary's byte token; else
+    ``ByteMatcher.finishing_byte``; (-1, -1) if the grammar allows nothing."""
     vocab = ens.members[0].vocab
     if matcher.allows(b""):
         return 0, vocab.size
@@ -250,13 +308,13 @@ def _closing_token(ens: Ensemble, matcher: ByteMatcher) -> tuple[int, int]:
     for n in range(len(forced), 0, -1):  # the longest forced prefix some member has as a token
         for i, m in enumerate(ens.members):
             t = m.vocab.exact.get(forced[:n])
-            if t is not None and float(ens.plan.bias[i][t]) == 0.0:
+            if t is not None and ens.usable[i][t]:
                 return i, t
-    allowed = set(matcher.allowed_bytes())
     for c in _CLOSERS:
-        if c in allowed and vocab.byte_ids[c] >= 0:
+        if vocab.byte_ids[c] >= 0 and matcher.allows(bytes([c])):
             return 0, vocab.byte_ids[c]
-    return -1, -1
+    last = matcher.finishing_byte([t >= 0 and ens.usable[0][t] for t in vocab.byte_ids])
+    return (0, vocab.byte_ids[last]) if last is not None else (-1, -1)
 
 
 def _best_allowed(

@@ -1,8 +1,10 @@
 """``UniTEEngine``: load members once, then generate, batch and stream through the union step.
 
 The engine is shared (see ``registry``), so it is called from many threads at once: one worker
-thread decodes, and calls waiting together with the same options are batched (``scheduler``);
-every batch builds its own KV caches. Members on different devices run their forward passes in a
+thread runs a continuous batch (``scheduler``): each step it admits waiting requests (their
+prefill), takes one union step for every row in flight, reports each request's text, and retires
+the rows that finished. Any mix of options shares the batch; every row keeps its own options,
+grammar state and random generator. Members on different devices run their forward passes in a
 thread pool, so a step costs the slowest member.
 """
 
@@ -11,23 +13,26 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConfigError, EngineClosedError, InputError
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
-from .constraints import Constraint
-from .decode import Ensemble, RowState, decode
+from .constraints import ByteMatcher, Constraint
+from .decode import Batch, Ensemble, RowState, closing_need, step
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
 from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
-from .scheduler import Request, Scheduler
+from .scheduler import MAX_BATCH_ROWS, MAX_QUEUE, Delta, Done, Failed, Job, Request, Scheduler
+from .text import RowText
 from .union import StepPlan
 from .vocab import END, CrossMap, Vocab, build_cross_map
 
-__all__ = ["Prompt", "UniTEEngine"]
+__all__ = ["EngineMetrics", "Prompt", "UniTEEngine"]
 
 Prompt = str | Sequence[Message]
 
@@ -48,7 +53,11 @@ class UniTEEngine:
         retokenize_window: int = 32,
         cache_dir: str | Path | None = None,
         check_invariants: bool | None = None,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        max_queue: int = MAX_QUEUE,
     ) -> None:
+        """``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting
+        at most, beyond which a call fails at once with ``OverloadedError``."""
         if isinstance(members, EnsembleConfig):
             config = members
         else:
@@ -63,15 +72,30 @@ class UniTEEngine:
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         if check_invariants is None:
             check_invariants = os.environ.get("UNITE_CHECK_INVARIANTS", "") not in ("", "0")
-        self._ens = self._build(check_invariants)
-        self._scheduler = Scheduler(self._run_group)
-        #: Calls served and decode batches run (calls waiting together share a batch).
-        self.stats = {"requests": 0, "batches": 0}
+        self._setup(check_invariants, max_batch_rows, max_queue, None)
 
     # -- set-up ---------------------------------------------------------------------------------
 
-    def _build(self, check_invariants: bool) -> Ensemble:
-        members = [self._load(spec, n) for n, spec in enumerate(self.config.members)]
+    def _setup(
+        self,
+        check_invariants: bool,
+        max_batch_rows: int,
+        max_queue: int,
+        loaded: list[LoadedMember] | None,
+    ) -> None:
+        if max_batch_rows < 1 or max_queue < 1:
+            raise ConfigError(
+                f"max_batch_rows and max_queue must be >= 1, got {max_batch_rows}, {max_queue}"
+            )
+        self._ens = self._build(check_invariants, loaded)
+        self._scheduler = Scheduler(self._serve, max_batch_rows, max_queue)
+        self._views: dict[int, UniTEEngine] = {}
+        #: Requests admitted, admissions (requests joining at the same step share one prefill),
+        #: union steps decoded, and rows in flight now.
+        self.stats = {"requests": 0, "batches": 0, "steps": 0, "rows": 0}
+
+    def _build(self, check_invariants: bool, loaded: list[LoadedMember] | None) -> Ensemble:
+        members = loaded or [self._load(spec, n) for n, spec in enumerate(self.config.members)]
         names = [m.name for m in members]
         if len(set(names)) != len(names):  # the same model twice: tell members apart
             for n, m in enumerate(members):
@@ -106,6 +130,7 @@ class UniTEEngine:
             window=self.config.retokenize_window,
             pool=ThreadPoolExecutor(len(members)) if len(devices) > 1 else None,
             check_invariants=check_invariants,
+            usable=[b[:-1].isfinite().tolist() for b in plan.bias],
         )
 
     def _load(self, spec: MemberSpec, n: int) -> LoadedMember:
@@ -160,12 +185,17 @@ class UniTEEngine:
         ``tools`` (OpenAI-style function schemas) go into each member's chat template;
         ``constraint`` makes the text follow a grammar (tool calls, a JSON schema).
         """
-        encoded, opts = self._prepare(prompts, tools, options)
-        request = self._scheduler.submit(
-            Request(len(prompts), (opts, constraint), (encoded, opts, constraint))
-        )
-        _, results = request.wait()
-        return list(results)
+        requests = self.submit(prompts, tools=tools, constraint=constraint, **options)
+        try:
+            results: list[GenerationResult] = []
+            for request in requests:
+                event = request.next_event()
+                assert isinstance(event, Done)
+                results += event.results
+            return results
+        finally:
+            for request in requests:  # a caller interrupted while waiting frees its rows
+                request.cancel()
 
     def stream(
         self,
@@ -175,22 +205,124 @@ class UniTEEngine:
         constraint: Constraint | None = None,
         **options: Any,
     ) -> Iterator[StreamChunk]:
-        """Stream one prompt's text as it becomes safe to show (stop strings held back)."""
-        encoded, opts = self._prepare([prompt], tools, options)
-        request = self._scheduler.submit(
-            Request(1, (opts, constraint), (encoded, opts, constraint), stream=True)
+        """Stream one prompt's text as it becomes safe to show (stop strings held back).
+
+        Closing the iterator (or dropping it) frees the row at the next step.
+        """
+        [request] = self.submit(
+            [prompt], tools=tools, constraint=constraint, stream=True, **options
         )
         try:
             while True:
-                kind, value = request.wait()
-                if kind == "delta":
-                    yield StreamChunk(text=value)
+                event = request.next_event()
+                if isinstance(event, Delta):
+                    yield StreamChunk(text=event.text)
                 else:
-                    delta, result = value
-                    yield StreamChunk(text=delta, finish_reason=result.finish_reason, result=result)
+                    result = event.results[0]
+                    yield StreamChunk(
+                        text=event.text, finish_reason=result.finish_reason, result=result
+                    )
                     return
         finally:
-            request.cancelled = True  # a consumer that stops reading stops the decoding too
+            request.cancel()  # a consumer that stops reading stops the decoding too
+
+    def submit(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        constraint: Constraint | None = None,
+        stream: bool = False,
+        **options: Any,
+    ) -> list[Request]:
+        """Queue a call without waiting: the requests (one per ``max_batch_rows`` prompts) whose
+        ``next_event()`` gives ``Delta`` (streams) then ``Done``, and whose ``cancel()`` frees
+        their rows at the next step. For front ends that manage waiting themselves (async, a
+        server); ``generate`` and ``stream`` are built on it.
+
+        Raises ``OverloadedError`` at once when the queue is full, ``EngineClosedError`` after
+        ``close()``, and every validation error before anything is queued.
+        """
+        if self._scheduler.closed:
+            raise EngineClosedError("the engine is closed: build a new UniTEEngine")
+        encoded, opts = self._prepare(prompts, tools, options)
+        if constraint is not None:
+            self._check_budget(opts, constraint)
+        n = self._scheduler.max_rows
+        requests = [
+            Request(Job([e[s : s + n] for e in encoded], opts, constraint), stream=stream)
+            for s in range(0, len(encoded[0]), n)
+        ]
+        self._scheduler.submit(requests)
+        return requests
+
+    # -- lifetime and load ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop decoding: calls in flight and waiting fail with ``EngineClosedError``, later
+        calls too. The loaded models stay usable by one-member views until they are closed."""
+        for view in self._views.values():
+            view.close()
+        self._scheduler.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._scheduler.closed
+
+    def __enter__(self) -> UniTEEngine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def metrics(self) -> EngineMetrics:
+        """Load now (queue depth, rows in flight) and totals so far, for a server's /metrics."""
+        return EngineMetrics(
+            queued=self._scheduler.queued,
+            rows_in_flight=self.stats["rows"],
+            requests=self.stats["requests"],
+            steps=self.stats["steps"],
+            max_batch_rows=self._scheduler.max_rows,
+            max_queue=self._scheduler.max_queue,
+        )
+
+    def member_engine(self, member: int | str) -> UniTEEngine:
+        """One member of this ensemble as an engine of its own, sharing the loaded model (no
+        reload). A one-member engine decodes exactly like the model's own greedy ``generate``,
+        which is what per-member baselines need. Views are cached and closed with this engine."""
+        names = self.member_names
+        if isinstance(member, str):
+            if member not in names:
+                raise ConfigError(f"no member named {member!r}; the members are {names}")
+            member = names.index(member)
+        if not 0 <= member < len(names):
+            raise ConfigError(f"member index {member} is out of range for {len(names)} members")
+        if len(names) == 1:
+            return self
+        view = self._views.get(member)
+        if view is None:
+            loaded = self.members[member]
+            view = object.__new__(UniTEEngine)
+            view.config = ensemble_config(
+                [loaded.spec],
+                top_k=self.config.top_k,
+                retokenize_window=self.config.retokenize_window,
+                cache_dir=self.config.cache_dir,
+            )
+            view.cache_dir = self.cache_dir
+            view._setup(
+                self._ens.check_invariants,
+                self._scheduler.max_rows,
+                self._scheduler.max_queue,
+                [loaded],
+            )
+            self._views[member] = view
+        return view
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -209,31 +341,49 @@ class UniTEEngine:
         encoded = [[m.encode_prompt(p, tools) for p in prompts] for m in self._ens.members]
         return encoded, opts
 
-    def _run_group(self, group: list[Request]) -> None:
-        """Decode a batch of compatible requests as one, handing each its rows' text."""
-        opts, constraint = group[0].payload[1], group[0].payload[2]
-        self.stats["requests"] += len(group)
-        self.stats["batches"] += 1
-        encoded = [[p for r in group for p in r.payload[0][i]] for i in range(len(self.members))]
-        spans, start = [], 0
-        for r in group:
-            spans.append(range(start, start + r.n_rows))
-            start += r.n_rows
-        rows: list[RowState] = []
-        for rows in decode(self._ens, encoded, opts, constraint):
-            for r, span in zip(group, spans):
-                if r.stream and not r.cancelled and (delta := rows[span[0]].text.take_delta()):
-                    r.events.put(("delta", delta))
-            if all(r.cancelled for r in group):
-                return
-        for r, span in zip(group, spans):
-            results = [self._result(rows[i], [len(e[i]) for e in encoded]) for i in span]
-            if r.stream:
-                r.events.put(("done", (rows[span[0]].text.take_delta(final=True), results[0])))
-            else:
-                r.events.put(("done", results))
+    def _check_budget(self, opts: GenerationOptions, constraint: Constraint) -> None:
+        """Refuse a budget that cannot hold even the shortest text the grammar accepts."""
+        limit = opts.max_new_tokens + 1
+        need = closing_need(self._ens, ByteMatcher(constraint), b"", limit)
+        if need > opts.max_new_tokens:
+            shortest = f"{need} steps" if need < limit else f"more than {opts.max_new_tokens}"
+            raise ConfigError(
+                f"max_new_tokens={opts.max_new_tokens} cannot hold the shortest text this "
+                f"{constraint.kind} constraint accepts ({shortest}, the end included): "
+                "raise max_new_tokens"
+            )
 
-    def _result(self, row: RowState, n_in: list[int]) -> GenerationResult:
+    def _serve(self, scheduler: Scheduler) -> None:
+        """The worker's decode loop: admit newcomers, one union step for every row in flight,
+        report to each request, retire the rows that finished (or whose caller went away)."""
+        batch, live = Batch(self._ens), _Live()
+        while (arrivals := scheduler.admit(len(batch.rows))) is not None:
+            try:
+                if arrivals:
+                    batch.add(*live.admit(self._ens, arrivals))
+                    self.stats["requests"] += len(arrivals)
+                    self.stats["batches"] += 1
+                if batch.rows:
+                    step(self._ens, batch)
+                    self.stats["steps"] += 1
+                    live.report(self._result)
+                    batch.keep(
+                        [
+                            r
+                            for r, row in enumerate(batch.rows)
+                            if row.finish_reason is None and not row.owner.cancelled
+                        ]
+                    )
+                    batch.forward()
+            except Exception as e:  # the requests in flight fail; the engine goes on
+                live.fail(e)
+                batch = Batch(self._ens)
+            self.stats["rows"] = len(batch.rows)
+        live.fail(EngineClosedError("the engine was closed while this call was decoding"))
+        self.stats["rows"] = 0
+
+    def _result(self, row: RowState) -> GenerationResult:
+        n_in = row.n_in
         names = self.member_names
         n = max(len(row.steps), 1)
         tokens = []
@@ -274,6 +424,77 @@ class UniTEEngine:
             usage=usage,
             provenance=provenance,
         )
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """The engine's load now and its totals so far."""
+
+    queued: int  # requests waiting to join the batch
+    rows_in_flight: int  # rows decoding now
+    requests: int  # requests admitted so far
+    steps: int  # union steps decoded so far
+    max_batch_rows: int
+    max_queue: int
+
+
+class _Live:
+    """The worker's view of the requests in flight and their rows (in the order of the call)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Request, list[RowState]] = {}
+
+    def admit(
+        self, ens: Ensemble, arrivals: list[Request]
+    ) -> tuple[list[list[list[int]]], list[RowState]]:
+        """Rows for the arrivals, and each member's prompts for them (``[i][r]``)."""
+        home = ens.plan.weights.device
+        prompts: list[list[list[int]]] = [[] for _ in ens.members]
+        new: list[RowState] = []
+        for req in arrivals:
+            job, opts = req.job, req.job.options
+            rows = [
+                RowState(
+                    RowText(opts.stop),
+                    opts,
+                    matcher=ByteMatcher(job.constraint) if job.constraint else None,
+                    generator=_generator(opts, home),
+                    n_in=[len(p[r]) for p in job.prompts],
+                    owner=req,
+                )
+                for r in range(job.n_rows)
+            ]
+            self.rows[req] = rows
+            new += rows
+            for i, p in enumerate(job.prompts):
+                prompts[i] += p
+        return prompts, new
+
+    def report(self, result: Any) -> None:
+        """Stream deltas; hand finished requests their results; forget cancelled ones."""
+        for req, rows in list(self.rows.items()):
+            if req.cancelled:
+                del self.rows[req]
+            elif all(row.finish_reason is not None for row in rows):
+                final = rows[0].text.take_delta(final=True) if req.stream else ""
+                req.events.put(Done([result(row) for row in rows], final))
+                del self.rows[req]
+            elif req.stream and (delta := rows[0].text.take_delta()):
+                req.events.put(Delta(delta))
+
+    def fail(self, error: BaseException) -> None:
+        for req in self.rows:
+            req.events.put(Failed(error))
+        self.rows.clear()
+
+
+def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    """A sampled row's own generator: the same seed gives the same text in any batch."""
+    if opts.temperature <= 0:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(opts.seed if opts.seed is not None else int(torch.seed()))
+    return gen
 
 
 def _string_ids(vocabs: list[Vocab]) -> tuple[list[bytes], list[torch.Tensor]]:

@@ -5,6 +5,11 @@ ids and append several (re-tokenization), finished rows append nothing. ``advanc
 in one forward pass: rolled-back ids are masked out of the attention (their cache columns stay, as
 holes), each row's new ids are left-padded to a common length, and position ids count each row's
 real tokens, so a row's numbers depend neither on its neighbours nor on the holes.
+
+Rows also join and leave between steps (continuous batching): ``add_rows`` prefills newcomers as a
+batch of their own and merges the two caches, left-padding the narrower one's time dimension with
+hole columns; ``keep_rows`` drops finished rows from the batch dimension of every cache layer and
+trims the leading columns that no remaining row uses.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ Update = tuple[int, list[int]] | None
 
 
 class MemberBatch:
+    """One member's KV cache, attention mask and ids for the rows in flight (row r is index r)."""
+
     def __init__(self, model: Any, prompts: list[list[int]], pad_id: int) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -44,6 +51,76 @@ class MemberBatch:
 
     def prefill(self) -> None:
         self.advance([(0, list(p)) for p in self._prompts])
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+    def add_rows(self, prompts: list[list[int]]) -> None:
+        """Prefill ``prompts`` as a batch of their own and append their rows to this one."""
+        new = type(self)(self.model, prompts, self.pad_id)
+        new.prefill()
+        self.forwards += new.forwards
+        if self.n_rows == 0 or self.cache is None:
+            self.ids, self.cols, self.n_prompt = new.ids, new.cols, new.n_prompt
+            self.cache, self.mask, self.logits = new.cache, new.mask, new.logits
+            return
+        width = max(self.mask.shape[1], new.mask.shape[1])
+        a, b = self._widened(width), new._widened(width)
+        for la, lb in zip(_layers(self.cache), _layers(new.cache)):
+            la.keys = torch.cat([a(la.keys, la), b(lb.keys, lb)])
+            la.values = torch.cat([a(la.values, la), b(lb.values, lb)])
+            if hasattr(la, "cumulative_length"):
+                la.cumulative_length = width
+        shift_a, shift_b = width - self.mask.shape[1], width - new.mask.shape[1]
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new.mask, width)])
+        self.cols = [[c + shift_a for c in cs] for cs in self.cols]
+        self.cols += [[c + shift_b for c in cs] for cs in new.cols]
+        self.ids += new.ids
+        self.n_prompt += new.n_prompt
+        assert self.logits is not None and new.logits is not None
+        self.logits = torch.cat([self.logits, new.logits])
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows (in this order); leading columns no kept row uses are dropped."""
+        if len(rows) == self.n_rows and rows == list(range(self.n_rows)):
+            return
+        self.ids = [self.ids[r] for r in rows]
+        self.cols = [self.cols[r] for r in rows]
+        self.n_prompt = [self.n_prompt[r] for r in rows]
+        if not rows:
+            self.cache, self.logits = None, None
+            self.mask = self.mask[:0, :0]
+            return
+        index = torch.tensor(rows, device=self.device)
+        self.mask = self.mask.index_select(0, index)
+        assert self.logits is not None
+        self.logits = self.logits.index_select(0, index)
+        used = self.mask.any(0).nonzero()
+        trim = int(used[0]) if len(used) else 0  # one host read per retirement, not per step
+        width = self.mask.shape[1] - trim
+        for layer in _layers(self.cache):
+            keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            held = min(keys.shape[-2], width)  # a sliding layer holds only its last columns
+            layer.keys, layer.values = keys[..., -held:, :], values[..., -held:, :]
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length = width
+        self.mask = self.mask[:, trim:]
+        self.cols = [[c - trim for c in cs] for cs in self.cols]
+
+    def _widened(self, width: int) -> Any:
+        """A function padding one of this batch's cache tensors on the left to ``width``
+        columns (a sliding layer's to as many of them as it holds)."""
+        shift = width - self.mask.shape[1]
+
+        def pad(t: torch.Tensor, layer: Any) -> torch.Tensor:
+            window = getattr(layer, "sliding_window", None)
+            target = t.shape[-2] + shift
+            if window is not None:
+                target = min(target, width, window - 1)
+            return _pad_time(t, target)
+
+        return pad
 
     def advance(self, updates: list[Update]) -> None:
         width = self.mask.shape[1]
@@ -86,3 +163,24 @@ class MemberBatch:
         self.cache = getattr(out, self._cache_arg)
         self.logits = out.logits[:, -1, :]
         self.forwards += 1
+
+
+def _layers(cache: Any) -> list[Any]:
+    """The cache's per-layer key/value holders (transformers 5.x ``DynamicCache.layers``)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(not hasattr(la, "keys") for la in layers):
+        raise NotImplementedError(
+            f"continuous batching needs a transformers DynamicCache, got {type(cache).__name__}"
+        )
+    return list(layers)
+
+
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+
+
+def _pad_time(t: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, H, T, D] -> [B, H, length, D]: zeros (hole columns) on the left, or the last columns."""
+    if t.shape[-2] >= length:
+        return t[..., t.shape[-2] - length :, :]
+    return torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0))

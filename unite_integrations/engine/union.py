@@ -56,14 +56,15 @@ def extend_logits(logits: torch.Tensor, end_ids: torch.Tensor) -> torch.Tensor:
 
 
 def mix(
-    scores: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, temperature: float
+    scores: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor, temperature: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax each member's scores over the union, then average with the member weights.
 
-    scores [N, B, C], valid [B, C] -> (p [B, C], per-member p_i [N, B, C]).
-    Greedy decoding (temperature 0) averages the plain softmax, as the paper does.
+    scores [N, B, C], valid [B, C], temperature [B] -> (p [B, C], per-member p_i [N, B, C]).
+    Greedy rows (temperature 0) average the plain softmax, as the paper does.
     """
-    z = scores / temperature if temperature > 0 else scores
+    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    z = scores / t.to(scores.dtype)[None, :, None]  # a greedy row divides by exactly 1
     z = z.masked_fill(~valid, float("-inf"))
     p_i = torch.softmax(z.float(), dim=-1)
     return torch.einsum("n,nbc->bc", weights.float(), p_i), p_i
@@ -73,24 +74,28 @@ def choose(
     p: torch.Tensor,
     primary: torch.Tensor,
     valid: torch.Tensor,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
 ) -> torch.Tensor:
     """Pick one slot per row. Greedy ties go to the primary member's ranking; sampling is nucleus.
 
-    p, primary (the primary member's scores), valid: [B, C] -> slot [B].
+    p, primary (the primary member's scores), valid: [B, C]; temperature, top_p and uniform (one
+    draw in [0, 1) from each row's own generator): [B] -> slot [B]. A sampled row inverts its own
+    nucleus CDF at its own draw, so its choice depends on nothing else in the batch.
     """
     p = p.masked_fill(~valid, -1.0)
-    if temperature <= 0:
-        tied = p == p.amax(-1, keepdim=True)
-        return primary.masked_fill(~tied, float("-inf")).argmax(-1)
+    tied = p == p.amax(-1, keepdim=True)
+    greedy = primary.masked_fill(~tied, float("-inf")).argmax(-1)
     sorted_p, order = p.clamp_min(0).sort(-1, descending=True)
     before = sorted_p.cumsum(-1) - sorted_p  # mass strictly above each slot
-    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    sorted_p = sorted_p.masked_fill(before >= top_p[:, None], 0.0)
     sorted_p[:, 0] = sorted_p[:, 0].clamp_min(1e-12)  # the best slot always survives
-    pick = torch.multinomial(sorted_p, 1, generator=generator)
-    return order.gather(1, pick).squeeze(1)
+    cdf = sorted_p.cumsum(-1)
+    target = (uniform * cdf[:, -1])[:, None]
+    pick = torch.searchsorted(cdf, target, right=True).clamp_max(p.shape[1] - 1)
+    sampled = order.gather(1, pick).squeeze(1)
+    return torch.where(temperature > 0, sampled, greedy)
 
 
 @dataclass
@@ -138,12 +143,14 @@ def propose(ext_logits: list[torch.Tensor], plan: StepPlan) -> Union:
 def decide(
     union: Union,
     plan: StepPlan,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
     allowed: torch.Tensor | None = None,
 ) -> StepResult:
     """Steps 5-7: softmax per member over the union, weighted average, choice.
+
+    ``temperature``, ``top_p``, ``uniform``: [B], each row's own (see ``choose``).
 
     ``allowed`` [B, C] (from a grammar) removes slots before the choice; the probabilities
     reported for provenance are those of the unconstrained union.
@@ -153,7 +160,7 @@ def decide(
     gid, valid = union.gid, union.valid
     p, p_i = mix(union.scores, valid, plan.weights, temperature)
     pickable = valid if allowed is None else valid & allowed
-    slot = choose(p, union.scores[0], pickable, temperature, top_p, generator)  # [B]
+    slot = choose(p, union.scores[0], pickable, temperature, top_p, uniform)  # [B]
     chosen = gid.gather(1, slot[:, None])  # [B, 1]
     # Provenance and feed-back facts: where each member proposed the choice itself.
     own_hit = torch.stack([(gid[:, i * k : (i + 1) * k] == chosen) for i in range(n)])  # [N,B,k]
@@ -176,9 +183,9 @@ def decide(
 def union_step(
     ext_logits: list[torch.Tensor],
     plan: StepPlan,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
 ) -> StepResult:
     """One unconstrained UniTE decision from every member's extended logits ([B, V_i + 1])."""
-    return decide(propose(ext_logits, plan), plan, temperature, top_p, generator)
+    return decide(propose(ext_logits, plan), plan, temperature, top_p, uniform)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 
 import httpx
@@ -94,8 +95,11 @@ def test_disconnect_mid_stream_cancels_the_request(base):
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         assert _metric(base, "unite_requests_in_flight") == 1
-    # The client is gone: the server notices, cancels the engine request and counts it.
+        assert _metric(base, "unite_engine_rows_in_flight") == 1
+    # The client is gone: the server notices, cancels the engine request (its row is freed at
+    # the next step) and counts it.
     _wait_for(lambda: _metric(base, "unite_requests_in_flight") == 0, "the stream ended")
+    _wait_for(lambda: _metric(base, "unite_engine_rows_in_flight") == 0, "the row freed")
     _wait_for(
         lambda: _metric(base, "unite_requests_cancelled_total") == before + 1, "cancel counted"
     )
@@ -143,3 +147,37 @@ def test_shutdown_past_the_grace_period_cancels_streams(make_engine, tiny_dirs):
                 for line in lines:
                     assert line != "data: [DONE]"
     _wait_for(lambda: metrics.cancelled == 1, "the cut stream counted as cancelled")
+
+
+def test_past_the_queue_limit_is_429_at_once(make_engine, tiny_dirs):
+    """One row decoding, one request waiting: the next gets 429 without being queued."""
+    engine = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], max_batch_rows=1, max_queue=1
+    )
+    with running(engine, model_name="tiny") as url:
+        waiting: dict[str, httpx.Response] = {}
+        second = threading.Thread(
+            target=lambda: waiting.update(
+                r=httpx.post(
+                    url + "/chat/completions",
+                    json={**_stream_body(3), "stream": False},
+                    timeout=120,
+                )
+            )
+        )
+        with httpx.stream("POST", url + "/chat/completions", json=_stream_body(480)) as first:
+            lines = first.iter_lines()  # kept: a dropped iterator closes the response
+            assert next(lines).startswith("data: ")
+            second.start()  # waits for the row
+            _wait_for(lambda: _metric(url, "unite_engine_queue_depth") == 1, "queued")
+            r = httpx.post(url + "/chat/completions", json={**_stream_body(4), "stream": False})
+            assert r.status_code == 429
+            error = r.json()["error"]
+            assert error["code"] == "overloaded" and "overloaded" in error["message"]
+            assert _metric(url, "unite_engine_queue_depth") == 1  # nothing was added
+        # The first client is gone: its row goes to the waiting request, which is answered.
+        second.join(120)
+        assert waiting["r"].status_code == 200
+        assert waiting["r"].json()["usage"]["completion_tokens"] == 3
+        _wait_for(lambda: _metric(url, "unite_engine_rows_in_flight") == 0, "row freed")
+        assert _metric(url, "unite_engine_queue_depth") == 0

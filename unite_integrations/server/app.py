@@ -67,8 +67,10 @@ class _ServerCore(ChatCore):
     """The chat core, keeping each token's provenance in the result (for ``logprobs`` and the
     ``unite.tokens`` extension); the other front ends report only the summary."""
 
-    def result(self, result: GenerationResult, parse: bool) -> ChatResult:
-        chat = super().result(result, parse)
+    def result(
+        self, result: GenerationResult, parse: bool, *args: Any, **kwargs: Any
+    ) -> ChatResult:
+        chat = super().result(result, parse, *args, **kwargs)
         tokens = [t.model_dump() for t in result.provenance.tokens]
         return replace(chat, provenance={**chat.provenance, "tokens": tokens})
 
@@ -80,6 +82,7 @@ def create_app(
     api_key: str | None = None,
     defaults: ChatDefaults | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    close_engine: bool = False,
 ) -> Starlette:
     """The ASGI app serving ``engine`` (run it with uvicorn, or use ``serve``).
 
@@ -90,8 +93,10 @@ def create_app(
             (``/health`` and ``/metrics`` stay open, as in vLLM).
         defaults: option defaults for requests that leave an option out.
         max_body_bytes: larger bodies are refused with 413.
+        close_engine: close the engine when the app shuts down (``serve`` does: the engine is
+            its own); leave it open when the engine is shared with other code.
     """
-    return _Server(engine, model_name, api_key, defaults, max_body_bytes).app
+    return _Server(engine, model_name, api_key, defaults, max_body_bytes, close_engine).app
 
 
 class _Server:
@@ -102,8 +107,10 @@ class _Server:
         api_key: str | None,
         defaults: ChatDefaults | None,
         max_body_bytes: int,
+        close_engine: bool,
     ) -> None:
         self.engine = engine
+        self.close_engine = close_engine
         self.core = _ServerCore(engine, defaults=defaults, model_name=model_name)
         self.model = self.core.model_name
         self.api_key = api_key
@@ -135,9 +142,8 @@ class _Server:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
-        close = getattr(self.engine, "close", None)  # continuous-batching engines cancel rows
-        if callable(close):
-            close()
+        if self.close_engine:  # requests still decoding fail (their streams end) and rows free
+            self.engine.close()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -254,7 +260,16 @@ class _Server:
         return JSONResponse({"status": "ok", "model": self.model})
 
     async def render_metrics(self, request: Request) -> Response:
-        stats = dict(getattr(self.engine, "stats", {}) or {})
+        m = self.engine.metrics()
+        stats = {
+            "queue_depth": m.queued,
+            "rows_in_flight": m.rows_in_flight,
+            "max_batch_rows": m.max_batch_rows,
+            "max_queue": m.max_queue,
+            "requests": m.requests,
+            "steps": m.steps,
+            "batches": self.engine.stats.get("batches", 0),
+        }
         return PlainTextResponse(self.metrics.render(stats), media_type="text/plain; version=0.0.4")
 
     def _model_card(self) -> dict[str, Any]:

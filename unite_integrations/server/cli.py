@@ -9,13 +9,13 @@ import argparse
 import sys
 from typing import Any
 
+from ..defaults import DEFAULT_MEMBERS
+
 __all__ = ["add_subcommands"]
 
 
 def add_subcommands(sub: Any) -> None:
     """Add ``serve`` to the ``unite`` command's subparsers."""
-    from ..cli import DEFAULT_MEMBERS
-
     p = sub.add_parser(
         "serve",
         help="serve an ensemble as an OpenAI-compatible API (/v1/chat/completions ...)",
@@ -91,8 +91,6 @@ def _serve(args: argparse.Namespace) -> int:
             f"unite serve needs Starlette and uvicorn ({e.name} is missing): "
             'pip install "unite-integrations[server]"'
         ) from e
-    from ..cli import DEFAULT_MEMBERS
-
     sources = args.members or list(DEFAULT_MEMBERS)
     weights = args.weights or [1.0] * len(sources)
     if len(weights) != len(sources):

@@ -4,7 +4,8 @@ Clients (the ``openai`` package, LangChain, LlamaIndex) turn the status code int
 exception classes (400 ``BadRequestError``, 401 ``AuthenticationError``, 404 ``NotFoundError``,
 413, 429 ``RateLimitError``, 500/503), so the code matters as much as the message. The package's
 typed errors map here: bad options and inputs are the client's fault (400), a prompt over the
-context window is 400 with OpenAI's ``context_length_exceeded`` code, an overloaded engine is 429.
+context window is 400 with OpenAI's ``context_length_exceeded`` code, an overloaded engine is 429
+(at once: nothing was queued) and a closed one (shutting down) 503.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import ConfigError, ContextWindowError, InputError, UniteError
+from ..errors import (
+    ConfigError,
+    ContextWindowError,
+    EngineClosedError,
+    InputError,
+    OverloadedError,
+    UniteError,
+)
 
 __all__ = ["APIError", "from_exception", "from_validation"]
 
@@ -58,27 +66,19 @@ def from_validation(error: ValidationError) -> APIError:
     return APIError(400, f"invalid request: {problems}", param=param, code="invalid_value")
 
 
-def _overloaded_types() -> tuple[type[BaseException], ...]:
-    """The engine's overloaded error, where the engine has one (continuous batching)."""
-    from .. import errors
-
-    kind = getattr(errors, "OverloadedError", None)
-    return (kind,) if isinstance(kind, type) else ()
-
-
 def from_exception(error: BaseException) -> APIError:
     """The HTTP error for an exception raised while serving a request."""
     if isinstance(error, APIError):
         return error
     if isinstance(error, ValidationError):
         return from_validation(error)
-    overloaded = _overloaded_types()
-    if overloaded and isinstance(error, overloaded):
+    if isinstance(error, OverloadedError):
         return APIError(
-            429,
-            f"the ensemble is overloaded: {error}. Retry after a moment",
-            type="server_overloaded",
-            code="overloaded",
+            429, f"the ensemble is overloaded: {error}", type="server_overloaded", code="overloaded"
+        )
+    if isinstance(error, EngineClosedError):
+        return APIError(
+            503, f"the server is shutting down: {error}", type="server_error", code="shutting_down"
         )
     if isinstance(error, ContextWindowError):
         return APIError(400, str(error), param="messages", code="context_length_exceeded")

@@ -2,7 +2,7 @@
 
 The server counts what it serves (requests by endpoint and status, prompt and completion tokens,
 requests in flight, the ensemble's agreement over all answers); the engine reports what it
-schedules (its ``stats``: requests, decode steps, rows in flight, queue depth), read at scrape
+schedules (requests, decode steps, rows in flight, queue depth), read at scrape
 time so the figures are never stale.
 """
 
@@ -55,7 +55,7 @@ class Metrics:
             self.cancelled += 1
 
     def render(self, engine_stats: Mapping[str, Any]) -> str:
-        """The exposition text; ``engine_stats`` is the engine's ``stats`` dict."""
+        """The exposition text, with the engine's figures (``engine_stats``) as ``unite_engine_*``."""
         with self._lock:
             lines = [
                 "# HELP unite_requests_total HTTP requests answered, by endpoint and status.",
@@ -95,12 +95,25 @@ class Metrics:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 kind = "counter" if key in _COUNTERS else "gauge"
                 name = f"unite_engine_{_snake(key)}" + ("_total" if kind == "counter" else "")
-                lines += _metric(name, kind, f"Engine stat {key!r}.", value)
+                lines += _metric(
+                    name, kind, _ENGINE_HELP.get(key, f"Engine figure {key!r}."), value
+                )
         return "\n".join(lines) + "\n"
 
 
-#: Engine stats that only grow; the others (queue depth, rows in flight) are gauges.
-_COUNTERS = frozenset({"requests", "batches", "steps", "tokens", "cancelled", "rejected"})
+#: Engine figures that only grow; the others (queue depth, rows in flight, limits) are gauges.
+_COUNTERS = frozenset({"requests", "batches", "steps"})
+
+
+_ENGINE_HELP = {
+    "queue_depth": "Requests waiting to join the running batch.",
+    "rows_in_flight": "Rows decoding now.",
+    "max_batch_rows": "Most rows decoded together.",
+    "max_queue": "Most waiting requests; beyond, requests get 429.",
+    "requests": "Requests the engine admitted.",
+    "steps": "Union steps decoded.",
+    "batches": "Admissions (requests joining at one step share one).",
+}
 
 
 def _snake(key: str) -> str:

@@ -45,6 +45,7 @@ def serve(
         api_key=api_key,
         defaults=defaults,
         max_body_bytes=max_body_bytes,
+        close_engine=True,
     )
     uvicorn.run(
         app,

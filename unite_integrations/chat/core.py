@@ -21,12 +21,20 @@ from ..engine.config import EnsembleConfig, MemberSpec
 from ..engine.engine import Prompt, UniTEEngine
 from ..engine.registry import get_engine
 from ..engine.results import GenerationResult
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .bridge import primed, thread_stream
 from .messages import render
 from .options import ChatDefaults, engine_options
 from .tools import ToolCallStream, grammar, parse_calls, response_format
-from .types import ChatChunk, ChatRequest, ChatResult, ChatUsage, ToolCall, ToolCallChunk
+from .types import (
+    ChatChunk,
+    ChatOptions,
+    ChatRequest,
+    ChatResult,
+    ChatUsage,
+    ToolCall,
+    ToolCallChunk,
+)
 
 __all__ = ["ChatCore", "PreparedCall", "default_model_name"]
 
@@ -96,6 +104,10 @@ class ChatCore:
         option, tool or tool choice, ``InputError`` for bad messages), before any decoding."""
         if not isinstance(request, ChatRequest):
             raise InputError(f"a chat call takes a ChatRequest, got {type(request).__name__}")
+        if not isinstance(request.options, ChatOptions):
+            raise ConfigError(
+                f"ChatRequest.options must be a ChatOptions, got {type(request.options).__name__}"
+            )
         parallel = request.parallel_tool_calls
         g = grammar(
             request.tools,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InputError
@@ -23,6 +24,8 @@ __all__ = [
     "render",
     "role_of",
 ]
+
+_ENGINE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 def role_of(raw: object, where: str) -> Role:
@@ -118,6 +121,17 @@ def render(messages: Sequence[Message], instruction: str | None = None) -> list[
     for n, m in enumerate(messages):
         if not isinstance(m, Message):
             raise InputError(f"message {n} is a {type(m).__name__}, not a chat Message")
+        if m.role not in _ENGINE_ROLES:
+            m = replace(m, role=role_of(m.role, f"message {n}"))  # another spelling, or an error
+        if not isinstance(m.content, str):
+            raise InputError(f"message {n}: content must be a string")
+        if not isinstance(m.tool_calls, (tuple, list)) or not all(
+            isinstance(c, ToolCall) and isinstance(c.arguments, Mapping) for c in m.tool_calls
+        ):
+            raise InputError(
+                f"message {n}: tool_calls must be a list of ToolCall(id, name, arguments: dict) "
+                "(build them with make_tool_call)"
+            )
         entry: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.tool_calls:
             entry["tool_calls"] = [

@@ -41,6 +41,7 @@ from ..errors import ConfigError, InputError
 __all__ = [
     "ai_message",
     "generation_chunk",
+    "openai_tool",
     "to_core_messages",
     "to_core_request",
     "to_engine_messages",
@@ -135,7 +136,7 @@ def to_core_request(
             f"model={model!r}: an ensemble's members are fixed when it is built; create "
             "another UniTEChatModel for other members"
         )
-    tools = [convert_to_openai_tool(t) for t in kwargs.get("tools") or ()]
+    tools = [openai_tool(t, n) for n, t in enumerate(kwargs.get("tools") or ())]
     fmt = kwargs.get("response_format")
     if fmt is not None and not isinstance(fmt, Mapping):
         fmt = convert_to_json_schema(fmt)
@@ -155,6 +156,17 @@ def to_core_request(
         parallel_tool_calls=None if parallel is None else bool(parallel),
         response_format=fmt,  # the core reads OpenAI's dicts
     )
+
+
+def openai_tool(tool: Any, n: int) -> dict[str, Any]:
+    """A LangChain tool (or function, pydantic class, TypedDict, dict) as an OpenAI tool."""
+    try:
+        return convert_to_openai_tool(tool)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"tool {n} ({type(tool).__name__}) is not a tool: pass LangChain tools, functions, "
+            f"pydantic classes, TypedDicts or OpenAI tool dicts ({e})"
+        ) from e
 
 
 def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:

@@ -21,7 +21,6 @@ from langchain_core.runnables import (
     RunnableConfig,
 )
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..chat import (
@@ -37,7 +36,7 @@ from ..chat import (
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..engine.engine import UniTEEngine
 from ..engine.registry import get_engine
-from ._messages import ai_message, generation_chunk, to_core_request
+from ._messages import ai_message, generation_chunk, openai_tool, to_core_request
 from ._profile import model_profile
 from ._structured import structured_output
 
@@ -79,7 +78,7 @@ class UniTEChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    members: list[str | MemberSpec] = Field(min_length=1)
+    members: list[str | MemberSpec]
     """The ensemble: built-in aliases (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``), local
     transformers directories, ``.gguf`` files, hub ids, or ``MemberSpec``s (weight, device,
     dtype, chat template, context window). The first member is the primary."""
@@ -351,7 +350,7 @@ class UniTEChatModel(BaseChatModel):
                 members tend to repeat a call until the token budget ends.
             kwargs: further call options (``max_tokens``, ``temperature`` ...).
         """
-        formatted = [convert_to_openai_tool(t) for t in tools]
+        formatted = [openai_tool(t, n) for n, t in enumerate(tools)]
         choice = _choice(tool_choice, formatted)  # a bad choice fails here, not later
         if parallel_tool_calls is not None:
             kwargs["parallel_tool_calls"] = parallel_tool_calls

@@ -257,14 +257,16 @@ class UniTELLM(FunctionCallingLLM):
         return ChatRequest(messages=(*turns, Message("user", prompt)), options=call_options(kw))
 
     def _chat_request(self, messages: Sequence[ChatMessage], kw: dict[str, Any]) -> ChatRequest:
+        """A chat call as the core's request: tools, tool choice, parallel calls and a
+        ``response_format`` (OpenAI's dicts or a JSON schema) besides the options."""
         kw = dict(kw)
-        tools = tuple(tool_spec(t) for t in kw.pop("tools", None) or ())
         parallel = kw.pop("parallel_tool_calls", None)
         return ChatRequest(
             messages=to_core_messages(messages),
-            tools=tools,
+            tools=tuple(tool_spec(t) for t in kw.pop("tools", None) or ()),
             tool_choice=kw.pop("tool_choice", None),
             parallel_tool_calls=None if parallel is None else bool(parallel),
+            response_format=kw.pop("response_format", None),
             options=call_options(kw),
         )
 

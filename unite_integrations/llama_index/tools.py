@@ -1,8 +1,8 @@
 """``compatibility_function_tool()``: the compatibility check as a LlamaIndex ``FunctionTool``.
 
 Its output's ``content`` is the verdict, reasons and recommendation, and ``raw_output`` the
-``CompatibilityReport``. The check itself and its argument schema are framework-neutral
-(``unite_integrations.tools``).
+``CompatibilityReport``; the function's schema, the settings and the check are the neutral ones
+of ``unite_integrations.tools``.
 """
 
 from __future__ import annotations
@@ -11,15 +11,8 @@ from typing import Any
 
 from llama_index.core.tools import FunctionTool
 
+from .. import tools as neutral
 from ..compat.report import CompatibilityReport, Thresholds
-from ..tools import (
-    TOOL_DESCRIPTION,
-    TOOL_NAME,
-    CalibrationTask,
-    CompatibilityCheckInput,
-    ToolSettings,
-    run_compatibility_check,
-)
 
 __all__ = ["compatibility_function_tool"]
 
@@ -35,7 +28,7 @@ def compatibility_function_tool(
     data_dir: str | None = None,
 ) -> FunctionTool:
     """The compatibility check as a LlamaIndex ``FunctionTool`` (needs ``llama-index-core``)."""
-    settings = ToolSettings(
+    settings = neutral.ToolSettings(
         max_items=max_items,
         allow_measured=allow_measured,
         thresholds=thresholds or Thresholds(),
@@ -48,19 +41,21 @@ def compatibility_function_tool(
     def unite_compatibility_check(
         members: list[str],
         scores: dict[str, float] | None = None,
-        task: CalibrationTask | None = None,
+        task: neutral.CalibrationTask | None = None,
         n_items: int = 20,
     ) -> CompatibilityReport:
-        args = CompatibilityCheckInput(members=members, scores=scores, task=task, n_items=n_items)
-        return run_compatibility_check(args, settings)
+        args = neutral.CompatibilityCheckInput(
+            members=members, scores=scores, task=task, n_items=n_items
+        )
+        return neutral.run_compatibility_check(args, settings)
 
     def as_text(report: Any) -> Any:
         return report.summary() if isinstance(report, CompatibilityReport) else None
 
     return FunctionTool.from_defaults(
         fn=unite_compatibility_check,
-        name=TOOL_NAME,
-        description=TOOL_DESCRIPTION,
-        fn_schema=CompatibilityCheckInput,
+        name=neutral.TOOL_NAME,
+        description=neutral.TOOL_DESCRIPTION,
+        fn_schema=neutral.CompatibilityCheckInput,
         callback=as_text,
     )

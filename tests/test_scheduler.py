@@ -252,3 +252,28 @@ def test_a_script_that_ends_while_decoding_exits_cleanly(end):
 def test_real_pair_script_that_abandons_a_stream_exits_cleanly():
     done = _exit_code('e = UniTEEngine(["smollm2-135m-instruct", "gemma-3-270m"])', "del it")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.real
+@pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING))
+def test_real_pair_rows_join_and_leave_past_gemmas_sliding_window():
+    """A row past Gemma-3's 512-token window joins a running short row and leaves before it (its
+    extra columns are trimmed); both, and a third joining later, equal their answers alone."""
+    pair = UniTEEngine(["smollm2-135m-instruct", "gemma-3-270m"], check_invariants=True)
+    long = " ".join(f"Item {n}: the {['red', 'blue', 'green'][n % 3]} box." for n in range(90))
+    long += "\nThe last item is"
+    assert len(pair.members[1].encode_prompt(long)) > 512
+    short, late = "The capital of France is", "def fibonacci(n):\n"
+    alone = {
+        p: pair.generate([p], max_new_tokens=n)[0].text
+        for p, n in ((short, 40), (long, 10), (late, 8))
+    }
+    before = pair.stats["steps"]
+    running = pair.stream(short, max_new_tokens=40)
+    first = next(running).text
+    got_long = pair.generate([long], max_new_tokens=10)[0].text  # joins, then leaves first
+    got_late = pair.generate([late], max_new_tokens=8)[0].text  # joins the trimmed batch
+    got_short = first + "".join(c.text for c in running)
+    assert {short: got_short, long: got_long, late: got_late} == alone
+    assert pair.stats["steps"] - before < 40 + 10 + 8  # they shared steps
+    pair.close()

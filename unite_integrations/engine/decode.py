@@ -164,8 +164,10 @@ def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
     )
 
 
-#: Steps kept in hand beyond the shortest completion when deciding to close (see ``closing_need``).
-CLOSING_MARGIN = 1
+#: Steps kept in hand beyond what the closing rule needs when deciding to close. The look-ahead of
+#: ``closing_need`` follows the very tokens the rule will pick, so no step is needed in hand; a
+#: larger margin closes earlier (and takes steps from the model's own arguments).
+CLOSING_MARGIN = 0
 _CLOSERS = b'"}],0'
 
 

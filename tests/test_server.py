@@ -337,6 +337,21 @@ def _post(base: str, body: object, headers: dict[str, str] | None = None, raw: b
         ),
         ({"model": "tiny", "messages": USER, "tool_choice": "required"}, None, 400, "tool_choice"),
         ({"model": "tiny", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, None, 400, "stop"),
+        ({"model": "tiny", "messages": USER, "stop": [""]}, None, 400, "stop"),
+        (
+            {"model": "tiny", "messages": USER, "frequency_penalty": 0.5},
+            None,
+            400,
+            "frequency_penalty",
+        ),
+        ({"model": "tiny", "messages": USER, "tools": ["add"]}, None, 400, "tools"),
+        (
+            {"model": "tiny", "messages": USER, "tools": [WEATHER], "tool_choice": "sub"},
+            None,
+            400,
+            "tool_choice",
+        ),
+        ({"model": "tiny", "messages": USER, "max_completion_tokens": 0}, None, 400, "max_tokens"),
         (
             {"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             None,

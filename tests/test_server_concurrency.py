@@ -109,6 +109,19 @@ def test_disconnect_mid_stream_cancels_the_request(base):
     assert r2.usage.completion_tokens <= 2
 
 
+def test_disconnect_before_a_plain_answer_cancels_it(base):
+    """A non-streaming client that gives up (its timeout) frees the row too."""
+    before = _metric(base, "unite_requests_cancelled_total")
+    body = {**_stream_body(480), "stream": False}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(base + "/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
+    _wait_for(
+        lambda: _metric(base, "unite_requests_cancelled_total") == before + 1, "cancel counted"
+    )
+    _wait_for(lambda: _metric(base, "unite_engine_rows_in_flight") == 0, "the row freed")
+    assert _metric(base, "unite_requests_in_flight") == 0
+
+
 def _stream_body(tokens: int) -> dict[str, object]:
     return {
         "model": "tiny",

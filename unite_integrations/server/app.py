@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -43,6 +43,7 @@ from ..chat import (
     ChatResult,
     Message,
     ResponseFormat,
+    engine_options,
     make_message,
     make_tool_call,
     response_format,
@@ -61,6 +62,7 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 class _ServerCore(ChatCore):
@@ -112,6 +114,7 @@ class _Server:
         self.engine = engine
         self.close_engine = close_engine
         self.core = _ServerCore(engine, defaults=defaults, model_name=model_name)
+        engine_options(self.core.defaults, ChatOptions())  # bad defaults fail now, not per request
         self.model = self.core.model_name
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
@@ -159,6 +162,9 @@ class _Server:
                 status = response.status_code
                 streaming = isinstance(response, StreamingResponse)
                 return response
+            except _ClientGone:
+                status = 499  # nginx's "client closed request": nobody reads this response
+                return Response(status_code=499)
             except Exception as e:
                 error = from_exception(e)
                 status = error.status
@@ -226,6 +232,15 @@ class _Server:
                 param="n",
                 code="unsupported_value",
             )
+        for name in ("frequency_penalty", "presence_penalty", "logit_bias"):
+            if getattr(body, name):
+                raise APIError(
+                    400,
+                    f"{name} is not supported by the ensemble (its decoding rule has no "
+                    "penalties or biases); leave it out",
+                    param=name,
+                    code="unsupported_value",
+                )
         if len(body.stops()) > MAX_STOP:
             raise APIError(400, f"at most {MAX_STOP} stop sequences are allowed", param="stop")
         budget = body.token_budget()
@@ -320,22 +335,16 @@ class _Server:
         )
         if body.stream:
             return await self._stream(
-                chat_request, want, "chat.completion.chunk", _chat_chunk, "chat"
+                request, chat_request, want, "chat.completion.chunk", _chat_chunk, "chat"
             )
-        result = await self.core.ainvoke(chat_request)
+        result = await _unless_disconnected(request, self.core.ainvoke(chat_request), self.metrics)
         self._count(result)
         return JSONResponse(self._chat_response(result, want))
 
     def _chat_request(self, body: ChatCompletionRequest) -> ChatRequest:
         messages = tuple(_message(m, n) for n, m in enumerate(body.messages))
         tools = tuple(body.tools or ())
-        choice = tool_choice(body.tool_choice, tool_names(tools)) if tools else "auto"
-        if not tools and body.tool_choice not in (None, "auto", "none"):
-            raise APIError(
-                400,
-                f"tool_choice {body.tool_choice!r} needs tools: send them in 'tools'",
-                param="tool_choice",
-            )
+        choice = tool_choice(body.tool_choice, tool_names(tools))
         fmt: ResponseFormat | None = response_format(body.response_format)
         return ChatRequest(
             messages=messages,
@@ -439,9 +448,11 @@ class _Server:
             if len(requests) != 1:
                 raise APIError(400, "stream one prompt per request (got a list)", param="prompt")
             return await self._stream(
-                requests[0], want, "text_completion", _text_chunk, "completions"
+                request, requests[0], want, "text_completion", _text_chunk, "completions"
             )
-        results = await asyncio.gather(*(self.core.ainvoke(r) for r in requests))
+        results = await _unless_disconnected(
+            request, asyncio.gather(*(self.core.ainvoke(r) for r in requests)), self.metrics
+        )
         for r in results:
             self._count(r)
         choices = [
@@ -489,6 +500,7 @@ class _Server:
 
     async def _stream(
         self,
+        request: Request,
         chat_request: ChatRequest,
         want: _Wants,
         kind: str,
@@ -497,7 +509,7 @@ class _Server:
     ) -> Response:
         """Server-sent events. The first chunk is awaited before the response starts, so a bad
         request (or an overloaded engine) is still an HTTP error, not an event."""
-        chunks = await self.core.astream(chat_request)
+        chunks = await _unless_disconnected(request, self.core.astream(chat_request), self.metrics)
         head = {
             "id": _id("chatcmpl" if kind != "text_completion" else "cmpl"),
             "object": kind,
@@ -578,6 +590,34 @@ class _Wants:
         self.logprobs = logprobs
         self.tokens = tokens
         self.usage = usage
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready (nobody reads the response)."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T], metrics: Metrics) -> T:
+    """Await ``work``, cancelling it if the client disconnects first: the chat core then cancels
+    the engine request, so an abandoned request stops decoding and frees its row. (Servers do
+    not cancel a handler whose client left; streams are watched by Starlette itself.)"""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    metrics.disconnected()
+    raise _ClientGone
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # -- translation helpers ------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def from_validation(error: ValidationError) -> APIError:
     problems = "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
     )
-    return APIError(400, f"invalid request: {problems}", param=param, code="invalid_value")
+    return APIError(400, f"invalid request: {problems}", param=param, code="invalid_body")
 
 
 def from_exception(error: BaseException) -> APIError:
@@ -82,10 +82,35 @@ def from_exception(error: BaseException) -> APIError:
         )
     if isinstance(error, ContextWindowError):
         return APIError(400, str(error), param="messages", code="context_length_exceeded")
-    if isinstance(error, (InputError, ConfigError)):
-        return APIError(400, str(error), code="invalid_value")
+    if isinstance(error, InputError):
+        return APIError(400, str(error), param=_param(str(error)), code="invalid_input")
+    if isinstance(error, ConfigError):
+        return APIError(400, str(error), param=_param(str(error)), code="invalid_value")
     if isinstance(error, UniteError):
         return APIError(500, str(error), type="server_error", code="unite_error")
     return APIError(
         500, f"internal error: {type(error).__name__}: {error}", type="server_error", code=None
     )
+
+
+#: The chat core's option names (in its messages) -> the request fields they come from.
+_PARAMS = {
+    "max_new_tokens": "max_tokens",
+    "min_new_tokens": "min_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "tool_choice": "tool_choice",
+    "tool": "tools",
+    "response_format": "response_format",
+    "role": "messages",
+    "conversation": "messages",
+}
+
+
+def _param(message: str) -> str | None:
+    """The request field a core error is about, from the first option name its message names."""
+    words = {w.strip(".,:;'\"()[]{}") for w in message.split()}
+    found = [(message.find(name), field) for name, field in _PARAMS.items() if name in words]
+    return min(found)[1] if found else None

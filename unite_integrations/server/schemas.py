@@ -1,15 +1,15 @@
 """OpenAI request bodies as typed models: what ``/v1/chat/completions`` and ``/v1/completions`` accept.
 
-Only the shape is checked here (types, ranges, required fields); what the ensemble can do with a
-valid body (a tool choice naming a bound tool, a schema the grammar accepts) is the chat core's
-business. Unknown fields are ignored, as vLLM does, so clients that send more than we read still
+Only the shape is checked here (types and required fields): values (ranges of options, roles,
+tools, tool choices, schemas, empty conversations) are the chat core's to check, once for every
+front end, and its typed errors become 400s. Unknown fields are ignored, as vLLM does, so clients that send more than we read still
 work; fields we read but cannot honour (``n`` other than 1, top log-probabilities) are refused by
 the app with a message that says so.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,7 +44,7 @@ class UniteOptions(_Body):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
@@ -53,9 +53,9 @@ class ChatMessage(_Body):
 
 class _Sampling(_Body):
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -63,10 +63,13 @@ class _Sampling(_Body):
     n: int | None = Field(default=None, ge=1)
     min_tokens: int | None = Field(
         default=None,
-        ge=0,
         description="Tokens to generate before the answer may end (vLLM's extension).",
     )
     unite: UniteOptions = Field(default_factory=UniteOptions)
+    # OpenAI options the ensemble cannot honour: refused when set to anything but "off".
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -75,9 +78,9 @@ class _Sampling(_Body):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[dict[str, Any]] | None = None
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
@@ -86,7 +89,7 @@ class ChatCompletionRequest(_Sampling):
 
     def token_budget(self) -> int | None:
         """``max_completion_tokens`` (newer clients) or ``max_tokens``."""
-        return self.max_completion_tokens or self.max_tokens
+        return self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
 
 
 class CompletionRequest(_Sampling):

@@ -10,6 +10,7 @@ context window is 400 with OpenAI's ``context_length_exceeded`` code, an overloa
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -111,6 +112,9 @@ _PARAMS = {
 
 def _param(message: str) -> str | None:
     """The request field a core error is about, from the first option name its message names."""
-    words = {w.strip(".,:;'\"()[]{}") for w in message.split()}
-    found = [(message.find(name), field) for name, field in _PARAMS.items() if name in words]
+    found = [
+        (m.start(), field)
+        for name, field in _PARAMS.items()
+        if (m := re.search(rf"(?<!\w){name}(?!\w)", message))
+    ]
     return min(found)[1] if found else None

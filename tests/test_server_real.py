@@ -76,3 +76,23 @@ def test_real_forced_tool_call(client):
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+def test_real_framework_clients(engine, client):
+    """LangChain's ChatOpenAI and LlamaIndex's OpenAILike, pointed at the server."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    openai_like = pytest.importorskip("llama_index.llms.openai_like")
+    from llama_index.core.llms import ChatMessage
+
+    base, model = str(client.base_url), client.models.list().data[0].id
+    want = engine.generate([QUESTION], max_new_tokens=12)[0].text
+    chat = langchain_openai.ChatOpenAI(
+        model=model, base_url=base, api_key="none", max_tokens=12, temperature=0
+    )
+    assert chat.invoke(QUESTION[0]["content"]).content == want
+    llm = openai_like.OpenAILike(
+        model=model, api_base=base, api_key="none", is_chat_model=True, max_tokens=12, temperature=0
+    )
+    assert (
+        llm.chat([ChatMessage(role="user", content=QUESTION[0]["content"])]).message.content == want
+    )

@@ -93,15 +93,15 @@ def test_a_short_request_joins_a_running_batch_and_finishes_first(engine):
     prompt, short = "Once upon a time", "The capital of France is"
     alone = engine.generate([short], max_new_tokens=8)[0].text
     before = engine.stats["steps"]
-    long = engine.stream(prompt, max_new_tokens=300, min_new_tokens=300)
+    long = engine.stream(prompt, max_new_tokens=450, min_new_tokens=450)
     next(long)  # the long request is decoding now
     got = engine.generate([short], max_new_tokens=8)[0].text
     assert engine.metrics().rows_in_flight >= 1  # the long request is still running
     rest = list(long)
     assert got == alone
-    assert rest[-1].finish_reason == "length" and rest[-1].result.usage.output_tokens == 300
+    assert rest[-1].finish_reason == "length" and rest[-1].result.usage.output_tokens == 450
     # The short request's steps were the long one's steps: it joined the batch.
-    assert engine.stats["steps"] - before == 300
+    assert engine.stats["steps"] - before == 450
 
 
 def test_seeded_sampled_rows_are_the_same_alone_and_in_any_batch(engine):
@@ -131,8 +131,8 @@ def test_overload_fails_at_once_and_the_engine_goes_on(make_engine, tiny_dirs):
         max_batch_rows=1,
         max_queue=2,
     )
-    [running] = small.submit(["Once upon a time"], stream=True, max_new_tokens=300,
-                             min_new_tokens=300)
+    [running] = small.submit(["Once upon a time"], stream=True, max_new_tokens=450,
+                             min_new_tokens=450)
     assert isinstance(running.next_event(), Delta)  # admitted: the one row is taken
     waiting = small.submit(["Hello world", "x"], max_new_tokens=4)  # two requests of one row
     assert len(waiting) == 2 and small.metrics().queued == 2

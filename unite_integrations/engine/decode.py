@@ -155,6 +155,8 @@ def step(ens: Ensemble, batch: Batch) -> None:
 
 def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
     """[B] one uniform draw per sampled row from its own generator (0 for greedy rows)."""
+    if all(r.generator is None for r in rows):
+        return torch.zeros(len(rows), device=device)
     zero = torch.zeros((), device=device)
     return torch.stack(
         [

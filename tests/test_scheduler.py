@@ -93,15 +93,15 @@ def test_a_short_request_joins_a_running_batch_and_finishes_first(engine):
     prompt, short = "Once upon a time", "The capital of France is"
     alone = engine.generate([short], max_new_tokens=8)[0].text
     before = engine.stats["steps"]
-    long = engine.stream(prompt, max_new_tokens=450, min_new_tokens=450)
+    long = engine.stream(prompt, max_new_tokens=300, min_new_tokens=300)
     next(long)  # the long request is decoding now
     got = engine.generate([short], max_new_tokens=8)[0].text
     assert engine.metrics().rows_in_flight >= 1  # the long request is still running
     rest = list(long)
     assert got == alone
-    assert rest[-1].finish_reason == "length" and rest[-1].result.usage.output_tokens == 450
+    assert rest[-1].finish_reason == "length" and rest[-1].result.usage.output_tokens == 300
     # The short request's steps were the long one's steps: it joined the batch.
-    assert engine.stats["steps"] - before == 450
+    assert engine.stats["steps"] - before == 300
 
 
 def test_seeded_sampled_rows_are_the_same_alone_and_in_any_batch(engine):

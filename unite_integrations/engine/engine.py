@@ -493,7 +493,10 @@ def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator
     if opts.temperature <= 0:
         return None
     gen = torch.Generator(device=device)
-    gen.manual_seed(opts.seed if opts.seed is not None else int(torch.seed()))
+    if opts.seed is None:
+        gen.seed()  # a fresh random seed, leaving torch's global generator alone
+    else:
+        gen.manual_seed(opts.seed)
     return gen
 
 

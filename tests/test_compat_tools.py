@@ -123,6 +123,12 @@ def test_llamaindex_function_tool(tiny_dirs, cache_dir):
 
 def test_public_imports():
     import unite_integrations
+    from unite_integrations.langchain.tools import UniTECompatibilityTool as next_to_langchain
+    from unite_integrations.llama_index.tools import compatibility_function_tool as next_to_li
+
+    # The framework tools live with their adapters; the old import path still names them.
+    assert next_to_langchain is UniTECompatibilityTool
+    assert next_to_li is compatibility_function_tool
     from unite_integrations.compat import check_compatibility
 
     assert unite_integrations.check_compatibility is check_compatibility

@@ -196,23 +196,27 @@ def test_invoke_equals_the_engine_and_stream_equals_invoke(llm):
     assert full.response_metadata["provenance"] == msg.response_metadata["provenance"]
 
 
-def test_batch_is_one_engine_call():
-    # An engine of its own (top_k=4 is a configuration no other test uses): the counts below
-    # must not see calls that other tests' abandoned streams left queued on the shared engine.
+def test_batch_decodes_through_the_engine_scheduler():
+    # An engine of its own (top_k=4 is a configuration no other test uses), so the counts below
+    # see only this batch. ``batch`` makes one engine call per input, concurrently; the engine's
+    # scheduler decodes the calls that wait together as one batch. How many end up together
+    # depends on thread timing, so only what is deterministic is asserted: every input is one
+    # engine request, no more decode batches than requests, and each answer equals its own call.
     llm = UniTEChatModel(**tiny_params(max_tokens=32, top_k=4))
     engine = llm.load()
     prompts = ["Hello", "Hey", "The capital of France is", "Hello"]
     alone = [llm.invoke(p).content for p in prompts]
     before = dict(engine.stats)
     together = llm.batch(prompts)
-    assert engine.stats["batches"] - before["batches"] == 1
-    assert engine.stats["requests"] - before["requests"] == 1
+    requests = engine.stats["requests"] - before["requests"]
+    assert requests == len(prompts)
+    assert 1 <= engine.stats["batches"] - before["batches"] <= requests
     assert [m.content for m in together] == alone
     assert all(m.usage_metadata for m in together)
-    small = llm.model_copy(update={"max_batch_size": 3})
+    small = llm.model_copy(update={"max_batch_size": 1})  # one input in flight at a time
     before = dict(engine.stats)
     assert [m.content for m in small.batch(prompts)] == alone
-    assert engine.stats["batches"] - before["batches"] == 2
+    assert engine.stats["batches"] - before["batches"] == len(prompts)
 
 
 def test_batch_in_a_chain_keeps_per_input_callbacks(llm):
@@ -223,12 +227,9 @@ def test_batch_in_a_chain_keeps_per_input_callbacks(llm):
             starts.append(messages)
 
     chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | llm | StrOutputParser()
-    engine = llm.load()
-    before = engine.stats["batches"]
     out = chain.batch([{"q": "Hello"}, {"q": "Hey"}], config={"callbacks": [Recorder()]})
-    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    assert out == [llm.invoke("Hello").content, llm.invoke("Hey").content]
     assert len(starts) == 2
-    assert engine.stats["batches"] - before == 1
 
 
 def test_batch_errors_stay_per_input(llm):
@@ -309,6 +310,8 @@ def test_stop_sequences_of_any_length(llm):
         cut = llm.invoke(SEA, stop=[stop]).content
         assert cut == free[: free.index(stop)]
         assert "".join(c.text for c in llm.stream(SEA, stop=[stop])) == cut
+        # A bare string is one stop string, not its characters (issue 9, item 2).
+        assert llm.invoke(SEA, stop=stop).content == cut
     model_stop = UniTEChatModel(**tiny_params(max_tokens=32, stop=[free[4:12]]))
     assert model_stop.invoke(SEA).content == free[: free.index(free[4:12])]
 

@@ -18,12 +18,12 @@ from langchain_core.messages import (
 from langchain_core.tools import tool
 from langchain_tests.unit_tests import ChatModelUnitTests
 
+from unite_integrations.chat import PreparedCall, tool_choice
 from unite_integrations.engine.config import MemberSpec
 from unite_integrations.engine.registry import loaded_engines
 from unite_integrations.errors import ConfigError, InputError
 from unite_integrations.langchain import UniTEChatModel
-from unite_integrations.langchain._messages import ToolCallStream, to_engine_messages
-from unite_integrations.langchain.chat_model import _tool_choice
+from unite_integrations.langchain._messages import to_core_request, to_engine_messages
 
 MEMBERS = ["smollm2-135m-instruct", "gemma-3-270m"]
 
@@ -112,57 +112,77 @@ def test_bad_configuration_is_a_config_error_at_construction(kwargs, match):
         UniTEChatModel(**kwargs)
 
 
+def prepare(
+    llm: UniTEChatModel, stop: Any = None, kwargs: dict[str, Any] | None = None, messages=None
+) -> PreparedCall:
+    """The engine call the chat core makes for a LangChain call (nothing is loaded)."""
+    messages = messages or [HumanMessage("x")]
+    return llm.core.prepare(to_core_request(messages, stop, kwargs or {}, llm.model_name))
+
+
 def test_call_options_map_to_the_engine():
     llm = UniTEChatModel(members=MEMBERS, max_tokens=20, stop=["END"], temperature=0.7, seed=1)
-    call = llm._call(None, {})
+    call = prepare(llm)
     assert call.options == {
         "max_new_tokens": 20,
         "min_new_tokens": 0,
         "temperature": 0.7,
         "top_p": 1.0,
         "seed": 1,
-        "stop": ["END"],
+        "stop": ("END",),
     }
-    assert call.constraint is None and call.tools is None and not call.parse_tools
-    call = llm._call(["a", "bb"], {"max_tokens": 5, "temperature": 0.0})
-    assert call.options["stop"] == ["a", "bb"] and call.options["max_new_tokens"] == 5
-    assert UniTEChatModel(members=MEMBERS)._call(None, {}).options["max_new_tokens"] == 256
+    assert call.constraint is None and call.tools is None and not call.parse_calls
+    call = prepare(llm, ["a", "bb"], {"max_tokens": 5, "temperature": 0.0})
+    assert call.options["stop"] == ("a", "bb") and call.options["max_new_tokens"] == 5
+    # A bare string is one stop string, not a list of characters (issue 9, item 2).
+    assert prepare(llm, "France").options["stop"] == ("France",)
+    assert UniTEChatModel(members=MEMBERS, stop="END").stop == ["END"]
+    assert prepare(UniTEChatModel(members=MEMBERS)).options["max_new_tokens"] == 256
     with pytest.raises(ConfigError, match="unexpected call argument"):
-        llm._call(None, {"frequency_penalty": 1})
+        prepare(llm, None, {"frequency_penalty": 1})
     with pytest.raises(ConfigError, match="members are fixed"):
-        llm._call(None, {"model": "gpt-4o"})
+        prepare(llm, None, {"model": "gpt-4o"})
 
 
 def test_tools_and_structured_output_constrain_the_decoding():
     llm = UniTEChatModel(members=MEMBERS, stop=["\n"])
     tools = llm.bind_tools([add], tool_choice="any").kwargs  # type: ignore[attr-defined]
-    call = llm._call(None, tools)
+    call = prepare(llm, None, tools)
     assert call.tools and call.tools[0]["function"]["name"] == "add"
     assert call.constraint is not None and call.constraint.kind == "tool_calls"
-    assert call.parse_tools and call.options["stop"] == []  # the grammar decides the end
-    auto = llm._call(None, {"tools": tools["tools"]})
-    assert "start: calls | text" in auto.constraint.lark and auto.options["stop"] == ["\n"]
-    none = llm._call(None, {"tools": tools["tools"], "tool_choice": "none"})
-    assert none.constraint is None and none.tools is None and not none.parse_tools
+    assert call.parse_calls and call.options["stop"] == ()  # the grammar decides the end
+    auto = prepare(llm, None, {"tools": tools["tools"]})
+    assert "start: calls | text" in auto.constraint.lark and auto.options["stop"] == ("\n",)
+    none = prepare(llm, None, {"tools": tools["tools"], "tool_choice": "none"})
+    assert none.constraint is None and none.tools is None and not none.parse_calls
     schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
-    structured = llm._call(None, {"response_format": schema})
-    assert structured.constraint.kind == "json_schema" and structured.options["stop"] == []
+    structured = prepare(llm, None, {"response_format": schema})
+    assert structured.constraint.kind == "json_schema" and structured.options["stop"] == ()
     # The members are told what to write (the grammar only enforces the form).
-    assert json.dumps(schema) in structured.instruction
-    asked = llm._prompt([SystemMessage("Be brief."), HumanMessage("x=1")], structured)
+    asked = prepare(
+        llm, None, {"response_format": schema}, [SystemMessage("Be brief."), HumanMessage("x=1")]
+    ).prompt
     assert asked[0]["content"].startswith("Be brief.\n\nAnswer with a JSON object that follows")
-    asked = llm._prompt([HumanMessage("x=1")], structured)
+    assert json.dumps(schema) in asked[0]["content"]
+    asked = prepare(llm, None, {"response_format": schema}, [HumanMessage("x=1")]).prompt
     assert asked[0]["role"] == "system" and asked[1] == {"role": "user", "content": "x=1"}
-    assert llm._prompt([HumanMessage("x=1")], call) == [{"role": "user", "content": "x=1"}]
+    assert prepare(llm, None, tools, [HumanMessage("x=1")]).prompt == [
+        {"role": "user", "content": "x=1"}
+    ]
     openai_style = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    assert llm._call(None, {"response_format": openai_style}).constraint == structured.constraint
-    any_object = llm._call(None, {"response_format": {"type": "json_object"}})
-    assert any_object.instruction == "Answer with a JSON object."
+    assert prepare(llm, None, {"response_format": openai_style}).constraint == structured.constraint
+    any_object = prepare(llm, None, {"response_format": {"type": "json_object"}})
+    assert any_object.prompt[0]["content"] == "Answer with a JSON object."
     with pytest.raises(ConfigError, match="not both"):
-        llm._call(None, {"tools": tools["tools"], "tool_choice": "any", "response_format": schema})
+        prepare(
+            llm, None, {"tools": tools["tools"], "tool_choice": "any", "response_format": schema}
+        )
 
 
 def test_tool_choice_spellings():
+    def _tool_choice(choice: Any, tools: list[dict[str, Any]]) -> str:
+        return tool_choice(choice, [t["function"]["name"] for t in tools])
+
     tools = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
     assert _tool_choice(None, tools) == "auto"
     assert _tool_choice("auto", tools) == "auto"
@@ -208,7 +228,8 @@ def test_messages_convert_to_engine_dicts():
     ]
     assert to_engine_messages(messages) == [
         {"role": "system", "content": "Be terse.\n\nAnswer in English."},
-        {"role": "user", "content": "What is 1 + 2?"},
+        # Text blocks are joined with a newline, in every front end (see the changelog).
+        {"role": "user", "content": "What is \n1 + 2?"},
         {
             "role": "assistant",
             "content": "Let me add.",
@@ -250,43 +271,3 @@ def test_bad_input_raises_through_langchain_before_any_loading():
         llm.invoke([ChatMessage(role="critic", content="hm")])
     with pytest.raises(ConfigError, match="unexpected call argument"):
         llm.invoke("hi", logprobs=True)
-
-
-CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
-
-
-def _stream_pieces(text: str, size: int) -> tuple[str, list[dict[str, Any]]]:
-    stream = ToolCallStream()
-    out: list[Any] = []
-    for i in range(0, len(text), size):
-        out += stream.feed(text[i : i + size])
-    out += stream.finish()
-    content = "".join(p for p in out if isinstance(p, str))
-    return content, [p for p in out if not isinstance(p, str)]
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "plain text, no calls",
-        "  leading and trailing space \n",
-        "a < b and <tool_ but not a call <",
-        CALL,
-        f"{CALL}\n{CALL}",
-        f"Sure.\n{CALL}\n",
-        f"A {CALL} B",
-        "<tool_call>\n{not json}\n</tool_call> left as text",
-        '<tool_call>\n{"name": "add", "arguments": {"a": 1',  # cut off by the budget
-        "中文 <tool_call> 😀",
-    ],
-)
-@pytest.mark.parametrize("size", [1, 3, 1000])
-def test_streamed_tool_calls_match_the_complete_answer(text, size):
-    from unite_integrations.langchain._messages import split_tool_calls
-
-    content, calls = _stream_pieces(text, size)
-    expected_content, expected_calls = split_tool_calls(text)
-    assert content == expected_content
-    assert [(c["name"], c["args"]) for c in calls] == [
-        (c["name"], c["args"]) for c in expected_calls
-    ]

@@ -9,7 +9,6 @@ applications; it is built here with the invariant checks on and a scratch cache 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,10 +48,7 @@ from llama_index.core.tools import FunctionTool  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
 from unite_integrations.llama_index import UniTELLM  # noqa: E402
-from unite_integrations.llama_index._messages import (  # noqa: E402
-    ToolCallStream,
-    to_engine_messages,
-)
+from unite_integrations.llama_index._messages import to_engine_messages  # noqa: E402
 
 FAMILIES = ("bytelevel_bpe", "sentencepiece_bpe")
 HELLO = [ChatMessage(role="user", content="Hello")]
@@ -420,9 +416,12 @@ def test_async_and_streamed_tool_calls(llm):
         [ADD], user_msg="What is 2 + 3?", tool_required=True, max_new_tokens=TOOL_TOKENS
     )
     assert _calls(r)[0].tool_kwargs == _calls(sync)[0].tool_kwargs
-    # streamed: the call shows up whole in the last chunk; no markup leaks into deltas
-    assert all(not _calls(c) for c in chunks[:-1])
+    # streamed: the call shows up whole once its block closes (and in the last chunk, with
+    # every call); no markup leaks into deltas
+    first = next(i for i, c in enumerate(chunks) if _calls(c))
+    assert all(len(_calls(c)) == 1 for c in chunks[first:])
     assert _calls(chunks[-1])[0].tool_kwargs == _calls(sync)[0].tool_kwargs
+    assert _calls(chunks[first])[0].tool_call_id == _calls(chunks[-1])[0].tool_call_id
     assert "".join(c.delta or "" for c in chunks) == ""
     streamed_sync = list(
         llm.stream_chat_with_tools(
@@ -713,22 +712,3 @@ def test_overlong_prompt_is_a_context_window_error():
 def test_tool_choice_without_tools_is_a_config_error(llm):
     with pytest.raises(ConfigError, match="needs tools"):
         llm.chat(HELLO, tool_choice="required")
-
-
-# -- the stream splitter, on its own ----------------------------------------------------------------
-
-
-def test_tool_call_stream_holds_back_markup():
-    call = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
-    text = "Let me add.\n" + call
-    s = ToolCallStream()
-    deltas = [s.update(text[:i]) for i in range(1, len(text) + 1)]
-    content, calls, last = s.finish(text)
-    assert "".join(deltas) + last == content == "Let me add."
-    assert [c.name for c in calls] == ["add"] and calls[0].arguments == {"a": 1, "b": 2}
-    plain = "a < b, and <tool is a word"
-    s = ToolCallStream()
-    deltas = [s.update(plain[:i]) for i in range(1, len(plain) + 1)]
-    content, calls, last = s.finish(plain)
-    assert "".join(deltas) + last == content == plain and not calls
-    assert json.loads(json.dumps(calls)) == []

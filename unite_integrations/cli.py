@@ -14,14 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .defaults import DEFAULT_MEMBERS
 from .engine.config import MemberSpec
 from .engine.loading import BUILTIN_ALIASES
 from .engine.results import GenerationResult
 from .errors import UniteError
 
-__all__ = ["main"]
-
-DEFAULT_MEMBERS = ("smollm2-135m-instruct", "gemma-3-270m")
+__all__ = ["DEFAULT_MEMBERS", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,15 +1,15 @@
-"""The compatibility check as a tool for agents and chains: LangChain and LlamaIndex.
+"""The compatibility check as a tool for agents and chains: the framework-neutral part.
 
-* ``UniTECompatibilityTool``: a LangChain ``BaseTool`` (args schema ``CompatibilityCheckInput``).
-  Its content is the verdict, the reasons and the recommendation in a few lines; with
-  ``response_format="content_and_artifact"`` (the default) the full report, as a dict, is the
-  artifact.
-* ``compatibility_function_tool()``: the same check as a LlamaIndex ``FunctionTool``; its output's
-  ``content`` is the same text and ``raw_output`` the ``CompatibilityReport``.
+The tool's name, description, argument schema (``CompatibilityCheckInput``), settings
+(``ToolSettings``) and the check behind it (``run_compatibility_check``) live here; the
+framework tools live with their adapters and are importable from here too:
 
-LangChain and LlamaIndex are optional: this module imports without LangChain (the tool class is
-then missing and naming it says what to install), and LlamaIndex is imported only when the
-function tool is made.
+* ``UniTECompatibilityTool`` (``unite_integrations.langchain.tools``): a LangChain ``BaseTool``.
+* ``compatibility_function_tool()`` (``unite_integrations.llama_index.tools``): a LlamaIndex
+  ``FunctionTool``.
+
+LangChain and LlamaIndex are optional: this module imports neither; naming one of the two
+framework tools imports its framework (and says what to install when it is missing).
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from .compat.report import CompatibilityReport, Thresholds
 from .errors import UniteError
 
 if TYPE_CHECKING:
-    from llama_index.core.tools import FunctionTool
+    from .langchain.tools import UniTECompatibilityTool
+    from .llama_index.tools import compatibility_function_tool
 
 __all__ = [
     "TOOL_DESCRIPTION",
     "TOOL_NAME",
+    "CalibrationTask",
     "CompatibilityCheckInput",
+    "ToolSettings",
     "UniTECompatibilityTool",
     "compatibility_function_tool",
     "run_compatibility_check",
@@ -75,152 +78,63 @@ class CompatibilityCheckInput(BaseModel):
     )
 
 
+class ToolSettings(BaseModel):
+    """How a tool runs the check: its limits and where the members run."""
+
+    max_items: int = Field(default=50, ge=1, description="Cap on calibration items per call.")
+    allow_measured: bool = Field(
+        default=True, description="Allow calls with a task (which generate); else quick only."
+    )
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    top_k: int = Field(default=10, ge=1)
+    device: str = "cpu"
+    cache_dir: str | None = None
+    data_dir: str | None = None
+
+
 def run_compatibility_check(
     args: CompatibilityCheckInput,
+    settings: ToolSettings | None = None,
     *,
-    max_items: int = 50,
-    allow_measured: bool = True,
-    thresholds: Thresholds | None = None,
-    top_k: int = 10,
-    device: str = "cpu",
-    cache_dir: str | None = None,
-    data_dir: str | None = None,
     progress: bool = False,
+    **limits: Any,
 ) -> CompatibilityReport:
-    """The check behind both tools, with the tool's limits applied."""
+    """The check behind both tools, with the tool's limits applied (``settings``, or its
+    fields as keyword arguments: ``max_items=``, ``allow_measured=``, ``top_k=`` ...)."""
     from .engine.config import MemberSpec
 
-    if args.task is not None and not allow_measured:
+    s = settings or ToolSettings(**{k: v for k, v in limits.items() if v is not None})
+    if args.task is not None and not s.allow_measured:
         raise UniteError("this tool is configured for quick checks only: omit 'task'")
-    specs = [MemberSpec(source=s, device=device) for s in args.members]
     return check_compatibility(
-        specs,
+        [MemberSpec(source=m, device=s.device) for m in args.members],
         mode="measured" if args.task else "quick",
         task=args.task,
         scores=args.scores,
-        n_items=min(args.n_items, max_items),
-        thresholds=thresholds,
-        top_k=top_k,
+        n_items=min(args.n_items, s.max_items),
+        thresholds=s.thresholds,
+        top_k=s.top_k,
         progress=progress,
-        data_dir=data_dir,
-        cache_dir=cache_dir,
+        data_dir=s.data_dir,
+        cache_dir=s.cache_dir,
     )
 
 
-try:
-    from langchain_core.callbacks import CallbackManagerForToolRun
-    from langchain_core.tools import BaseTool, ToolException
-except ImportError:  # pragma: no cover - LangChain is optional
-    _LANGCHAIN = False
-else:
-    _LANGCHAIN = True
-
-    class UniTECompatibilityTool(BaseTool):
-        """LangChain tool: should these models be ensembled with UniTE, and how?
-
-        >>> tool = UniTECompatibilityTool()
-        >>> tool.invoke({"members": ["smollm2-135m-instruct", "gemma-3-270m"],
-        ...              "scores": {"smollm2-135m-instruct": 0.31, "gemma-3-270m": 0.29}})
-        """
-
-        name: str = TOOL_NAME
-        description: str = TOOL_DESCRIPTION
-        args_schema: type[BaseModel] = CompatibilityCheckInput
-        response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-        handle_tool_error: Any = True
-
-        max_items: int = Field(default=50, ge=1, description="Cap on calibration items per call.")
-        allow_measured: bool = Field(
-            default=True, description="Allow calls with a task (which generate); else quick only."
-        )
-        thresholds: Thresholds = Field(default_factory=Thresholds)
-        top_k: int = Field(default=10, ge=1)
-        device: str = "cpu"
-        cache_dir: str | None = None
-        data_dir: str | None = None
-
-        def _run(
-            self,
-            members: list[str],
-            scores: dict[str, float] | None = None,
-            task: CalibrationTask | None = None,
-            n_items: int = 20,
-            run_manager: CallbackManagerForToolRun | None = None,
-        ) -> Any:
-            args = CompatibilityCheckInput(
-                members=members, scores=scores, task=task, n_items=n_items
-            )
-            try:
-                report = run_compatibility_check(
-                    args,
-                    max_items=self.max_items,
-                    allow_measured=self.allow_measured,
-                    thresholds=self.thresholds,
-                    top_k=self.top_k,
-                    device=self.device,
-                    cache_dir=self.cache_dir,
-                    data_dir=self.data_dir,
-                )
-            except UniteError as e:
-                raise ToolException(str(e)) from e
-            if self.response_format == "content_and_artifact":
-                return report.summary(), report.model_dump(mode="json")
-            return report.summary()
+#: The framework tools, imported from their adapters on first access.
+_LAZY = {
+    "UniTECompatibilityTool": ("langchain", "langchain-core"),
+    "compatibility_function_tool": ("llama_index", "llama-index-core"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "UniTECompatibilityTool" and not _LANGCHAIN:
-        raise ImportError("UniTECompatibilityTool needs LangChain: pip install langchain-core")
+    if name in _LAZY:
+        import importlib
+
+        package, install = _LAZY[name]
+        try:
+            module = importlib.import_module(f".{package}.tools", __package__)
+        except ImportError as e:
+            raise ImportError(f"{name} needs {package}: pip install {install}") from e
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def compatibility_function_tool(
-    *,
-    max_items: int = 50,
-    allow_measured: bool = True,
-    thresholds: Thresholds | None = None,
-    top_k: int = 10,
-    device: str = "cpu",
-    cache_dir: str | None = None,
-    data_dir: str | None = None,
-) -> FunctionTool:
-    """The compatibility check as a LlamaIndex ``FunctionTool`` (needs ``llama-index-core``).
-
-    Calling it returns a ``ToolOutput`` whose ``content`` is the verdict, reasons and
-    recommendation, and whose ``raw_output`` is the ``CompatibilityReport``.
-    """
-    try:
-        from llama_index.core.tools import FunctionTool
-    except ImportError as e:  # pragma: no cover - LlamaIndex is optional
-        raise ImportError(
-            "compatibility_function_tool needs LlamaIndex: pip install llama-index-core"
-        ) from e
-
-    def unite_compatibility_check(
-        members: list[str],
-        scores: dict[str, float] | None = None,
-        task: CalibrationTask | None = None,
-        n_items: int = 20,
-    ) -> CompatibilityReport:
-        args = CompatibilityCheckInput(members=members, scores=scores, task=task, n_items=n_items)
-        return run_compatibility_check(
-            args,
-            max_items=max_items,
-            allow_measured=allow_measured,
-            thresholds=thresholds,
-            top_k=top_k,
-            device=device,
-            cache_dir=cache_dir,
-            data_dir=data_dir,
-        )
-
-    def as_text(report: Any) -> Any:
-        return report.summary() if isinstance(report, CompatibilityReport) else None
-
-    return FunctionTool.from_defaults(
-        fn=unite_compatibility_check,
-        name=TOOL_NAME,
-        description=TOOL_DESCRIPTION,
-        fn_schema=CompatibilityCheckInput,
-        callback=as_text,
-    )

@@ -163,7 +163,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _specs(args: argparse.Namespace, weights: list[float] | None = None) -> list[Any]:
-    from ..cli import DEFAULT_MEMBERS
+    from ..defaults import DEFAULT_MEMBERS
     from ..engine.config import MemberSpec
 
     sources = args.members or list(DEFAULT_MEMBERS)

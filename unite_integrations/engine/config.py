@@ -2,31 +2,96 @@
 
 These are pydantic models so that LangChain and LlamaIndex adapters (themselves pydantic) can carry
 them as fields, and so that a bad value fails when it is written, not deep inside a decode loop.
+
+Numbers are strict: an int field takes an int (a ``numpy`` integer too) but not a bool, a float
+or a string (``max_new_tokens=True`` is an error, not 1); a float field takes any finite real
+number but not a bool, a string, ``inf`` or ``nan``. Every failure is a ``ConfigError`` whose
+message names the field, the value and what to give instead; a lone surrogate in a stop string
+is an ``InputError``, as everywhere (see :mod:`.inputs`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, UniteError
+from .inputs import check_text
 
 __all__ = ["EnsembleConfig", "GenerationOptions", "MemberSpec", "ensemble_config"]
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
+SEED_MAX = 2**64 - 1
+"""The largest seed torch's generator takes (seeds are 0 .. 2**64 - 1)."""
+
 
 class _Config(BaseModel):
-    """A pydantic model whose validation failures are the package's own ``ConfigError``."""
+    """A pydantic model whose validation failures are the package's own ``ConfigError``.
+
+    ``_hints`` maps a field to what a valid value looks like; the message adds it to pydantic's
+    complaint, so that it says the fix, not only the fault.
+    """
+
+    _hints: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise ConfigError(f"invalid {type(self).__name__}: {e}") from e
+            raise _config_error(type(self), e) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, v: object, info: ValidationInfo) -> object:
+        """Numbers as the field's type asks: no bools, numpy scalars become Python numbers."""
+        name = info.field_name or ""
+        annotation = cls.model_fields[name].annotation
+        kinds = set(get_args(annotation)) or {annotation}
+        if not kinds & {int, float}:
+            return v
+        if isinstance(v, bool):
+            raise ConfigError(f"{name}={v!r} is a bool; give {cls._hints.get(name, 'a number')}")
+        if isinstance(v, numbers.Integral) and not isinstance(v, int):
+            return int(v)
+        if float in kinds and isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
+            return float(v)
+        return v
+
+
+def _config_error(model: type[_Config], e: ValidationError) -> UniteError:
+    """One readable error for all of pydantic's complaints: ``field=value: problem; give ...``."""
+    problems = []
+    for err in e.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, InputError):  # a lone surrogate: an input problem wherever it is
+            return cause
+        if isinstance(cause, UniteError):  # our own validators already say field and fix
+            problems.append(str(cause))
+            continue
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            problems.append(f"unknown option {field!r}; {model.__name__} takes {known}")
+            continue
+        given = _short(err["input"])
+        hint = model._hints.get(loc[0]) if loc else None
+        problems.append(f"{field}={given}: {err['msg']}" + (f"; give {hint}" if hint else ""))
+    return ConfigError(f"invalid {model.__name__}: " + "; ".join(problems))
 
 
 class MemberSpec(_Config):
@@ -37,10 +102,21 @@ class MemberSpec(_Config):
     users with network access).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    _hints: ClassVar[dict[str, str]] = {
+        "source": "an alias, a local directory, a .gguf file or a hub id (a string)",
+        "weight": "a finite number >= 0",
+        "device": "a torch device string such as 'cpu', 'cuda:0' or 'mps'",
+        "dtype": "one of 'auto', 'float32', 'float16', 'bfloat16'",
+        "chat_template": "a Jinja template string, or None for the tokenizer's",
+        "context_window": "an int > 0, or None for the model's own",
+        "name": "a string, or None for the source's name",
+    }
 
     source: str = Field(description="Alias, local directory, .gguf file or hub id.")
-    weight: float = Field(default=1.0, description="Relative weight in the average; >= 0.")
+    weight: float = Field(
+        default=1.0, allow_inf_nan=False, description="Relative weight in the average; >= 0."
+    )
     device: str = Field(default="cpu", description="torch device, e.g. 'cpu', 'cuda:0', 'mps'.")
     dtype: DType = Field(
         default="float32", description="Parameter dtype ('auto' keeps the file's)."
@@ -54,21 +130,31 @@ class MemberSpec(_Config):
     )
     name: str | None = Field(default=None, description="Display name; defaults to the source.")
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_path(cls, v: object) -> object:
+        return _fspath(v)
+
     @field_validator("weight")
     @classmethod
     def _weight_non_negative(cls, v: float) -> float:
-        if not v >= 0 or v != v or v == float("inf"):
+        if not v >= 0:
             raise ConfigError(f"member weight must be a finite number >= 0, got {v}")
         return v
 
     @field_validator("source")
     @classmethod
     def _source_non_empty(cls, v: str) -> str:
-        if not v.strip():
+        if not check_text("member source", v).strip():
             raise ConfigError(
                 "member source is empty: give an alias, a directory, a .gguf or a hub id"
             )
         return v
+
+    @field_validator("device", "chat_template", "name")
+    @classmethod
+    def _encodable(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_text(f"member {info.field_name}", v)
 
     @property
     def display_name(self) -> str:
@@ -78,7 +164,13 @@ class MemberSpec(_Config):
 class EnsembleConfig(_Config):
     """The ensemble as a whole; its JSON is the key under which one engine instance is shared."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    _hints: ClassVar[dict[str, str]] = {
+        "members": "a non-empty list of aliases, paths or MemberSpec",
+        "top_k": "an int >= 1 (the paper uses 10)",
+        "retokenize_window": "an int >= 1",
+        "cache_dir": "a directory path (str), or None for the default cache",
+    }
 
     members: tuple[MemberSpec, ...] = Field(description="Members; the first is the primary.")
     top_k: int = Field(default=10, description="Candidates each member proposes per step.")
@@ -94,11 +186,12 @@ class EnsembleConfig(_Config):
     @field_validator("members", mode="before")
     @classmethod
     def _coerce_members(cls, v: object) -> object:
-        if isinstance(v, (str, MemberSpec, dict)):
-            v = [v]
-        if isinstance(v, (list, tuple)):
-            return tuple(MemberSpec(source=m) if isinstance(m, str) else m for m in v)
-        return v
+        return tuple(member_specs(v))
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _cache_path(cls, v: object) -> object:
+        return _fspath(v)
 
     @field_validator("top_k")
     @classmethod
@@ -109,8 +202,6 @@ class EnsembleConfig(_Config):
 
     @model_validator(mode="after")
     def _check_members(self) -> EnsembleConfig:
-        if not self.members:
-            raise ConfigError("an ensemble needs at least one member")
         if sum(m.weight for m in self.members) <= 0:
             raise ConfigError(
                 "member weights are all zero: give at least one member a positive weight"
@@ -126,15 +217,27 @@ class EnsembleConfig(_Config):
 class GenerationOptions(_Config):
     """Options of one call; every engine entry point takes them."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    _hints: ClassVar[dict[str, str]] = {
+        "max_new_tokens": "an int >= 1 (not a bool, float or string), e.g. 256",
+        "min_new_tokens": "an int >= 0 and at most max_new_tokens",
+        "temperature": "a finite number >= 0 (0 is greedy)",
+        "top_p": "a finite number in (0, 1]",
+        "seed": f"None or an int from 0 to 2**64 - 1 ({SEED_MAX})",
+        "stop": "a string or a list of non-empty strings",
+    }
 
     max_new_tokens: int = Field(default=256, ge=1, description="Union steps at most.")
     min_new_tokens: int = Field(
         default=0, ge=0, description="END cannot win before this many steps (as in generate)."
     )
-    temperature: float = Field(default=0.0, ge=0.0, description="0 is greedy.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass over the union.")
-    seed: int | None = Field(default=None, description="Seed for sampling; same seed, same text.")
+    temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy.")
+    top_p: float = Field(
+        default=1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus mass over the union."
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=SEED_MAX, description="Seed for sampling; same seed, same text."
+    )
     stop: tuple[str, ...] = Field(
         default=(), description="Strings that end generation (not emitted)."
     )
@@ -148,13 +251,59 @@ class GenerationOptions(_Config):
             v = [v]
         if isinstance(v, (list, tuple)):
             if any(not isinstance(s, str) or s == "" for s in v):
-                raise ConfigError("stop strings must be non-empty strings")
-            return tuple(v)
+                raise ConfigError(
+                    f"stop={_short(v)}: stop strings must be non-empty strings; give a string or "
+                    "a list of non-empty strings"
+                )
+            return tuple(check_text(f"stop string {n}", s) for n, s in enumerate(v))
         return v
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> GenerationOptions:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens={self.min_new_tokens} is more than max_new_tokens="
+                f"{self.max_new_tokens}; lower min_new_tokens or raise max_new_tokens"
+            )
+        return self
+
+
+MemberLike = str | os.PathLike[str] | MemberSpec | Mapping[str, Any]
+"""A member as a caller may give it: alias or path, ``MemberSpec``, or a dict of its fields."""
+
+
+def member_specs(members: object) -> list[MemberSpec]:
+    """``members`` as a non-empty list of ``MemberSpec``; a ``ConfigError`` for anything else."""
+    if isinstance(members, (str, os.PathLike, MemberSpec, Mapping)):
+        members = [members]
+    if not isinstance(members, (list, tuple)):
+        raise ConfigError(
+            f"members={_short(members)}: give a non-empty list of members (aliases such as "
+            "'smollm2-135m-instruct', local directories, .gguf files or MemberSpec)"
+        )
+    if not members:
+        raise ConfigError(
+            "an ensemble needs at least one member: give a non-empty list of aliases, paths "
+            "or MemberSpec"
+        )
+    specs = []
+    for n, m in enumerate(members):
+        if isinstance(m, MemberSpec):
+            specs.append(m)
+        elif isinstance(m, (str, os.PathLike)):
+            specs.append(MemberSpec(source=_fspath(m)))
+        elif isinstance(m, Mapping) and all(isinstance(k, str) for k in m):
+            specs.append(MemberSpec(**m))
+        else:
+            raise ConfigError(
+                f"member {n} is {type(m).__name__} {_short(m)}; give an alias or path "
+                "(a string) or a MemberSpec"
+            )
+    return specs
 
 
 def ensemble_config(
-    members: Sequence[str | MemberSpec] | str | MemberSpec,
+    members: Sequence[MemberLike] | MemberLike,
     *,
     top_k: int = 10,
     weights: Sequence[float] | None = None,
@@ -162,9 +311,12 @@ def ensemble_config(
     cache_dir: str | Path | None = None,
 ) -> EnsembleConfig:
     """The configuration for these arguments; equal arguments give equal (shareable) configs."""
-    given = [members] if isinstance(members, (str, MemberSpec)) else list(members)
-    specs = [MemberSpec(source=m) if isinstance(m, str) else m for m in given]
+    specs = member_specs(members)
     if weights is not None:
+        if not isinstance(weights, (list, tuple)):
+            raise ConfigError(
+                f"weights={_short(weights)}: give a list of numbers, one per member, or None"
+            )
         if len(weights) != len(specs):
             raise ConfigError(
                 f"got {len(weights)} weights for {len(specs)} members: give one per member"
@@ -174,5 +326,15 @@ def ensemble_config(
         members=tuple(specs),
         top_k=top_k,
         retokenize_window=retokenize_window,
-        cache_dir=None if cache_dir is None else str(cache_dir),
+        cache_dir=_fspath(cache_dir),
     )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fspath(value: object) -> Any:
+    """A path as its string; anything else unchanged (for the field's own check to refuse)."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value

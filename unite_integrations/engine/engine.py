@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, EngineClosedError, InputError
+from ..errors import ConfigError, EngineClosedError
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
 from .constraints import ByteMatcher, Constraint
 from .decode import Batch, Ensemble, RowState, closing_need, step
+from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
 from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
@@ -330,15 +331,13 @@ class UniTEEngine:
         self, prompts: Sequence[Prompt], tools: Any, options: dict[str, Any]
     ) -> tuple[list[list[list[int]]], GenerationOptions]:
         """Validate a call and encode every prompt for every member (in the caller's thread)."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
-        if len(prompts) == 0:
-            raise InputError("the prompt list is empty: pass at least one prompt")
+        checked = check_prompts(prompts)  # the rules: engine/inputs.py, docs/guarantees.md
+        tool_list = check_tools(tools)
         opts = GenerationOptions(**options)
-        chat = [not isinstance(p, str) for p in prompts]
+        chat = [not isinstance(p, str) for p in checked]
         if any(chat) and any(not m.has_template for m in self._ens.members):
             opts = opts.model_copy(update={"stop": tuple(opts.stop) + FALLBACK_STOP})
-        encoded = [[m.encode_prompt(p, tools) for p in prompts] for m in self._ens.members]
+        encoded = [[m.encode_prompt(p, tool_list) for p in checked] for m in self._ens.members]
         return encoded, opts
 
     def _check_budget(self, opts: GenerationOptions, constraint: Constraint) -> None:

@@ -14,6 +14,11 @@ Everything that goes wrong is raised as :class:`~unite_integrations.errors.Model
 the member and what to do, because the user of an ensemble rarely knows which of several models or
 which step failed.
 
+An ordinary load is quiet: transformers draws a "Loading weights" progress bar for every model it
+reads (twice per ensemble, inside every chain that builds one), which is noise for a load of a few
+seconds. Progress bars stay for long work (converting a GGUF file, downloads from the hub) and come
+back for loads too with ``$UNITE_PROGRESS=1`` or ``load_member(..., progress=True)``.
+
 ``torch`` and ``transformers`` are imported inside the functions that need them, so resolving a
 source or computing the cache directory (e.g. for a CLI ``--help``) stays cheap.
 """
@@ -29,8 +34,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_ALIASES",
     "CACHE_ENV_VAR",
+    "PROGRESS_ENV_VAR",
     "available_devices",
     "cached_conversion",
     "convert_gguf",
@@ -53,6 +60,7 @@ __all__ = [
 ]
 
 CACHE_ENV_VAR = "UNITE_CACHE_DIR"
+PROGRESS_ENV_VAR = "UNITE_PROGRESS"
 
 # Bump when the conversion itself changes (not the input), so old cache entries are not reused.
 _CONVERSION_VERSION = 1
@@ -476,6 +484,69 @@ def _check_device(spec: MemberSpec) -> Any:
     )
 
 
+def _progress_wanted(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    flag = os.environ.get(PROGRESS_ENV_VAR, "").strip().lower()
+    return flag not in ("", "0", "false", "no", "off")
+
+
+_quiet_guard = threading.Lock()
+_quiet_depth = 0  # loads in progress (threads may load engines at once)
+_bars_restore: tuple[bool, bool] | None = None  # (transformers bars, hub bars) before the first
+
+
+@contextlib.contextmanager
+def _quiet_load(progress: bool | None) -> Iterator[None]:
+    """transformers' per-model "Loading weights" bars off while models are read from disk.
+
+    The switch is global in transformers, so concurrent loads share one off period (counted), and
+    the state before it is put back after the last. Hub download bars are left as they were:
+    a download is long work.
+    """
+    global _quiet_depth, _bars_restore
+    if _progress_wanted(progress):
+        yield
+        return
+    hub_utils = importlib.import_module("huggingface_hub.utils.tqdm")  # the module, not the class
+    from transformers.utils import logging as hf_logging
+
+    def set_bars(transformers_on: bool, hub_on: bool) -> None:
+        if transformers_on:
+            hf_logging.enable_progress_bar()
+        else:
+            hf_logging.disable_progress_bar()
+        if hub_on != (not hub_utils.are_progress_bars_disabled()):
+            (hub_utils.enable_progress_bars if hub_on else hub_utils.disable_progress_bars)()
+
+    with _quiet_guard:
+        if _quiet_depth == 0 and hf_logging.is_progress_bar_enabled():
+            _bars_restore = (True, not hub_utils.are_progress_bars_disabled())
+            set_bars(False, _bars_restore[1])
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_guard:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _bars_restore is not None:
+                set_bars(*_bars_restore)
+                _bars_restore = None
+
+
+def _no_length_warning(tokenizer: Any) -> None:
+    """Silence the tokenizer's "sequence length is longer than model_max_length" warning.
+
+    The engine checks every prompt against the member's context window itself and raises a
+    ``ContextWindowError`` naming the member, so the tokenizer's own (printed, once per tokenizer,
+    often about a ``model_max_length`` no model has) is noise. transformers keeps a dict of
+    warnings already given; marking this one as given is its own way to mute it.
+    """
+    given = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(given, dict):
+        given["sequence-length-is-longer-than-the-specified-maximum"] = True
+
+
 def _torch_dtype(dtype: str) -> Any:
     import torch
 
@@ -485,13 +556,14 @@ def _torch_dtype(dtype: str) -> Any:
 
 
 def load_member(
-    spec: MemberSpec, cache_dir: Path | None = None
+    spec: MemberSpec, cache_dir: Path | None = None, *, progress: bool | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load one member's model (on its device, in eval mode) and tokenizer.
 
     Order: device check (instant), resolve the source, convert a GGUF once, then load with
     ``local_files_only`` for anything local so that a missing file fails fast instead of trying a
     network that is not there. ``spec.chat_template``, if given, replaces the tokenizer's.
+    ``progress``: show transformers' loading bars (default: only with ``$UNITE_PROGRESS=1``).
     """
     name = spec.display_name
     device = _check_device(spec)
@@ -524,11 +596,13 @@ def load_member(
 
     kwargs: dict[str, Any] = {"local_files_only": True} if local else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=_torch_dtype(spec.dtype), **kwargs
-        )
+        with _quiet_load(progress):
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=_torch_dtype(spec.dtype), **kwargs
+            )
         model = model.to(device).eval()
+        _no_length_warning(tokenizer)
     except Exception as e:
         raise ModelLoadError(
             f"member {name!r}: could not load {spec.source} ({path}): {e}. Fix: {fix}"

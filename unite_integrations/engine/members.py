@@ -15,12 +15,12 @@ from typing import Any
 from ..errors import ContextWindowError, InputError
 from .config import MemberSpec
 from .constraints import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from .inputs import check_messages, check_text
 from .vocab import Vocab
 
 __all__ = ["FALLBACK_STOP", "LoadedMember", "Message", "render_fallback"]
 
 Message = Mapping[str, Any]
-ROLES = ("system", "user", "assistant", "tool")
 FALLBACK_STOP = ("\nUser:",)
 _FALLBACK_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
@@ -82,23 +82,6 @@ def _args(call: Mapping[str, Any]) -> Any:
     return args
 
 
-def check_messages(messages: Sequence[Message]) -> None:
-    if not messages:
-        raise InputError("the conversation is empty: pass at least one message")
-    for n, m in enumerate(messages):
-        role = m.get("role") if isinstance(m, Mapping) else None
-        if role not in ROLES:
-            raise InputError(
-                f"message {n} has role {role!r}; use one of {', '.join(ROLES)} "
-                "(as dicts like {'role': 'user', 'content': '...'})"
-            )
-        content = m.get("content")
-        if not isinstance(content, str) and not (role == "assistant" and m.get("tool_calls")):
-            raise InputError(
-                f"message {n} ({role}) has no string 'content'; pass text (join content parts)"
-            )
-
-
 @dataclass
 class LoadedMember:
     spec: MemberSpec
@@ -124,11 +107,11 @@ class LoadedMember:
     ) -> list[int]:
         """Token ids of a raw prompt (with the tokenizer's BOS) or of a rendered conversation."""
         if isinstance(prompt, str):
-            if not prompt:
+            if not check_text("the prompt", prompt):
                 raise InputError("a prompt is the empty string: pass some text")
             ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         else:
-            check_messages(prompt)
+            prompt = check_messages(prompt)  # callers other than the engine (adapters) too
             if self.has_template and self.native_tools:
                 messages = [dict(m) for m in prompt]
             else:

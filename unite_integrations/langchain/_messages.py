@@ -1,41 +1,71 @@
-"""LangChain messages -> the engine's OpenAI-style message dicts; the engine's text -> tool calls.
+"""LangChain messages <-> the chat core's neutral types.
 
-The engine renders ``{"role", "content"}`` dicts with each member's own chat template (or the
-portable fallback for templates without tool support), so this module only translates: system,
-human, AI (with its tool calls) and tool messages; content blocks joined to text. Anything the
-members cannot read (images, audio, files, unknown roles) is an ``InputError`` naming the message.
+Translation only: roles, text blocks, earlier tool calls and tool results become core
+``Message``s (the core renders them, with its one role table and joining rule); core results and
+chunks become ``AIMessage``/``AIMessageChunk``s with usage, metadata and tool calls. Content the
+members cannot read (images, audio, files) is an ``InputError`` naming the message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import (
     AIMessage,
+    AIMessageChunk,
     BaseMessage,
     ChatMessage,
     HumanMessage,
     SystemMessage,
-    ToolCall,
     ToolMessage,
 )
-from langchain_core.messages.tool import tool_call
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call, tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 
-from ..engine.constraints import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ParsedToolCall, parse_tool_calls
-from ..errors import InputError
+from ..chat import (
+    ChatChunk,
+    ChatOptions,
+    ChatRequest,
+    ChatResult,
+    ChatUsage,
+    Message,
+    make_message,
+    make_tool_call,
+    render,
+)
+from ..errors import ConfigError, InputError
 
-__all__ = ["ToolCallStream", "split_tool_calls", "to_engine_messages"]
+__all__ = [
+    "ai_message",
+    "generation_chunk",
+    "openai_tool",
+    "to_core_messages",
+    "to_core_request",
+    "to_engine_messages",
+]
 
-_CHAT_ROLES = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "ai": "assistant",
-    "tool": "tool",
-}
+#: Keyword arguments a call (``invoke(..., **kwargs)``, ``bind(...)``, ``bind_tools``) may carry.
+CALL_KWARGS = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "min_tokens",
+        "top_p",
+        "seed",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "model",
+        "stream",
+    }
+)
+#: Call keywords LangChain itself adds (tracing of structured output); not options.
+_TRACING_KWARGS = ("ls_structured_output_format", "structured_output_format")
+
 # Content blocks an AI message may carry besides text: its tool calls (rendered from
 # ``AIMessage.tool_calls`` instead) and reasoning, which is not replayed to the members.
 _AI_SKIPPED_BLOCKS = {
@@ -50,71 +80,112 @@ _AI_SKIPPED_BLOCKS = {
     "thinking",
     "redacted_thinking",
 }
+_TYPED_ROLES = ((SystemMessage, "system"), (HumanMessage, "user"), (AIMessage, "assistant"))
 
 
-def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """The conversation as the engine's message dicts (consecutive system messages merged)."""
-    if not messages:
-        raise InputError("the conversation is empty: pass at least one message")
-    out: list[dict[str, Any]] = []
+def to_core_messages(messages: Sequence[BaseMessage]) -> tuple[Message, ...]:
+    """The conversation as the core's ``Message``s (``InputError`` names a bad message)."""
+    out = []
     for n, message in enumerate(messages):
-        role = _role(message, n)
         where = f"message {n} ({type(message).__name__})"
-        entry: dict[str, Any] = {
-            "role": role,
-            "content": _text(message.content, where, skip_tool_blocks=role == "assistant"),
-        }
-        if isinstance(message, AIMessage) and message.tool_calls:
-            entry["tool_calls"] = [
-                {
-                    "id": call.get("id") or f"call_{n}_{i}",
-                    "type": "function",
-                    # A dict, as Hugging Face chat templates expect (they apply ``tojson``).
-                    "function": {"name": call["name"], "arguments": dict(call["args"])},
-                }
-                for i, call in enumerate(message.tool_calls)
-            ]
+        if not isinstance(message, BaseMessage):
+            raise InputError(f"message {n} is a {type(message).__name__}, not a LangChain message")
+        role: object = next((r for cls, r in _TYPED_ROLES if isinstance(message, cls)), None)
         if isinstance(message, ToolMessage):
-            entry["tool_call_id"] = message.tool_call_id
-            if message.name:
-                entry["name"] = message.name
-        if role == "system" and out and out[-1]["role"] == "system":
-            # Many templates accept one system message only; two in a row read as one.
-            out[-1]["content"] = f"{out[-1]['content']}\n\n{entry['content']}"
-            continue
-        out.append(entry)
-    return out
+            role = "tool"
+        elif isinstance(message, ChatMessage):
+            role = message.role
+        elif role is None:
+            raise InputError(
+                f"{where}: a {type(message).__name__} cannot be rendered by the members' chat "
+                "templates; use SystemMessage, HumanMessage, AIMessage, ToolMessage or a "
+                "ChatMessage with a known role"
+            )
+        is_ai = isinstance(message, AIMessage)
+        calls = [
+            make_tool_call(c.get("id"), c.get("name"), c.get("args"), where)
+            for c in (message.tool_calls if isinstance(message, AIMessage) else [])
+        ]
+        out.append(
+            make_message(
+                role,
+                _texts(message.content, where, skip_tool_blocks=is_ai or role == "assistant"),
+                where=where,
+                tool_calls=calls,
+                tool_call_id=message.tool_call_id if isinstance(message, ToolMessage) else None,
+                name=message.name if isinstance(message, ToolMessage) else None,
+            )
+        )
+    return tuple(out)
 
 
-def _role(message: BaseMessage, n: int) -> str:
-    if isinstance(message, SystemMessage):
-        return "system"
-    if isinstance(message, HumanMessage):
-        return "user"
-    if isinstance(message, AIMessage):
-        return "assistant"
-    if isinstance(message, ToolMessage):
-        return "tool"
-    if isinstance(message, ChatMessage) and message.role.lower() in _CHAT_ROLES:
-        return _CHAT_ROLES[message.role.lower()]
-    detail = f" with role {message.role!r}" if isinstance(message, ChatMessage) else ""
-    raise InputError(
-        f"message {n} is a {type(message).__name__}{detail}, which the members' chat templates "
-        "cannot render; use SystemMessage, HumanMessage, AIMessage or ToolMessage (a ChatMessage "
-        f"may have role {', '.join(sorted(_CHAT_ROLES))})"
+def to_core_request(
+    messages: Sequence[BaseMessage], stop: Any, kwargs: Mapping[str, Any], model_name: str
+) -> ChatRequest:
+    """A LangChain call as the core's request (bad options: ``ConfigError``)."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in _TRACING_KWARGS}
+    unknown = sorted(set(kwargs) - CALL_KWARGS)
+    if unknown:
+        raise ConfigError(
+            f"UniTEChatModel got unexpected call argument(s) {', '.join(unknown)}; "
+            f"a call accepts {', '.join(sorted(CALL_KWARGS - {'stream'}))} and stop"
+        )
+    model = kwargs.get("model")
+    if model is not None and model != model_name:
+        raise ConfigError(
+            f"model={model!r}: an ensemble's members are fixed when it is built; create "
+            "another UniTEChatModel for other members"
+        )
+    tools = [openai_tool(t, n) for n, t in enumerate(kwargs.get("tools") or ())]
+    fmt = kwargs.get("response_format")
+    if fmt is not None and not isinstance(fmt, Mapping):
+        fmt = convert_to_json_schema(fmt)
+    parallel = kwargs.get("parallel_tool_calls")
+    return ChatRequest(
+        messages=to_core_messages(messages),
+        options=ChatOptions(
+            max_tokens=kwargs.get("max_tokens"),
+            min_tokens=kwargs.get("min_tokens"),
+            temperature=kwargs.get("temperature"),
+            top_p=kwargs.get("top_p"),
+            seed=kwargs.get("seed"),
+            stop=stop,
+        ),
+        tools=tuple(tools),
+        tool_choice=kwargs.get("tool_choice"),  # the core reads every spelling
+        parallel_tool_calls=None if parallel is None else bool(parallel),
+        response_format=fmt,  # the core reads OpenAI's dicts
     )
 
 
-def _text(content: str | list[str | dict[str, Any]], where: str, *, skip_tool_blocks: bool) -> str:
-    """Text of a message's content: a string, or its text blocks joined."""
+def openai_tool(tool: Any, n: int) -> dict[str, Any]:
+    """A LangChain tool (or function, pydantic class, TypedDict, dict) as an OpenAI tool."""
+    try:
+        return convert_to_openai_tool(tool)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"tool {n} ({type(tool).__name__}) is not a tool: pass LangChain tools, functions, "
+            f"pydantic classes, TypedDicts or OpenAI tool dicts ({e})"
+        ) from e
+
+
+def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """The engine's message dicts for a LangChain conversation (as the core renders them)."""
+    return render(to_core_messages(messages))
+
+
+def _texts(content: Any, where: str, *, skip_tool_blocks: bool) -> str | list[str]:
+    """A message's content as text: a string, or its text blocks (the core joins them)."""
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise InputError(f"{where}: content must be a string or a list of content blocks")
     parts: list[str] = []
     for block in content:
         if isinstance(block, str):
             parts.append(block)
             continue
-        kind = block.get("type")
+        kind = block.get("type") if isinstance(block, dict) else type(block).__name__
         if kind in ("text", "text-plain", None) and isinstance(block.get("text"), str):
             parts.append(block["text"])
         elif skip_tool_blocks and kind in _AI_SKIPPED_BLOCKS:
@@ -124,97 +195,49 @@ def _text(content: str | list[str | dict[str, Any]], where: str, *, skip_tool_bl
                 f"{where} has a {kind!r} content block; the ensemble's members read text only "
                 "(send text blocks, or describe the content in text)"
             )
-    return "".join(parts)
+    return parts
 
 
-# -- the ensemble's text -> tool calls ----------------------------------------------------------
+# -- core results -> LangChain ------------------------------------------------------------------
 
 
-def _lc_call(call: ParsedToolCall) -> ToolCall:
-    return tool_call(name=call.name, args=call.arguments, id=call.id)
+def usage_metadata(usage: ChatUsage) -> UsageMetadata:
+    """Input tokens as the primary member counts the prompt; output tokens: union steps."""
+    return UsageMetadata(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+    )
 
 
-def split_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
-    """(content, tool calls) of a complete answer, as ``parse_tool_calls`` splits it."""
-    content, calls = parse_tool_calls(text)
-    return content, [_lc_call(c) for c in calls]
+def ai_message(result: ChatResult) -> ChatGeneration:
+    """A complete answer as a ``ChatGeneration`` of an ``AIMessage``."""
+    message = AIMessage(
+        content=result.content,
+        tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in result.tool_calls],
+        usage_metadata=usage_metadata(result.usage),
+        response_metadata=result.metadata(),
+    )
+    return ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})
 
 
-class ToolCallStream:
-    """Splits streamed text into content deltas and complete tool calls.
-
-    Text that may be the start of a ``<tool_call>`` block is held back until it is clear; a block
-    becomes one tool call once it closes (a call is only emitted whole, so a call cut off by the
-    token budget never reaches an agent as a valid-looking partial call). A block whose JSON does
-    not parse is emitted as text, as ``parse_tool_calls`` keeps it. Whitespace between and after
-    calls is dropped, so the streamed content equals ``invoke``'s for the same text (except for
-    whitespace before text that calls follow, which the engine's tool grammar never writes:
-    an answer is either text or calls).
-    """
-
-    def __init__(self) -> None:
-        self._buf = ""
-        self._in_call = False
-        self._space = ""  # whitespace held until text follows it
-        self._emitted = False
-        self.calls = 0
-
-    def feed(self, text: str) -> list[str | ToolCall]:
-        """Content strings and tool calls that are certain after ``text``."""
-        self._buf += text
-        out: list[str | ToolCall] = []
-        while True:
-            if self._in_call:
-                end = self._buf.find(TOOL_CALL_CLOSE)
-                if end < 0:
-                    return out
-                body, self._buf = self._buf[:end], self._buf[end + len(TOOL_CALL_CLOSE) :]
-                self._in_call = False
-                block = f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
-                _, calls = parse_tool_calls(block)
-                if calls:
-                    self.calls += len(calls)
-                    out.extend(_lc_call(c) for c in calls)
-                else:
-                    self._text(block, out)
-                continue
-            start = self._buf.find(TOOL_CALL_OPEN)
-            if start >= 0:
-                self._text(self._buf[:start], out)
-                self._buf = self._buf[start + len(TOOL_CALL_OPEN) :]
-                self._in_call = True
-                continue
-            keep = _partial_suffix(self._buf, TOOL_CALL_OPEN)
-            self._text(self._buf[: len(self._buf) - keep], out)
-            self._buf = self._buf[len(self._buf) - keep :]
-            return out
-
-    def finish(self) -> list[str | ToolCall]:
-        """Whatever is still held once the text is complete."""
-        out: list[str | ToolCall] = []
-        rest = (TOOL_CALL_OPEN if self._in_call else "") + self._buf
-        self._buf, self._in_call = "", False
-        self._text(rest, out)
-        if self._space and not self.calls:  # with calls, the content is stripped
-            out.append(self._space)
-        self._space = ""
-        return out
-
-    def _text(self, text: str, out: list[str | ToolCall]) -> None:
-        """Emit text, holding trailing whitespace until more text follows it."""
-        combined = self._space + text
-        stripped = combined.rstrip()
-        self._space = combined[len(stripped) :]
-        if stripped and not self._emitted and self.calls:
-            stripped = stripped.lstrip()
-        if stripped:
-            out.append(stripped)
-            self._emitted = True
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
+def generation_chunk(chunk: ChatChunk) -> ChatGenerationChunk:
+    """A core chunk as LangChain's: content, tool-call chunks, or the last chunk (usage)."""
+    result = chunk.result
+    if result is not None:
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=chunk.content,
+                chunk_position="last",
+                usage_metadata=usage_metadata(result.usage),
+                response_metadata=result.metadata(),
+            ),
+            generation_info={"finish_reason": result.finish_reason},
+        )
+    calls = [
+        tool_call_chunk(name=c.name, args=c.arguments, id=c.id, index=c.index)
+        for c in chunk.tool_calls
+    ]
+    return ChatGenerationChunk(
+        message=AIMessageChunk(content=chunk.content, tool_call_chunks=calls)
+    )

@@ -1,16 +1,16 @@
-"""LlamaIndex messages to the engine's OpenAI-style dicts, and engine results back to responses.
+"""LlamaIndex messages <-> the chat core's neutral types.
 
-The engine takes conversations as ``{"role", "content"}`` dicts (assistant turns may carry
-``tool_calls``, tool turns a ``tool_call_id``) and renders them with each member's chat template.
-LlamaIndex messages are lists of content blocks: text blocks are joined, tool calls become
-``tool_calls``, anything the members cannot read (images, audio, video, documents) is an
-``InputError``. Generated tool calls come back as ``ToolCallBlock``s.
+Translation only: LlamaIndex messages are lists of content blocks; text blocks become a core
+``Message``'s text (the core joins them and renders with its one role table), tool calls become
+``ToolCall``s, anything the members cannot read (images, audio, video, documents) is an
+``InputError``. Core results come back as ``ChatResponse``/``CompletionResponse``s with the
+calls as ``ToolCallBlock``s.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -26,131 +26,152 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 
-from ..engine.constraints import TOOL_CALL_OPEN, parse_tool_calls
-from ..engine.results import GenerationResult
-from ..errors import InputError
+from ..chat import (
+    ChatChunk,
+    ChatOptions,
+    ChatResult,
+    Message,
+    ToolCall,
+    decode_arguments,
+    make_message,
+    make_tool_call,
+    render,
+    role_of,
+)
+from ..errors import ConfigError, InputError
 
 __all__ = [
-    "ToolCallStream",
+    "Responses",
+    "assistant_message",
+    "astream_responses",
+    "call_options",
     "chat_response",
     "completion_response",
     "raw_of",
+    "stream_responses",
+    "to_core_messages",
     "to_engine_messages",
+    "tool_spec",
 ]
 
-# LlamaIndex roles -> the engine's four roles. Provider spellings of the same role are accepted:
-# developer (OpenAI) is a system turn, chatbot (Cohere) and model (Gemini) are assistant turns,
-# function (OpenAI's legacy function result) is a tool turn.
-_ROLES = {
-    "system": "system",
-    "developer": "system",
-    "user": "user",
-    "assistant": "assistant",
-    "chatbot": "assistant",
-    "model": "assistant",
-    "tool": "tool",
-    "function": "tool",
+
+#: Per-call options (keyword arguments of every call) and the core's names for them.
+CALL_OPTIONS = {
+    "max_new_tokens": "max_tokens",
+    "max_tokens": "max_tokens",
+    "min_new_tokens": "min_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
 }
 
 
-def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """The conversation as the engine's message dicts; ``InputError`` names what is wrong."""
+def call_options(kw: Mapping[str, Any]) -> ChatOptions:
+    """A call's keyword options as the core's ``ChatOptions`` (unknown keyword: ConfigError)."""
+    unknown = sorted(set(kw) - set(CALL_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"UniTELLM got an unknown keyword argument {unknown[0]!r}; per-call options are "
+            f"{', '.join(CALL_OPTIONS)} (max_tokens is read as max_new_tokens)"
+        )
+    return ChatOptions(**{CALL_OPTIONS[k]: v for k, v in kw.items()})
+
+
+def to_core_messages(messages: Sequence[ChatMessage]) -> tuple[Message, ...]:
+    """The conversation as the core's ``Message``s; ``InputError`` names what is wrong."""
     if isinstance(messages, (str, ChatMessage)) or not isinstance(messages, Sequence):
         raise InputError("chat() takes a list of ChatMessage; wrap a single message in a list")
-    if not messages:
-        raise InputError("the conversation is empty: pass at least one ChatMessage")
     out = []
     for n, message in enumerate(messages):
         if not isinstance(message, ChatMessage):
             raise InputError(f"message {n} is a {type(message).__name__}, not a ChatMessage")
-        raw_role = message.role.value if isinstance(message.role, MessageRole) else message.role
-        role = _ROLES.get(str(raw_role))
-        if role is None:
-            raise InputError(
-                f"message {n} has role {raw_role!r}; use system, user, assistant or tool "
-                "(developer, chatbot, model and function are accepted as their equivalents)"
+        role = message.role.value if isinstance(message.role, MessageRole) else message.role
+        where = f"message {n} ({role})"
+        texts, calls = _read_blocks(where, message)
+        kw = message.additional_kwargs
+        legacy = kw.get("tool_calls")
+        if not calls and isinstance(legacy, list) and role_of(role, where) == "assistant":
+            calls = _legacy_tool_calls(legacy, where)
+        call_id = kw.get("tool_call_id") or kw.get("id")
+        out.append(
+            make_message(
+                role,
+                texts,
+                where=where,
+                tool_calls=calls,
+                tool_call_id=str(call_id or ""),
+                name=str(kw["name"]) if kw.get("name") else None,
             )
-        text, calls = _read_blocks(n, role, message)
-        entry: dict[str, Any] = {"role": role, "content": text}
-        if role == "assistant":
-            calls = calls or _legacy_tool_calls(message.additional_kwargs.get("tool_calls"))
-            if calls:
-                entry["tool_calls"] = calls
-        if role == "tool":
-            kw = message.additional_kwargs
-            entry["tool_call_id"] = str(kw.get("tool_call_id") or kw.get("id") or "")
-            if kw.get("name"):
-                entry["name"] = str(kw["name"])
-        out.append(entry)
-    return out
+        )
+    return tuple(out)
 
 
-def _read_blocks(n: int, role: str, message: ChatMessage) -> tuple[str, list[dict[str, Any]]]:
-    """(joined text, tool calls) of one message's blocks."""
+def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """The engine's message dicts for a LlamaIndex conversation (as the core renders them)."""
+    return render(to_core_messages(messages))
+
+
+def _read_blocks(where: str, message: ChatMessage) -> tuple[list[str], list[ToolCall]]:
+    """(text blocks, tool calls) of one message's blocks."""
     texts: list[str] = []
-    calls: list[dict[str, Any]] = []
+    calls: list[ToolCall] = []
     for block in message.blocks:
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ToolCallBlock):
-            if role != "assistant":
-                raise InputError(
-                    f"message {n} ({role}) carries a tool call; tool calls belong to assistant "
-                    "messages (tool results are messages with role 'tool')"
-                )
-            calls.append(_call_dict(block.tool_call_id, block.tool_name, block.tool_kwargs))
+            calls.append(
+                make_tool_call(block.tool_call_id, block.tool_name, block.tool_kwargs, where)
+            )
         elif isinstance(block, (ThinkingBlock, CachePoint)):
             continue  # earlier reasoning and provider cache hints are not sent back
-        elif isinstance(block, CitableBlock):
-            texts.extend(_text_only(n, role, block.content))
-        elif isinstance(block, CitationBlock):
-            texts.extend(_text_only(n, role, [block.cited_content]))
+        elif isinstance(block, (CitableBlock, CitationBlock)):
+            inner = block.content if isinstance(block, CitableBlock) else [block.cited_content]
+            for b in inner:
+                if not isinstance(b, TextBlock):
+                    raise _not_text(where, getattr(b, "block_type", type(b).__name__))
+                texts.append(b.text)
         else:
-            raise _not_text(n, role, block.block_type)
-    return "\n".join(texts), calls
+            raise _not_text(where, block.block_type)
+    return texts, calls
 
 
-def _text_only(n: int, role: str, blocks: Sequence[Any]) -> list[str]:
-    out = []
-    for b in blocks:
-        if not isinstance(b, TextBlock):
-            raise _not_text(n, role, getattr(b, "block_type", type(b).__name__))
-        out.append(b.text)
-    return out
-
-
-def _not_text(n: int, role: str, kind: str) -> InputError:
+def _not_text(where: str, kind: str) -> InputError:
     return InputError(
-        f"message {n} ({role}) has a {kind} block, but UniTELLM's members read text only: "
+        f"{where} has a {kind} block, but UniTELLM's members read text only: "
         "pass text blocks (describe or transcribe the content)"
     )
 
 
-def _call_dict(call_id: str | None, name: str, arguments: Any) -> dict[str, Any]:
-    return {
-        "id": call_id or "",
-        "type": "function",
-        "function": {"name": name, "arguments": arguments},
-    }
-
-
-def _legacy_tool_calls(value: Any) -> list[dict[str, Any]]:
+def _legacy_tool_calls(value: list[Any], where: str) -> list[ToolCall]:
     """Tool calls kept in ``additional_kwargs["tool_calls"]`` (OpenAI-style dicts or objects)."""
-    if not isinstance(value, list):
-        return []
     calls = []
     for item in value:
         data = item.model_dump() if hasattr(item, "model_dump") else item
         if isinstance(data, Mapping) and isinstance(data.get("function"), Mapping):
             fn = data["function"]
-            calls.append(_call_dict(data.get("id"), str(fn.get("name")), fn.get("arguments", {})))
+            calls.append(make_tool_call(data.get("id"), fn.get("name"), fn.get("arguments"), where))
     return calls
 
 
-# -- results -> responses -------------------------------------------------------------------------
+def tool_spec(tool: Any) -> dict[str, Any]:
+    """An OpenAI-style tool dict from a LlamaIndex tool (or such a dict, passed through)."""
+    metadata = getattr(tool, "metadata", None)
+    if metadata is not None and hasattr(metadata, "to_openai_tool"):
+        spec: dict[str, Any] = metadata.to_openai_tool(skip_length_check=True)
+        return spec
+    if isinstance(tool, Mapping):
+        return dict(tool)
+    raise ConfigError(
+        f"a tool is a {type(tool).__name__}; pass LlamaIndex tools (FunctionTool, ...) or "
+        "OpenAI-style dicts {'type': 'function', 'function': {...}}"
+    )
 
 
-def raw_of(result: GenerationResult) -> dict[str, Any]:
+# -- core results -> responses --------------------------------------------------------------------
+
+
+def raw_of(result: ChatResult) -> dict[str, Any]:
     """What ``raw`` carries: text, finish reason, usage (as TokenCountingHandler reads it) and
     the provenance summary (agreement rate, each member's share of the tokens)."""
     u = result.usage
@@ -164,11 +185,11 @@ def raw_of(result: GenerationResult) -> dict[str, Any]:
             "input_tokens_per_member": dict(u.input_tokens_per_member),
             "output_tokens_per_member": dict(u.output_tokens_per_member),
         },
-        "provenance": result.provenance.summary(),
+        "provenance": dict(result.provenance),
     }
 
 
-def _token_counts(result: GenerationResult) -> dict[str, int]:
+def _token_counts(result: ChatResult) -> dict[str, int]:
     u = result.usage
     return {
         "prompt_tokens": u.input_tokens,
@@ -177,75 +198,99 @@ def _token_counts(result: GenerationResult) -> dict[str, int]:
     }
 
 
-def assistant_message(content: str, calls: Sequence[Any] = ()) -> ChatMessage:
-    """An assistant message: its text, then one ``ToolCallBlock`` per parsed call. The calls are
-    also listed OpenAI-style in ``additional_kwargs["tool_calls"]``, where older LlamaIndex code
+def assistant_message(content: str, calls: Sequence[ToolCall] = ()) -> ChatMessage:
+    """An assistant message: its text, then one ``ToolCallBlock`` per call. The calls are also
+    listed OpenAI-style in ``additional_kwargs["tool_calls"]``, where older LlamaIndex code
     (streaming structured output) looks for them."""
     blocks: list[Any] = [TextBlock(text=content)] if content or not calls else []
     blocks += [
-        ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in calls
+        ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=dict(c.arguments))
+        for c in calls
     ]
     extra = (
-        {"tool_calls": [_call_dict(c.id, c.name, json.dumps(c.arguments)) for c in calls]}
+        {
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                }
+                for c in calls
+            ]
+        }
         if calls
         else {}
     )
     return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
 
 
-def chat_response(result: GenerationResult, with_tools: bool) -> ChatResponse:
-    content, calls = parse_tool_calls(result.text) if with_tools else (result.text, [])
+def chat_response(result: ChatResult, delta: str | None = None) -> ChatResponse:
     return ChatResponse(
-        message=assistant_message(content, calls),
-        raw=raw_of(result),
-        additional_kwargs=_token_counts(result),
-    )
-
-
-def completion_response(
-    result: GenerationResult, text: str | None = None, delta: str | None = None
-) -> CompletionResponse:
-    return CompletionResponse(
-        text=result.text if text is None else text,
+        message=assistant_message(result.content, result.tool_calls),
         delta=delta,
         raw=raw_of(result),
         additional_kwargs=_token_counts(result),
     )
 
 
-class ToolCallStream:
-    """Streams the text around tool calls, holding back what may be the start of a call.
-
-    Tool calls are only shown once complete, in the final chunk, as ``ToolCallBlock``s; the text
-    shown before is every character that cannot belong to a ``<tool_call>`` block (trailing
-    whitespace is held too, as the final text is stripped around calls).
-    """
-
-    def __init__(self) -> None:
-        self.shown = ""
-
-    def update(self, text: str) -> str:
-        """The new visible delta, given the cumulative generated text."""
-        visible = text[: _hold_from(text)].rstrip()
-        if not visible.startswith(self.shown):
-            return ""
-        delta, self.shown = visible[len(self.shown) :], visible
-        return delta
-
-    def finish(self, text: str) -> tuple[str, list[Any], str]:
-        """(final content, parsed calls, last delta) for the complete text."""
-        content, calls = parse_tool_calls(text)
-        delta = content[len(self.shown) :] if content.startswith(self.shown) else ""
-        self.shown = content
-        return content, calls, delta
+def completion_response(
+    result: ChatResult, text: str | None = None, delta: str | None = None
+) -> CompletionResponse:
+    return CompletionResponse(
+        text=result.content if text is None else text,
+        delta=delta,
+        raw=raw_of(result),
+        additional_kwargs=_token_counts(result),
+    )
 
 
-def _hold_from(text: str) -> int:
-    """Where a ``<tool_call>`` block starts (or may be starting, at the end of the text)."""
-    start = text.find(TOOL_CALL_OPEN)
-    if start >= 0:
-        return start
-    for k in range(min(len(TOOL_CALL_OPEN) - 1, len(text)), 0, -1):
-        if text.endswith(TOOL_CALL_OPEN[:k]):
-            return len(text) - k
-    return len(text)
+class Responses:
+    """Core chunks -> LlamaIndex's cumulative responses (``text`` so far plus ``delta``)."""
+
+    def __init__(self, completion: bool = False) -> None:
+        self.completion = completion
+        self.text = ""
+        self.calls: list[ToolCall] = []
+
+    def __call__(self, chunk: ChatChunk) -> Any:
+        self.text += chunk.content
+        self.calls += [
+            ToolCall(c.id, c.name, decode_arguments(c.arguments, c.name)) for c in chunk.tool_calls
+        ]
+        result = chunk.result
+        if self.completion:
+            if result is not None:
+                return completion_response(result, text=self.text, delta=chunk.content)
+            return CompletionResponse(text=self.text, delta=chunk.content)
+        if result is not None:
+            return ChatResponse(
+                message=assistant_message(result.content, result.tool_calls),
+                delta=chunk.content,
+                raw=raw_of(result),
+                additional_kwargs=chat_response(result).additional_kwargs,
+            )
+        return ChatResponse(message=assistant_message(self.text, self.calls), delta=chunk.content)
+
+
+def stream_responses(
+    chunks: Iterator[ChatChunk], translate: Responses
+) -> Generator[Any, None, None]:
+    """LlamaIndex's stream (its callbacks wrap generators only); closing it closes the core's."""
+    try:
+        for chunk in chunks:
+            yield translate(chunk)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+async def astream_responses(
+    chunks: AsyncGenerator[ChatChunk, None], translate: Responses
+) -> AsyncGenerator[Any, None]:
+    """The async stream; closing it (or cancelling its reader) cancels the engine request."""
+    try:
+        async for chunk in chunks:
+            yield translate(chunk)
+    finally:
+        await chunks.aclose()

@@ -1,0 +1,236 @@
+"""``ChatCore``: the chat behaviour every front end shares, over one ``UniTEEngine``.
+
+A front end builds a ``ChatRequest`` from its framework's types, calls ``invoke``, ``stream``,
+``ainvoke`` or ``astream``, and translates the ``ChatResult``/``ChatChunk``s back. Everything
+between is here, once: option resolution (``options``), message rendering (``messages``), tools,
+tool choice and structured output as grammars, the streaming tool-call parser (``tools``),
+usage and provenance, the model-name default and the sync/async bridge (``bridge``). Batching
+is the engine's: concurrent calls on one engine are decoded together by its scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..engine.config import EnsembleConfig, MemberSpec
+from ..engine.engine import Prompt, UniTEEngine
+from ..engine.registry import get_engine
+from ..engine.results import GenerationResult
+from ..errors import ConfigError, InputError
+from .bridge import primed, thread_stream
+from .messages import render
+from .options import ChatDefaults, engine_options
+from .tools import ToolCallStream, grammar, parse_calls, response_format
+from .types import (
+    ChatChunk,
+    ChatOptions,
+    ChatRequest,
+    ChatResult,
+    ChatUsage,
+    ToolCall,
+    ToolCallChunk,
+)
+
+__all__ = ["ChatCore", "PreparedCall", "default_model_name"]
+
+
+def default_model_name(members: Sequence[str | MemberSpec]) -> str:
+    """``unite:`` and the members' display names joined with ``+`` (the one default)."""
+    names = [(Path(m).name or m) if isinstance(m, str) else m.display_name for m in members]
+    return "unite:" + "+".join(names)
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A request resolved into one engine call (validated: building it raised any error)."""
+
+    prompt: Prompt
+    options: dict[str, Any]
+    tools: list[dict[str, Any]] | None
+    constraint: Any
+    parse_calls: bool
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {"tools": self.tools, "constraint": self.constraint, **self.options}
+
+
+class ChatCore:
+    """The shared chat behaviour over one engine.
+
+    Args:
+        engine: a loaded ``UniTEEngine``, an ``EnsembleConfig`` (its shared engine is fetched
+            from the registry on first use) or a function returning the engine.
+        defaults: the front end's option defaults (``ChatDefaults``).
+        model_name: reported in results; defaults to ``default_model_name`` of the members.
+    """
+
+    def __init__(
+        self,
+        engine: UniTEEngine | EnsembleConfig | Callable[[], UniTEEngine],
+        *,
+        defaults: ChatDefaults | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        self._source = engine
+        self.defaults = defaults or ChatDefaults()
+        if model_name:
+            self.model_name = model_name
+        elif isinstance(engine, UniTEEngine):
+            self.model_name = default_model_name(list(engine.config.members))
+        elif isinstance(engine, EnsembleConfig):
+            self.model_name = default_model_name(list(engine.members))
+        else:
+            self.model_name = "unite"
+
+    @property
+    def engine(self) -> UniTEEngine:
+        """The engine (loaded on first use when the core was given a config)."""
+        source = self._source
+        if isinstance(source, UniTEEngine):
+            return source
+        if isinstance(source, EnsembleConfig):
+            return get_engine(source)
+        return source()
+
+    # -- requests -> engine calls ---------------------------------------------------------------
+
+    def prepare(self, request: ChatRequest) -> PreparedCall:
+        """Validate a request and resolve it into an engine call (``ConfigError`` for a bad
+        option, tool or tool choice, ``InputError`` for bad messages), before any decoding."""
+        if not isinstance(request, ChatRequest):
+            raise InputError(f"a chat call takes a ChatRequest, got {type(request).__name__}")
+        if not isinstance(request.options, ChatOptions):
+            raise ConfigError(
+                f"ChatRequest.options must be a ChatOptions, got {type(request.options).__name__}"
+            )
+        parallel = request.parallel_tool_calls
+        g = grammar(
+            request.tools,
+            request.tool_choice,
+            self.defaults.parallel_tool_calls if parallel is None else bool(parallel),
+            response_format(request.response_format),
+            self.defaults.max_json_string_length,
+        )
+        options = engine_options(self.defaults, request.options, forced=g.forced)
+        prompt: Prompt
+        if request.text is not None:
+            if not isinstance(request.text, str) or not request.text:
+                raise InputError("the prompt is empty: pass some text")
+            prompt = request.text
+        else:
+            prompt = render(request.messages, g.instruction)
+        return PreparedCall(prompt, options, g.tools, g.constraint, g.parse_calls)
+
+    # -- sync -------------------------------------------------------------------------------
+
+    def invoke(self, request: ChatRequest) -> ChatResult:
+        """One complete answer."""
+        call = self.prepare(request)
+        result = self.engine.generate([call.prompt], **call.engine_kwargs())[0]
+        return self.result(result, call.parse_calls)
+
+    def batch(self, requests: Sequence[ChatRequest], max_concurrency: int = 16) -> list[ChatResult]:
+        """Answers for several requests, as concurrent engine calls: the engine's scheduler
+        decodes the ones that wait together (and share options) in one batch."""
+        calls = [self.prepare(r) for r in requests]
+        engine = self.engine
+        with ThreadPoolExecutor(max(1, min(max_concurrency, len(calls)))) as pool:
+            futures = [pool.submit(engine.generate, [c.prompt], **c.engine_kwargs()) for c in calls]
+            return [self.result(f.result()[0], c.parse_calls) for f, c in zip(futures, calls)]
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        """The answer in chunks: content as it becomes safe to show, each tool call once its
+        block closes, and a last chunk with the finish reason and the complete result. Closing
+        (or dropping) the iterator cancels the engine request, so decoding stops. Bad input
+        raises here, before the first chunk is read."""
+        call = self.prepare(request)
+        pieces = self.engine.stream(call.prompt, **call.engine_kwargs())
+        return primed(self._chunks(call, pieces))
+
+    def _chunks(self, call: PreparedCall, pieces: Iterator[Any]) -> Iterator[ChatChunk]:
+        splitter = ToolCallStream() if call.parse_calls else None
+        streamed: list[str] = []  # ids of the calls streamed so far: the result keeps them
+        index = 0
+        try:
+            for piece in pieces:
+                parts: list[str | ToolCall] = []
+                if piece.text:
+                    parts = splitter.feed(piece.text) if splitter else [piece.text]
+                if piece.result is not None:
+                    if splitter:
+                        parts += splitter.finish()
+                    for chunk in _part_chunks(parts, index):
+                        index += len(chunk.tool_calls)
+                        streamed += [c.id for c in chunk.tool_calls]
+                        yield chunk
+                    result = self.result(piece.result, call.parse_calls, streamed)
+                    yield ChatChunk(finish_reason=result.finish_reason, result=result)
+                    return
+                for chunk in _part_chunks(parts, index):
+                    index += len(chunk.tool_calls)
+                    streamed += [c.id for c in chunk.tool_calls]
+                    yield chunk
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # a consumer that stops early cancels the engine request
+
+    # -- async ------------------------------------------------------------------------------
+
+    async def astream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
+        """``stream`` for async code: ``async for chunk in await core.astream(request)``. The
+        engine runs in a worker thread; bad input raises at the ``await``; closing the async
+        generator or cancelling the task that reads it cancels the engine request."""
+        return await thread_stream(lambda: self.stream(request))
+
+    async def ainvoke(self, request: ChatRequest) -> ChatResult:
+        """``invoke`` for async code, without blocking the event loop. Cancelling the awaiting
+        task (``wait_for``, ``task.cancel()``) cancels the engine request."""
+        chunks = await self.astream(request)
+        try:
+            async for chunk in chunks:
+                if chunk.result is not None:
+                    return chunk.result
+        finally:
+            await chunks.aclose()
+        raise RuntimeError("the engine's stream ended without a result")  # pragma: no cover
+
+    # -- engine results -> chat results ------------------------------------------------------
+
+    def result(self, result: GenerationResult, parse: bool, ids: Sequence[str] = ()) -> ChatResult:
+        """A ``ChatResult`` from the engine's result (``parse``: split off tool calls; ``ids``:
+        the ids a stream already gave those calls, so the result's calls carry the same)."""
+        content, calls = parse_calls(result.text) if parse else (result.text, ())
+        if ids and len(ids) == len(calls):
+            calls = tuple(replace(c, id=i) for c, i in zip(calls, ids))
+        u = result.usage
+        return ChatResult(
+            content=content,
+            tool_calls=calls,
+            finish_reason="tool_calls" if calls else result.finish_reason,
+            usage=ChatUsage(
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                input_tokens_per_member=dict(u.input_tokens_per_member),
+                output_tokens_per_member=dict(u.output_tokens_per_member),
+            ),
+            provenance=result.provenance.summary(),
+            model=self.model_name,
+            text=result.text,
+        )
+
+
+def _part_chunks(parts: list[str | ToolCall], index: int) -> Iterator[ChatChunk]:
+    """Chunks for content strings and complete calls (calls numbered from ``index``)."""
+    for part in parts:
+        if isinstance(part, str):
+            yield ChatChunk(content=part)
+        else:
+            args = json.dumps(part.arguments, ensure_ascii=False)
+            yield ChatChunk(tool_calls=(ToolCallChunk(index, part.id, part.name, args),))
+            index += 1

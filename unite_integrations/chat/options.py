@@ -1,0 +1,100 @@
+"""Option defaults and their resolution: one rule for every front end.
+
+A front end's fields (``UniTEChatModel(max_tokens=...)``, ``UniTELLM(max_new_tokens=...)``) are
+its ``ChatDefaults``; a call's options (``ChatOptions``) override them one by one. The rules:
+
+* ``stop``: a bare string is one stop string (never a list of characters); a call's ``stop``
+  *replaces* the default stop strings; forced tool calls and structured output ignore ``stop``,
+  because their grammar decides where the output ends.
+* ``parallel_tool_calls``: off unless asked for (small members tend to repeat a call until the
+  token budget ends).
+* a bad value is a ``ConfigError`` naming the option, raised before anything is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..engine.config import GenerationOptions
+from ..errors import ConfigError
+from .types import ChatOptions
+
+__all__ = ["DEFAULT_MAX_TOKENS", "ChatDefaults", "engine_options", "stop_strings"]
+
+#: Tokens generated when neither the front end nor the call says otherwise.
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class ChatDefaults:
+    """A front end's defaults (its fields); every call starts from these."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    min_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    parallel_tool_calls: bool = False
+    max_json_string_length: int | None = 512
+    """Longest string the grammar lets the members write in a call's arguments or a structured
+    output, where the schema does not bound it itself; ``None``: unbounded."""
+
+    @classmethod
+    def from_fields(cls, owner: object, **renamed: str) -> ChatDefaults:
+        """The defaults a front end's fields give: each attribute of ``owner`` named as a field
+        here (``renamed`` maps the ones named otherwise, e.g. ``max_tokens="max_new_tokens"``);
+        ``None`` where a value is needed keeps the default; ``stop`` as ``stop_strings`` reads
+        it."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = renamed.get(f.name, f.name)
+            if not hasattr(owner, name):
+                continue
+            value = getattr(owner, name)
+            if value is None and f.name in _NEEDED:
+                continue
+            values[f.name] = stop_strings(value) if f.name == "stop" else value
+        return cls(**values)
+
+
+#: Defaults that must have a value (``None`` for them means "the default").
+_NEEDED = frozenset({"max_tokens", "min_tokens", "temperature", "top_p", "parallel_tool_calls"})
+
+
+def stop_strings(value: object, field: str = "stop") -> tuple[str, ...]:
+    """Stop strings from a string (one stop string), a list/tuple of strings, or ``None``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+        raise ConfigError(
+            f"{field} must be a string or a list of strings, got {type(value).__name__}: {value!r}"
+        )
+    return tuple(value)
+
+
+def engine_options(
+    defaults: ChatDefaults, options: ChatOptions, *, forced: bool = False
+) -> dict[str, Any]:
+    """The engine's keyword options for a call (validated: a bad value is a ``ConfigError``).
+
+    ``forced``: the output is a forced tool call or structured output, so ``stop`` is not applied.
+    """
+    stop = defaults.stop if options.stop is None else stop_strings(options.stop)
+    resolved: dict[str, Any] = {
+        "max_new_tokens": _pick(options.max_tokens, defaults.max_tokens),
+        "min_new_tokens": _pick(options.min_tokens, defaults.min_tokens),
+        "temperature": _pick(options.temperature, defaults.temperature),
+        "top_p": _pick(options.top_p, defaults.top_p),
+        "seed": _pick(options.seed, defaults.seed),
+        "stop": () if forced else stop,
+    }
+    GenerationOptions(**resolved)  # every value checked here, as the engine will
+    return resolved
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value

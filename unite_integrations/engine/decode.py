@@ -71,6 +71,8 @@ class Batch:
 
     def add(self, prompts: list[list[list[int]]], rows: list[RowState]) -> None:
         """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them."""
+        if not rows:
+            return
         _run(self.ens, [partial(b.add_rows, p) for b, p in zip(self.members, prompts)])
         self.rows += rows
         for u in self.updates:

@@ -131,8 +131,8 @@ def test_overload_fails_at_once_and_the_engine_goes_on(make_engine, tiny_dirs):
         max_batch_rows=1,
         max_queue=2,
     )
-    [running] = small.submit(["Once upon a time"], stream=True, max_new_tokens=300,
-                             min_new_tokens=300)
+    [running] = small.submit(["Once upon a time"], stream=True, max_new_tokens=450,
+                             min_new_tokens=450)
     assert isinstance(running.next_event(), Delta)  # admitted: the one row is taken
     waiting = small.submit(["Hello world", "x"], max_new_tokens=4)  # two requests of one row
     assert len(waiting) == 2 and small.metrics().queued == 2
@@ -277,3 +277,24 @@ def test_real_pair_rows_join_and_leave_past_gemmas_sliding_window():
     assert {short: got_short, long: got_long, late: got_late} == alone
     assert pair.stats["steps"] - before < 40 + 10 + 8  # they shared steps
     pair.close()
+
+
+def test_a_request_that_cannot_start_fails_alone(engine, monkeypatch):
+    """A failure while admitting one request (here its generator) fails that request only."""
+    from unite_integrations.engine import engine as engine_module
+
+    running = engine.stream("Once upon a time", max_new_tokens=40, min_new_tokens=40)
+    first = next(running).text
+    real = engine_module._generator
+
+    def broken(opts, device):
+        if opts.seed == 13:
+            raise RuntimeError("no generator today")
+        return real(opts, device)
+
+    monkeypatch.setattr(engine_module, "_generator", broken)
+    with pytest.raises(RuntimeError, match="no generator today"):
+        engine.generate(["Hello"], temperature=1.0, seed=13, max_new_tokens=4)
+    rest = "".join(c.text for c in running)
+    assert first + rest == engine.generate(["Once upon a time"], max_new_tokens=40,
+                                           min_new_tokens=40)[0].text

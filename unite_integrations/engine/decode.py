@@ -71,6 +71,8 @@ class Batch:
 
     def add(self, prompts: list[list[list[int]]], rows: list[RowState]) -> None:
         """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them."""
+        if not rows:
+            return
         _run(self.ens, [partial(b.add_rows, p) for b, p in zip(self.members, prompts)])
         self.rows += rows
         for u in self.updates:
@@ -155,6 +157,8 @@ def step(ens: Ensemble, batch: Batch) -> None:
 
 def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
     """[B] one uniform draw per sampled row from its own generator (0 for greedy rows)."""
+    if all(r.generator is None for r in rows):
+        return torch.zeros(len(rows), device=device)
     zero = torch.zeros((), device=device)
     return torch.stack(
         [

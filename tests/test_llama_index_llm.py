@@ -681,7 +681,9 @@ def test_empty_chat_is_an_input_error(llm):
     with pytest.raises(InputError, match="conversation is empty"):
         asyncio.run(llm.astream_chat([]))
     with pytest.raises(InputError, match="prompt is empty"):
-        llm.complete("")
+        llm.complete("", formatted=True)  # a raw text with nothing to continue
+    # Unformatted, "" is an empty user turn, allowed as in chat (docs/guarantees.md).
+    assert llm.complete("").text == llm.chat([ChatMessage(role="user", content="")]).message.content
 
 
 def test_unknown_role_is_an_input_error(llm):

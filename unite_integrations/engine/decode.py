@@ -1,10 +1,11 @@
 """One decode step over the rows in flight: a union decision per row, then one forward per member.
 
 Rows join and leave between steps (continuous batching, driven by the engine's worker): ``Batch``
-holds every member's ``MemberBatch`` and each row's own state and options (budget, temperature,
+holds every member's backend and each row's own state and options (budget, temperature,
 top-p, its own random generator, stop strings, grammar), index r everywhere. ``step`` is host-side
-bookkeeping around two calls: ``propose``/``decide`` (pure tensors) and ``MemberBatch.advance``
-(one forward pass per member). The only device->host transfer per step is the small ``StepResult``.
+bookkeeping around ``gather_union``/``decide`` (each member's top-k and its logits at the union's
+columns through its ``MemberBackend``, then pure tensors) and ``MemberBackend.advance`` (one
+forward pass per member). The only device->host transfer per step is the small ``StepResult``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,33 @@ from typing import Any
 
 import torch
 
+from .backends import LocalMember, MemberBackend
 from .config import GenerationOptions
 from .constraints import ByteMatcher
 from .members import LoadedMember
 from .sequences import MemberBatch, Update
 from .text import RowText
-from .union import StepPlan, StepResult, Union, decide, extend_logits, propose
+from .union import (
+    StepPlan,
+    StepResult,
+    Union,
+    candidates,
+    decide,
+    merge_scores,
+    scoring_cols,
+)
 from .vocab import END, Vocab
 
-__all__ = ["Batch", "Ensemble", "Picks", "RowState", "closing_need", "retokenize_tail", "step"]
+__all__ = [
+    "Batch",
+    "Ensemble",
+    "Picks",
+    "RowState",
+    "closing_need",
+    "gather_union",
+    "retokenize_tail",
+    "step",
+]
 
 
 @dataclass
@@ -41,6 +60,17 @@ class Ensemble:
     pool: ThreadPoolExecutor | None = None  # set when members live on different devices
     check_invariants: bool = False
     usable: list[list[bool]] = field(default_factory=list)  # [i][t]: token t may be chosen
+    #: Opens member i's backend for a new batch (default: in process, ``LocalMember``).
+    open_member: Callable[[int], MemberBackend] | None = None
+
+    def backend(self, i: int) -> MemberBackend:
+        """A fresh, empty backend for member i."""
+        if self.open_member is not None:
+            return self.open_member(i)
+        m = self.members[i]
+        return LocalMember(
+            MemberBatch(m.model, [], m.pad_id), self.plan.end_ids[i], self.plan.bias[i]
+        )
 
 
 @dataclass
@@ -61,11 +91,11 @@ class RowState:
 
 
 class Batch:
-    """The rows in flight: each member's ``MemberBatch`` and each row's state, index r in all."""
+    """The rows in flight: each member's backend and each row's state, index r in all."""
 
     def __init__(self, ens: Ensemble) -> None:
         self.ens = ens
-        self.members = [MemberBatch(m.model, [], m.pad_id) for m in ens.members]
+        self.members = [ens.backend(i) for i in range(len(ens.members))]
         self.rows: list[RowState] = []
         self.updates: list[list[Update]] = [[] for _ in ens.members]  # [i][r], set by ``step``
 
@@ -114,7 +144,7 @@ def retokenize_tail(
 
 
 def _feed_back(
-    ens: Ensemble, i: int, batch: MemberBatch, r: int, src: int, col: int, own: int, piece: bytes
+    ens: Ensemble, i: int, batch: MemberBackend, r: int, src: int, col: int, own: int, piece: bytes
 ) -> Update:
     ids = batch.ids[r]
     if own >= 0:  # (a) the member proposed this string itself: append its own id
@@ -137,12 +167,8 @@ def step(ens: Ensemble, batch: Batch) -> None:
     """Steps 1-8 for every row in flight: logits -> one union choice per row -> each row takes its
     string and every member learns which ids to feed back (``batch.updates``)."""
     rows, home = batch.rows, ens.plan.weights.device
-    ext = [extend_logits(b.next_logits(), e) for b, e in zip(batch.members, ens.plan.end_ids)]
-    if any(row.decisions < row.opts.min_new_tokens for row in rows):
-        early = torch.tensor([row.decisions < row.opts.min_new_tokens for row in rows])
-        for z in ext:
-            z[:, -1] = z[:, -1].masked_fill(early.to(z.device), float("-inf"))  # END may not win
-    union = propose(ext, ens.plan)
+    early = [row.decisions < row.opts.min_new_tokens for row in rows]
+    union = gather_union(batch.members, ens.plan, torch.tensor(early) if any(early) else None)
     allowed = _grammar_mask(ens, union, rows) if any(r.matcher for r in rows) else None
     temperature = torch.tensor([r.opts.temperature for r in rows], device=home)
     top_p = torch.tensor([r.opts.top_p for r in rows], device=home)
@@ -153,6 +179,19 @@ def step(ens: Ensemble, batch: Batch) -> None:
     for r, row in enumerate(rows):
         for i, u in enumerate(_take(ens, batch.members, row, r, picks)):
             batch.updates[i][r] = u
+
+
+def gather_union(
+    members: Sequence[MemberBackend], plan: StepPlan, ban_end: torch.Tensor | None
+) -> Union:
+    """Steps 1-4 through the backends: each member's top-k, the union, each member's logits at
+    the union's columns. Only [B, k] and [B, C] numbers leave a member; ``ban_end`` [B] bool
+    rows may not choose END (``min_new_tokens``)."""
+    top_val, top_col = zip(*(b.top(plan.k, ban_end) for b in members))  # [N] [B, k] each
+    gid, valid = candidates(list(top_val), list(top_col), plan)  # [B, C]
+    cols = scoring_cols(list(top_col), plan)  # [N] [B, C]
+    scored = [b.gather(c) for b, c in zip(members, cols)]  # [N] [B, C]
+    return Union(gid, valid, merge_scores(scored, gid, plan), list(top_col))
 
 
 def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
@@ -200,7 +239,7 @@ class Picks:
 
 
 def _take(
-    ens: Ensemble, batches: list[MemberBatch], row: RowState, r: int, picks: Picks
+    ens: Ensemble, batches: list[MemberBackend], row: RowState, r: int, picks: Picks
 ) -> list[Update]:
     """Row r takes its chosen string; returns each member's update, [] once the row is done."""
     last = row.decisions == row.opts.max_new_tokens - 1
@@ -247,7 +286,7 @@ def _grammar_mask(ens: Ensemble, union: Union, rows: list[RowState]) -> torch.Te
 
 def _grammar_fallbacks(
     ens: Ensemble,
-    batches: list[MemberBatch],
+    batches: list[MemberBackend],
     rows: list[RowState],
     allowed: torch.Tensor,
     picks: Picks,
@@ -324,26 +363,26 @@ def _closing_token(ens: Ensemble, matcher: ByteMatcher) -> tuple[int, int]:
 
 
 def _best_allowed(
-    ens: Ensemble, batches: list[MemberBatch], r: int, matcher: ByteMatcher
+    ens: Ensemble, batches: list[MemberBackend], r: int, matcher: ByteMatcher
 ) -> tuple[int, int]:
     """(member, column): END where the grammar accepts; else the primary's (then the next
     member's) most likely allowed token among its top 256; else its most likely allowed byte."""
     if matcher.allows(b""):
         return 0, ens.members[0].vocab.size
     for i, b in enumerate(batches):
-        z = b.next_logits()[r] + ens.plan.bias[i][:-1]
-        for t in z.topk(min(256, z.numel())).indices.tolist():
+        for t in b.candidates(r, 256):
             piece = ens.members[i].vocab.canon[t]
             if piece and matcher.allows(piece):
                 return i, t
-    vocab, z = ens.members[0].vocab, batches[0].next_logits()[r]
+    vocab = ens.members[0].vocab
     options = [vocab.byte_ids[c] for c in matcher.allowed_bytes() if vocab.byte_ids[c] >= 0]
     if not options:
         raise AssertionError("the grammar allows no byte the primary member can spell")
-    return 0, max(options, key=lambda t: float(z[t]))
+    z = dict(zip(options, batches[0].logits_at(r, options)))
+    return 0, max(options, key=lambda t: z[t])
 
 
-def _check(ens: Ensemble, batches: list[MemberBatch], rows: list[RowState]) -> None:
+def _check(ens: Ensemble, batches: list[MemberBackend], rows: list[RowState]) -> None:
     for m, b in zip(ens.members, batches):
         for r, row in enumerate(rows):
             if row.finish_reason is not None:

@@ -7,6 +7,7 @@
     ├── ContextWindowError     a prompt that does not fit a member's context window
     ├── TokenizerError         a tokenizer the ensemble cannot represent exactly (no byte coverage)
     ├── OverloadedError        the engine's queue is full: retry later (a server answers 429/503)
+    ├── MemberUnavailableError a member's remote worker (Ray actor) died or did not answer in time
     └── EngineClosedError      the engine was closed (``close()``, or the interpreter is exiting)
 
 Every message names the member concerned (where there is one) and what to do about it, because a
@@ -20,6 +21,7 @@ __all__ = [
     "ContextWindowError",
     "EngineClosedError",
     "InputError",
+    "MemberUnavailableError",
     "ModelLoadError",
     "OverloadedError",
     "TokenizerError",
@@ -61,3 +63,11 @@ class OverloadedError(UniteError, RuntimeError):
 class EngineClosedError(UniteError, RuntimeError):
     """The engine was closed (``close()``, leaving its ``with`` block, or interpreter exit), so
     the call was refused or stopped; build a new engine to go on."""
+
+
+class MemberUnavailableError(UniteError, RuntimeError):
+    """A member running remotely (a Ray actor) died or did not answer within its timeout.
+
+    The requests decoding with it fail; the actor restarts (Ray ``max_restarts``) and the next
+    request is served again. The message names the member.
+    """

@@ -111,6 +111,9 @@ class MemberSpec(_Config):
         "chat_template": "a Jinja template string, or None for the tokenizer's",
         "context_window": "an int > 0, or None for the model's own",
         "name": "a string, or None for the source's name",
+        "placement": "'local' (this process) or 'ray' (a Ray actor)",
+        "num_gpus": "a number >= 0 of GPUs the member's Ray actor reserves",
+        "resources": "a dict of Ray custom resource name -> amount, e.g. {'node_a': 1}",
     }
 
     source: str = Field(description="Alias, local directory, .gguf file or hub id.")
@@ -129,6 +132,22 @@ class MemberSpec(_Config):
         default=None, gt=0, description="Override of the model's maximum sequence length."
     )
     name: str | None = Field(default=None, description="Display name; defaults to the source.")
+    placement: Literal["local", "ray"] = Field(
+        default="local", description="'ray': the member runs in a Ray actor (engine/ray_members)."
+    )
+    num_gpus: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="GPUs its Ray actor reserves."
+    )
+    resources: tuple[tuple[str, float], ...] = Field(
+        default=(), description="Ray custom resources its actor needs (pins it to nodes)."
+    )
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resource_pairs(cls, v: object) -> object:
+        if isinstance(v, dict):
+            return tuple(sorted((str(k), float(a)) for k, a in v.items()))
+        return v
 
     @field_validator("source", mode="before")
     @classmethod
@@ -170,6 +189,8 @@ class EnsembleConfig(_Config):
         "top_k": "an int >= 1 (the paper uses 10)",
         "retokenize_window": "an int >= 1",
         "cache_dir": "a directory path (str), or None for the default cache",
+        "backend": "'local' or 'ray' (every member in a Ray actor)",
+        "ray_address": "None (start or join a local Ray), 'auto', 'local' or 'ray://host:port'",
     }
 
     members: tuple[MemberSpec, ...] = Field(description="Members; the first is the primary.")
@@ -181,6 +202,12 @@ class EnsembleConfig(_Config):
     )
     cache_dir: str | None = Field(
         default=None, description="Where converted GGUF models and vocabulary maps are cached."
+    )
+    backend: Literal["local", "ray"] = Field(
+        default="local", description="'ray' places every member in a Ray actor."
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join (ray.init's address); None: local."
     )
 
     @field_validator("members", mode="before")
@@ -309,6 +336,8 @@ def ensemble_config(
     weights: Sequence[float] | None = None,
     retokenize_window: int = 32,
     cache_dir: str | Path | None = None,
+    backend: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
 ) -> EnsembleConfig:
     """The configuration for these arguments; equal arguments give equal (shareable) configs."""
     specs = member_specs(members)
@@ -327,6 +356,8 @@ def ensemble_config(
         top_k=top_k,
         retokenize_window=retokenize_window,
         cache_dir=_fspath(cache_dir),
+        backend=backend,
+        ray_address=ray_address,
     )
 
 

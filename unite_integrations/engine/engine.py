@@ -16,17 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ..errors import ConfigError, EngineClosedError
+from .backends import MemberBackend
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
 from .constraints import ByteMatcher, Constraint
 from .decode import Batch, Ensemble, RowState, closing_need, step
 from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
+from .ray_members import RayMember, connect, describe, start_actor
 from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
 from .scheduler import MAX_BATCH_ROWS, MAX_QUEUE, Delta, Done, Failed, Job, Request, Scheduler
 from .text import RowText
@@ -56,6 +58,8 @@ class UniTEEngine:
         check_invariants: bool | None = None,
         max_batch_rows: int = MAX_BATCH_ROWS,
         max_queue: int = MAX_QUEUE,
+        backend: Literal["local", "ray"] = "local",
+        ray_address: str | None = None,
     ) -> None:
         """``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting
         at most, beyond which a call fails at once with ``OverloadedError``."""
@@ -68,6 +72,8 @@ class UniTEEngine:
                 weights=weights,
                 retokenize_window=retokenize_window,
                 cache_dir=cache_dir,
+                backend=backend,
+                ray_address=ray_address,
             )
         self.config: EnsembleConfig = config
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -88,6 +94,8 @@ class UniTEEngine:
             raise ConfigError(
                 f"max_batch_rows and max_queue must be >= 1, got {max_batch_rows}, {max_queue}"
             )
+        #: Bytes of numbers sent to and received from remote (Ray) members, all steps together.
+        self.wire = {"bytes": 0}
         self._ens = self._build(check_invariants, loaded)
         self._scheduler = Scheduler(self._serve, max_batch_rows, max_queue)
         self._views: dict[int, UniTEEngine] = {}
@@ -122,7 +130,7 @@ class UniTEEngine:
             k=k,
         )
         devices = {str(m.model.device) for m in members}
-        return Ensemble(
+        ens = Ensemble(
             members=members,
             plan=plan,
             strings=strings,
@@ -133,12 +141,35 @@ class UniTEEngine:
             check_invariants=check_invariants,
             usable=[b[:-1].isfinite().tolist() for b in plan.bias],
         )
+        specs = self.config.members
+        if any(self._remote(spec) for spec in specs):
+            connect(self.config.ray_address)
+            actors = {
+                i: start_actor(spec, self.cache_dir, m.vocab.end_ids, plan.bias[i])
+                for i, (spec, m) in enumerate(zip(specs, members))
+                if self._remote(spec)
+            }
+            local = ens.backend
+
+            def open_member(i: int) -> MemberBackend:
+                if i in actors:
+                    return RayMember(members[i].name, actors[i], self.wire)
+                return local(i)
+
+            ens.open_member = open_member
+        return ens
+
+    def _remote(self, spec: MemberSpec) -> bool:
+        return spec.placement == "ray" or self.config.backend == "ray"
 
     def _load(self, spec: MemberSpec, n: int) -> LoadedMember:
-        model, tok = load_member(spec, self.cache_dir)
+        if self._remote(spec):  # the driver reads tokenizer and config; the actor loads weights
+            model, tok, logits_size = describe(spec, self.cache_dir)
+        else:
+            model, tok = load_member(spec, self.cache_dir)
+            logits_size = int(model.get_output_embeddings().weight.shape[0])
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         extra = gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
-        logits_size = int(model.get_output_embeddings().weight.shape[0])
         vocab = Vocab.from_tokenizer(tok, logits_size, extra)
         window = spec.context_window or int(
             getattr(model.config, "max_position_embeddings", 0) or 2048

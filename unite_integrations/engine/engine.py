@@ -28,7 +28,7 @@ from .decode import Batch, Ensemble, RowState, closing_need, step
 from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
-from .ray_members import RayMember, connect, describe, start_actor
+from .ray_members import RayMember, connect, describe, release, start_actor
 from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
 from .scheduler import MAX_BATCH_ROWS, MAX_QUEUE, Delta, Done, Failed, Job, Request, Scheduler
 from .text import RowText
@@ -96,6 +96,8 @@ class UniTEEngine:
             )
         #: Bytes of numbers sent to and received from remote (Ray) members, all steps together.
         self.wire = {"bytes": 0}
+        #: Member index -> its Ray actor, for members placed on Ray.
+        self.ray_actors: dict[int, Any] = {}
         self._ens = self._build(check_invariants, loaded)
         self._scheduler = Scheduler(self._serve, max_batch_rows, max_queue)
         self._views: dict[int, UniTEEngine] = {}
@@ -157,6 +159,7 @@ class UniTEEngine:
                 return local(i)
 
             ens.open_member = open_member
+            self.ray_actors = actors
         return ens
 
     def _remote(self, spec: MemberSpec) -> bool:
@@ -296,6 +299,7 @@ class UniTEEngine:
         for view in self._views.values():
             view.close()
         self._scheduler.close()
+        release(self.ray_actors.values())
 
     @property
     def closed(self) -> bool:

@@ -14,6 +14,8 @@ is issued before any is awaited, so a step costs the slowest member. Ray is impo
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from .backends import LocalMember
 from .config import MemberSpec
 from .sequences import MemberBatch, Update
 
-__all__ = ["RayMember", "connect", "describe", "start_actor"]
+__all__ = ["RayMember", "connect", "describe", "release", "start_actor"]
 
 #: Seconds a driver waits for one remote answer before the member counts as unavailable.
 TIMEOUT_S = 120.0
@@ -145,6 +147,17 @@ def start_actor(
     return cls.remote(spec, str(cache_dir) if cache_dir else None, end_ids, bias.cpu())
 
 
+def release(actors: Iterable[Any]) -> None:
+    """End these actors for good (the engine was closed); nothing if there are none."""
+    actors = list(actors)
+    if actors:
+        ray = _ray()
+        if not ray.is_initialized():
+            return
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+
+
 def _nbytes(x: Any) -> int:
     if isinstance(x, torch.Tensor):
         return int(x.numel() * x.element_size())
@@ -185,7 +198,17 @@ class RayMember:
 
     def add_rows(self, prompts: list[list[int]]) -> None:
         self._send(prompts)
-        self._get(self.actor.add_rows.remote(prompts, self._fresh))
+        self._fresh = self._fresh or not self.ids  # an empty batch may meet a restarted actor
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:  # a fresh batch may wait for a restarting actor: (re)starting is idempotent
+            try:
+                self._get(self.actor.add_rows.remote(prompts, self._fresh))
+                break
+            except MemberUnavailableError as e:
+                restarting = isinstance(e.__cause__, _ray().exceptions.ActorUnavailableError)
+                if not (self._fresh and restarting) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         self._fresh = False
         self.ids += [list(p) for p in prompts]
         self.n_prompt += [len(p) for p in prompts]

@@ -1,0 +1,123 @@
+"""Members in Ray actors decode exactly like members in process; only O(rows x k) numbers cross.
+
+A local Ray instance (2 CPUs, no dashboard) is started for this module and shut down after it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from unite_integrations import UniTEEngine
+from unite_integrations.engine.constraints import Constraint
+from unite_integrations.errors import MemberUnavailableError
+
+ray = pytest.importorskip("ray")
+
+PROMPTS = [
+    "Hello world",
+    "The capital of France is",
+    "中文测试：你好，世界",
+    "emoji 😀 and 👨‍👩‍👧 family",
+    "def add(a, b):\n    return a + b\n",
+]
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pair(ray_session, tiny_dirs, cache_dir):
+    """(in process, through actors) over the same heterogeneous tiny pair."""
+    sources = [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])]
+    kw = {"top_k": 5, "cache_dir": cache_dir, "check_invariants": True}
+    local = UniTEEngine(sources, **kw)
+    remote = UniTEEngine(sources, backend="ray", **kw)
+    yield local, remote
+    remote.close()
+    local.close()
+
+
+def _same(a, b):
+    assert [r.text for r in a] == [r.text for r in b]
+    assert [r.finish_reason for r in a] == [r.finish_reason for r in b]
+    assert [r.provenance for r in a] == [r.provenance for r in b]
+
+
+def test_greedy_batch_equals_in_process(pair):
+    local, remote = pair
+    assert set(remote.ray_actors) == {0, 1} and not local.ray_actors
+    _same(local.generate(PROMPTS, max_new_tokens=12), remote.generate(PROMPTS, max_new_tokens=12))
+
+
+def test_sampled_and_min_tokens_equal_in_process(pair):
+    local, remote = pair
+    opts = {"max_new_tokens": 10, "temperature": 0.9, "top_p": 0.9, "seed": 7, "min_new_tokens": 4}
+    _same(local.generate(PROMPTS[:3], **opts), remote.generate(PROMPTS[:3], **opts))
+
+
+def test_stream_equals_in_process(pair):
+    local, remote = pair
+    chunks = list(remote.stream("Once upon a time", max_new_tokens=12))
+    [expected] = local.generate(["Once upon a time"], max_new_tokens=12)
+    assert "".join(c.text for c in chunks) == expected.text
+    assert chunks[-1].finish_reason == expected.finish_reason
+
+
+def test_constrained_equals_in_process(pair):
+    local, remote = pair
+    c = Constraint.json_schema(PERSON, max_string_length=8)
+    _same(
+        local.generate(["A person:", "名字"], constraint=c, max_new_tokens=60),
+        remote.generate(["A person:", "名字"], constraint=c, max_new_tokens=60),
+    )
+
+
+def test_bytes_per_step_bounded_independently_of_vocabulary(pair):
+    _, remote = pair
+    n, k, window = 2, remote.config.top_k, remote.config.retokenize_window
+    rows = len(PROMPTS)
+    before_bytes, before_steps = remote.wire["bytes"], remote.stats["steps"]
+    remote.generate(PROMPTS, max_new_tokens=12)
+    steps = remote.stats["steps"] - before_steps
+    moved = remote.wire["bytes"] - before_bytes
+    prompt_ids = sum(len(m.encode_prompt(p)) for m in remote.members for p in PROMPTS)
+    c = n * k
+    # per member and row: top-k values+columns, union columns sent and logits back, fed-back ids
+    per_step = n * rows * (12 * k + 12 * c + 8 * (window + 1) + 16)
+    assert steps > 0 and moved > 0
+    assert moved - 8 * prompt_ids <= steps * per_step
+    vocab_row = 4 * min(m.vocab.size for m in remote.members)
+    assert per_step / rows < vocab_row  # less than one vocabulary row per row and step
+
+
+def test_killed_actor_fails_in_flight_requests_and_recovers(pair):
+    local, remote = pair
+    stream = remote.stream("Once upon a time", max_new_tokens=200, min_new_tokens=200)
+    next(stream)
+    ray.kill(remote.ray_actors[1], no_restart=False)
+    with pytest.raises(MemberUnavailableError, match=remote.member_names[1]):
+        for _ in stream:
+            pass
+    # Ray restarts the actor; the next request is served, and exactly as in process.
+    _same(
+        local.generate(PROMPTS[:2], max_new_tokens=8),
+        remote.generate(PROMPTS[:2], max_new_tokens=8),
+    )
+
+
+def test_import_stays_ray_free():
+    import subprocess
+    import sys
+
+    code = "import sys, unite_integrations; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

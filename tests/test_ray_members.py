@@ -121,3 +121,37 @@ def test_import_stays_ray_free():
     code = "import sys, unite_integrations; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_adapters_take_members_placed_on_ray(pair, tiny_dirs, cache_dir):
+    from unite_integrations import MemberSpec
+    from unite_integrations.langchain import UniTEChatModel
+    from unite_integrations.llama_index import UniTELLM
+
+    local, _ = pair
+    sources = [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])]
+    specs = [MemberSpec(source=s, placement="ray") for s in sources]
+    chat = UniTEChatModel(members=specs, top_k=5, max_tokens=8, cache_dir=str(cache_dir))
+    llm = UniTELLM(members=specs, top_k=5, max_tokens=8, cache_dir=str(cache_dir))
+    conversation = [{"role": "user", "content": "Hello"}]
+    [expected] = local.generate([conversation], max_new_tokens=8)
+    try:
+        assert chat.invoke("Hello").content == expected.text
+        in_process = UniTELLM(members=sources, top_k=5, max_tokens=8, cache_dir=str(cache_dir))
+        assert llm.complete("Hello").text == in_process.complete("Hello").text
+        assert chat.engine is llm.engine and set(chat.engine.ray_actors) == {0, 1}
+    finally:
+        chat.engine.close()
+
+
+def test_cli_generate_with_ray_address(pair, tiny_dirs, capsys):
+    from unite_integrations.cli import main
+
+    local, _ = pair
+    sources = [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])]
+    args = ["generate", "Hello world", "-k", "5", "-n", "8", "--ray-address", "local"]
+    for s in sources:
+        args += ["--member", s]
+    assert main(args) == 0
+    [expected] = local.generate(["Hello world"], max_new_tokens=8)
+    assert capsys.readouterr().out == expected.text + "\n"

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         help="after the answer, show which member proposed each token",
     )
     gen.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
+    gen.add_argument(
+        "--ray-address",
+        default=None,
+        help="run every member in a Ray actor: 'local' (a Ray started here), 'auto' (this "
+        "machine's cluster) or a cluster address such as ray://head:10001",
+    )
     from .compat.cli import add_subcommands  # `unite check` and `unite eval`
 
     add_subcommands(sub)
@@ -100,12 +106,16 @@ def _print_provenance(result: GenerationResult) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from .engine.engine import UniTEEngine  # torch is slow to import; keep --help fast
+    from .engine.ray_members import on_ray
 
     sources = args.members or list(DEFAULT_MEMBERS)
     weights = args.weights or [1.0] * len(sources)
     if len(weights) != len(sources):
         raise SystemExit(f"unite: {len(weights)} --weight for {len(sources)} members")
-    specs = [MemberSpec(source=s, weight=w, device=args.device) for s, w in zip(sources, weights)]
+    specs = [
+        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
+        for s, w in zip(sources, weights)
+    ]
     print(f"loading {len(specs)} member(s): {', '.join(sources)} ...", file=sys.stderr)
     engine = UniTEEngine(specs, top_k=args.top_k, cache_dir=args.cache_dir)
     if args.chat or args.system:

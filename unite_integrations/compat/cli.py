@@ -33,6 +33,12 @@ def _member_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
     p.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
     p.add_argument(
+        "--ray-address",
+        default=None,
+        help="run every member in a Ray actor: 'local' (a Ray started here), 'auto' (this "
+        "machine's cluster) or a cluster address such as ray://head:10001",
+    )
+    p.add_argument(
         "--data-dir",
         default=None,
         help="data folder (default: $UNITE_DATA_DIR, else the data/ folder of the repository checkout)",
@@ -165,12 +171,16 @@ def add_subcommands(subparsers: Any) -> None:
 def _specs(args: argparse.Namespace, weights: list[float] | None = None) -> list[Any]:
     from ..defaults import DEFAULT_MEMBERS
     from ..engine.config import MemberSpec
+    from ..engine.ray_members import on_ray
 
     sources = args.members or list(DEFAULT_MEMBERS)
     weights = weights or [1.0] * len(sources)
     if len(weights) != len(sources):
         raise SystemExit(f"unite: {len(weights)} --weight for {len(sources)} members")
-    return [MemberSpec(source=s, weight=w, device=args.device) for s, w in zip(sources, weights)]
+    return [
+        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
+        for s, w in zip(sources, weights)
+    ]
 
 
 def _setup(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from .backends import LocalMember
 from .config import MemberSpec
 from .sequences import MemberBatch, Update
 
-__all__ = ["RayMember", "connect", "describe", "release", "start_actor"]
+__all__ = ["RayMember", "connect", "describe", "on_ray", "release", "start_actor"]
 
 #: Seconds a driver waits for one remote answer before the member counts as unavailable.
 TIMEOUT_S = 120.0
@@ -49,6 +49,15 @@ def connect(address: str | None) -> None:
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=None if address in (None, "local") else address)
+
+
+def on_ray(address: str | None) -> dict[str, Any]:
+    """A CLI's ``--ray-address``: None keeps members in process; else join that cluster (or
+    start a local Ray for 'local') and return the ``MemberSpec`` fields that place a member there."""
+    if address is None:
+        return {}
+    connect(address)
+    return {"placement": "ray"}
 
 
 class _RemoteModel:
@@ -137,13 +146,13 @@ def start_actor(
 ) -> Any:
     """One member's actor (loads the weights once; Ray restarts it after a crash)."""
     ray = _ray()
-    cls = ray.remote(_MemberActor).options(
-        num_cpus=1,
-        num_gpus=spec.num_gpus,
-        resources=dict(spec.resources) or None,
-        max_restarts=MAX_RESTARTS,
-        max_task_retries=0,
-    )
+    # Ray's actor default holds no CPU once placed; naming any resource makes it hold one CPU too.
+    options: dict[str, Any] = {"max_restarts": MAX_RESTARTS, "max_task_retries": 0}
+    if spec.num_gpus:
+        options["num_gpus"] = spec.num_gpus
+    if spec.resources:
+        options["resources"] = dict(spec.resources)
+    cls = ray.remote(_MemberActor).options(**options)
     return cls.remote(spec, str(cache_dir) if cache_dir else None, end_ids, bias.cpu())
 
 

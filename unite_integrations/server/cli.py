@@ -74,6 +74,12 @@ def add_subcommands(sub: Any) -> None:
     )
     p.add_argument("--log-level", default="info")
     p.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="run every member in a Ray actor: 'local' (a Ray started here), 'auto' (this "
+        "machine's cluster) or a cluster address such as ray://head:10001",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -91,11 +97,16 @@ def _serve(args: argparse.Namespace) -> int:
             f"unite serve needs Starlette and uvicorn ({e.name} is missing): "
             'pip install "unite-integrations[server]"'
         ) from e
+    from ..engine.ray_members import on_ray
+
     sources = args.members or list(DEFAULT_MEMBERS)
     weights = args.weights or [1.0] * len(sources)
     if len(weights) != len(sources):
         raise ConfigError(f"{len(weights)} --weight for {len(sources)} members: give one each")
-    specs = [MemberSpec(source=s, weight=w, device=args.device) for s, w in zip(sources, weights)]
+    specs = [
+        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
+        for s, w in zip(sources, weights)
+    ]
     print(f"loading {len(specs)} member(s): {', '.join(sources)} ...", file=sys.stderr)
     serve(
         specs,

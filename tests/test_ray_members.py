@@ -6,6 +6,7 @@ A local Ray instance (2 CPUs, no dashboard) is started for this module and shut 
 from __future__ import annotations
 
 import pytest
+from conftest import real_models_mark
 
 from unite_integrations import UniTEEngine
 from unite_integrations.engine.constraints import Constraint
@@ -155,3 +156,54 @@ def test_cli_generate_with_ray_address(pair, tiny_dirs, capsys):
     assert main(args) == 0
     [expected] = local.generate(["Hello world"], max_new_tokens=8)
     assert capsys.readouterr().out == expected.text + "\n"
+
+
+@pytest.mark.real
+@real_models_mark
+def test_real_pair_through_actors_equals_in_process(ray_session):
+    members = ["smollm2-135m-instruct", "gemma-3-270m"]
+    prompts = ["The capital of France is", [{"role": "user", "content": "Name a fruit."}]]
+    local = UniTEEngine(members, max_batch_rows=4)
+    remote = UniTEEngine(members, backend="ray")
+    try:
+        _same(local.generate(prompts, max_new_tokens=8), remote.generate(prompts, max_new_tokens=8))
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_member_engine_of_a_remote_member(pair):
+    local, remote = pair
+    view = remote.member_engine(1)
+    assert set(view.ray_actors) == {0}
+    want = local.member_engine(1).generate(PROMPTS[:2], max_new_tokens=6)
+    _same(want, view.generate(PROMPTS[:2], max_new_tokens=6))
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"placement": "remote"},
+        {"num_gpus": -1.0},
+        {"num_gpus": True},
+        {"resources": {"node_a": True}},
+        {"resources": {"node_a": -1}},
+        {"resources": 5},
+    ],
+)
+def test_bad_ray_fields_are_config_errors(field):
+    from unite_integrations import MemberSpec
+    from unite_integrations.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=next(iter(field))):
+        MemberSpec(source="x", **field)
+
+
+def test_ray_config_round_trips_through_json():
+    from unite_integrations import MemberSpec
+    from unite_integrations.engine.config import EnsembleConfig
+
+    spec = MemberSpec(source="x", placement="ray", num_gpus=0.5, resources={"node_b": 1})
+    cfg = EnsembleConfig(members=(spec,), backend="ray", ray_address="auto")
+    assert EnsembleConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    assert spec.resources == (("node_b", 1.0),)

@@ -145,8 +145,17 @@ class MemberSpec(_Config):
     @field_validator("resources", mode="before")
     @classmethod
     def _resource_pairs(cls, v: object) -> object:
-        if isinstance(v, dict):
-            return tuple(sorted((str(k), float(a)) for k, a in v.items()))
+        if isinstance(v, dict):  # {name: amount}, or [[name, amount], ...] as JSON writes it
+            v = list(v.items())
+        if isinstance(v, (list, tuple)) and all(
+            isinstance(p, (list, tuple))
+            and len(p) == 2
+            and isinstance(p[1], (int, float))
+            and not isinstance(p[1], bool)
+            and p[1] >= 0
+            for p in v
+        ):
+            return tuple(sorted((p[0], float(p[1])) for p in v))
         return v
 
     @field_validator("source", mode="before")

@@ -349,6 +349,8 @@ class UniTEEngine:
                 top_k=self.config.top_k,
                 retokenize_window=self.config.retokenize_window,
                 cache_dir=self.config.cache_dir,
+                backend=self.config.backend,  # a member on Ray: the view gets an actor of its own
+                ray_address=self.config.ray_address,
             )
             view.cache_dir = self.cache_dir
             view._setup(

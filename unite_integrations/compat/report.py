@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..errors import ConfigError
+from .stats import Interval, PairedComparison, compare_paired, wilson_interval
 
 __all__ = [
     "CompatibilityReport",
@@ -217,12 +218,16 @@ def judge(
     *,
     chance: float | None = None,
     n_items: tuple[int | None, int | None] = (None, None),
+    paired: PairedComparison | None = None,
 ) -> Judgement:
     """The verdict on a pair, each criterion explained with its numbers.
 
     ``chance``: the task's chance score; when neither score is above it the task does not tell the
     members apart and the performance verdict is unknown. ``n_items``: the items behind measured
     scores (proportions); a difference within sampling noise is flagged (the verdict stands).
+    ``paired``: the two members' per-item comparison on the same items (measured mode); then the
+    noise flag is the exact McNemar test's "no significant difference", with the difference's
+    paired interval, instead of the normal approximation for independent samples.
     """
     (na, nb), (sa, sb), (la, lb) = names, scores, lengths
     reasons: list[str] = []
@@ -249,7 +254,13 @@ def judge(
             f"performance gap {_pct(gap)} ({n_lo} {_num(s_lo)} vs {n_hi} {_num(s_hi)}) {rule}"
         )
         noise = sampling_noise(sa, sb, n_items)
-        if noise is not None and abs(sa - sb) < noise:
+        if paired is not None:
+            if not paired.significant and sa != sb:
+                reasons.append(
+                    f"{paired.first} vs {paired.second} on the same items: {paired.text()}; "
+                    "measure more items before trusting this verdict"
+                )
+        elif noise is not None and abs(sa - sb) < noise:
             reasons.append(
                 f"the difference ({_num(abs(sa - sb))}) is within sampling noise (+/-"
                 f"{_num(noise)} at 95% over {n_items[0]} and {n_items[1]} items): measure more "
@@ -322,7 +333,14 @@ class MemberReport(BaseModel):
     score: float | None = None
     score_source: Literal["measured", "given"] | None = None
     n_items: int | None = Field(default=None, description="Items behind a measured score.")
+    score_interval: Interval | None = Field(
+        default=None, description="Wilson 95% interval of a measured score."
+    )
     gap_to_best: float | None = None
+    versus_best: PairedComparison | None = Field(
+        default=None,
+        description="Measured: this member against the best, paired on the same items.",
+    )
     median_response_chars: float | None = None
     median_response_tokens: float | None = None
     truncated_share: float | None = Field(
@@ -368,6 +386,10 @@ class EnsembleScore(BaseModel):
     score: float
     n_items: int
     gain_over_best: float = Field(description="Ensemble score minus the best member's score.")
+    interval: Interval | None = Field(default=None, description="Wilson 95% interval.")
+    comparison: PairedComparison | None = Field(
+        default=None, description="The ensemble against the best member, paired on the items."
+    )
 
 
 class CompatibilityReport(BaseModel):
@@ -432,7 +454,14 @@ class CompatibilityReport(BaseModel):
             rows.append(
                 [
                     m.name + (" *" if m.is_primary else ""),
-                    "-" if m.score is None else f"{m.score:.3f}",
+                    "-"
+                    if m.score is None
+                    else f"{m.score:.3f}"
+                    + (
+                        ""
+                        if m.score_interval is None
+                        else f" [{m.score_interval.low:.3f}, {m.score_interval.high:.3f}]"
+                    ),
                     m.score_source or "-",
                     "-" if m.gap_to_best is None else _pct(m.gap_to_best),
                     "-" if m.median_response_chars is None else f"{m.median_response_chars:.0f}",
@@ -447,7 +476,7 @@ class CompatibilityReport(BaseModel):
             text_table(
                 [
                     "member",
-                    "score",
+                    "score [95% CI]",
                     "from",
                     "gap",
                     "length (chars)",
@@ -462,10 +491,13 @@ class CompatibilityReport(BaseModel):
             out.append("(* primary: the best member)")
         if self.ensemble is not None:
             e = self.ensemble
+            ci = "" if e.interval is None else f" [{e.interval.low:.3f}, {e.interval.high:.3f}]"
             out.append(
-                f"ensemble score {e.score:.3f} on {e.n_items} items "
+                f"ensemble score {e.score:.3f}{ci} on {e.n_items} items "
                 f"({'+' if e.gain_over_best >= 0 else ''}{e.gain_over_best:.3f} over the best member)"
             )
+            if e.comparison is not None:
+                out.append(f"ensemble vs {e.comparison.second}, paired: {e.comparison.text()}")
         prow = []
         for p in self.pairs:
             v = p.vocabulary
@@ -616,11 +648,14 @@ def build_report(
     vocabulary: dict[tuple[int, int], VocabularyFacts] | None = None,
     ensemble: EnsembleScore | None = None,
     chance: float | None = None,
+    item_correct: Sequence[Sequence[bool] | None] | None = None,
     seconds: float = 0.0,
 ) -> CompatibilityReport:
     """Assemble the report from measured or given numbers (pure: no models).
 
     ``chance`` applies to measured scores only (given scores may be on any scale).
+    ``item_correct``: per member, its per-item correctness on the calibration sample (measured);
+    it gives each score a Wilson interval and each gap a paired test (see ``judge``).
     """
     n = len(names)
     if not (len(specs) == len(scores) == len(lengths) == len(score_sources) == n):
@@ -640,12 +675,21 @@ def build_report(
     )
     ranked = best is not None and rec.ranked
 
+    per_item = list(item_correct) if item_correct is not None else [None] * n
+
+    def _paired(i: int, j: int) -> PairedComparison | None:
+        a, b = per_item[i], per_item[j]
+        if a is None or b is None or len(a) != len(b) or not a:
+            return None
+        return compare_paired(a, b, names=(names[i], names[j]))
+
     def _context(i: int, j: int) -> dict[str, Any]:
         measured = score_sources[i] == "measured" and score_sources[j] == "measured"
         per = n_items_per_member or [None] * n
         return {
             "chance": chance if measured else None,
             "n_items": (per[i], per[j]) if measured else (None, None),
+            "paired": _paired(i, j) if measured else None,
         }
 
     members: list[MemberReport] = []
@@ -690,7 +734,15 @@ def build_report(
                 score=scores[i],
                 score_source=score_sources[i],
                 n_items=n_items_per_member[i] if n_items_per_member else None,
+                score_interval=(
+                    wilson_interval(sum(per_item[i] or ()), len(per_item[i] or ()))
+                    if per_item[i]
+                    else None
+                ),
                 gap_to_best=gap,
+                versus_best=(
+                    _paired(i, best) if best is not None and i != best and per_item[i] else None
+                ),
                 median_response_chars=lengths[i],
                 median_response_tokens=token_lengths[i] if token_lengths else None,
                 truncated_share=truncated[i] if truncated else None,

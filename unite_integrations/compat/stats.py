@@ -129,12 +129,8 @@ def paired_difference_interval(
             num = max(num - n / 2, 0.0)
         phi = num / math.sqrt(margins)
     diff = p1 - p2
-    dl = math.sqrt(
-        max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
-    )
-    du = math.sqrt(
-        max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
-    )
+    dl = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    du = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     return Interval(
         estimate=diff,
         low=max(-1.0, diff - dl),

@@ -33,15 +33,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+
 from ..errors import ConfigError
 from .datasets import Item, Task
+from .evaluate import DatasetResult, MachineInfo
+from .report import CompatibilityReport
+from .stats import PairedComparison, compare_paired
 
 __all__ = [
     "ATTRIBUTES",
+    "Case",
+    "Demonstration",
     "Fact",
     "Family",
+    "HalfScores",
     "fact_task",
     "make_facts",
+    "run_demonstration",
     "train_member",
 ]
 
@@ -338,7 +347,7 @@ def train_member(
     *,
     half: int | None,
     steps: int = 300,
-    lr: float = 3e-3,
+    lr: float = 5e-3,
     seed: int = 0,
     threads: int = 1,
     cache_dir: str | Path | None = None,
@@ -412,3 +421,220 @@ def train_member(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# -- the demonstration -----------------------------------------------------------------------------
+
+
+class HalfScores(BaseModel):
+    """A system's correct answers on each half of the facts."""
+
+    system: str
+    half0: int
+    half1: int
+    n_half0: int
+    n_half1: int
+
+
+class Case(BaseModel):
+    """One pair of members on every fact: each alone, the ensemble, and the check's verdict."""
+
+    name: str
+    description: str
+    members: list[str]
+    result: DatasetResult = Field(description="Each member alone and the ensemble, every fact.")
+    halves: list[HalfScores]
+    versus_members: list[PairedComparison] = Field(
+        description="The ensemble against each member alone, paired on the same facts."
+    )
+    check: CompatibilityReport = Field(description="check_compatibility on a mixed sample.")
+
+    def versus(self, member: str) -> PairedComparison:
+        return next(c for c in self.versus_members if c.second == member)
+
+
+class Demonstration(BaseModel):
+    """Both cases of :func:`run_demonstration`, with the settings and the time they took."""
+
+    facts: int
+    entities: int
+    values_per_attribute: int
+    steps: int
+    weak_steps: int
+    calibration_items: int
+    cases: list[Case]
+    machine: MachineInfo
+    seconds: float
+
+    def case(self, name: str) -> Case:
+        return next(c for c in self.cases if c.name == name)
+
+    def markdown(self) -> str:
+        """The measured tables (accuracy with Wilson intervals; paired comparisons; verdicts)."""
+        lines: list[str] = []
+        for c in self.cases:
+            lines += [
+                f"**{c.description}** ({c.result.n} facts, chance {100 * c.result.chance:.1f}%)",
+                "",
+                "| system | half 0 | half 1 | all facts, % [95% CI] |",
+                "|---|---|---|---|",
+            ]
+            for r, h in zip(c.result.results, c.halves):
+                lines.append(
+                    f"| {r.system} | {h.half0}/{h.n_half0} | {h.half1}/{h.n_half1} | "
+                    f"{r.accuracy_text()} |"
+                )
+            lines += ["", "| ensemble vs | ensemble only | member only | difference, paired |"]
+            lines.append("|---|---|---|---|")
+            for p in c.versus_members:
+                lines.append(f"| {p.second} | {p.first_only} | {p.second_only} | {p.text()} |")
+            lines += [
+                "",
+                f"check_compatibility ({c.check.task}, {c.check.n_items} facts): "
+                f"**{c.check.verdict}**; recommendation: "
+                + (
+                    "ensemble " + " + ".join(c.check.recommendation.members)
+                    if c.check.recommendation.use_ensemble
+                    else f"use {c.check.recommendation.primary} alone"
+                ),
+                "",
+            ]
+        m = self.machine
+        lines.append(
+            f"{self.facts} facts ({self.entities} entities x {len(ATTRIBUTES)} attributes, "
+            f"{self.values_per_attribute} values each), members trained {self.steps} steps "
+            f"(the weak one {self.weak_steps}); {self.seconds:.0f} s in all (training included "
+            f"unless cached) on {m.processor}, {m.cpus} CPUs, torch {m.torch} "
+            f"({m.torch_threads} threads)."
+        )
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """Accuracy per system and case, with Wilson whiskers and chance as a dashed line."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(self.cases), figsize=(4.6 * len(self.cases), 3.8))
+        for ax, c in zip(axes if len(self.cases) > 1 else [axes], self.cases):
+            rs = c.result.results
+            ys = [100 * r.accuracy for r in rs]
+            lo = [100 * (r.accuracy - (r.interval.low if r.interval else r.accuracy)) for r in rs]
+            hi = [100 * ((r.interval.high if r.interval else r.accuracy) - r.accuracy) for r in rs]
+            colours = ["#4c72b0", "#dd8452", "#55a868"][: len(rs)]
+            bars = ax.bar(range(len(rs)), ys, color=colours, yerr=[lo, hi], capsize=3)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+            ax.axhline(100 * c.result.chance, color="grey", linestyle="dashed", linewidth=1)
+            ax.set_xticks(range(len(rs)))
+            ax.set_xticklabels([r.system.replace(" (", "\n(") for r in rs], fontsize=7)
+            ax.set_ylim(0, 105)
+            ax.set_title(f"{c.description}\ncheck: {c.check.verdict}", fontsize=9)
+        axes_list = axes if len(self.cases) > 1 else [axes]
+        axes_list[0].set_ylabel("facts answered (%), Wilson 95% CI")
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+
+def _halves(result: DatasetResult, facts: Sequence[Fact]) -> list[HalfScores]:
+    out = []
+    n0 = sum(f.half == 0 for f in facts)
+    for r in result.results:
+        h0 = sum(ok for ok, f in zip(r.item_correct, facts) if f.half == 0)
+        h1 = sum(ok for ok, f in zip(r.item_correct, facts) if f.half == 1)
+        out.append(
+            HalfScores(system=r.system, half0=h0, half1=h1, n_half0=n0, n_half1=len(facts) - n0)
+        )
+    return out
+
+
+def run_demonstration(
+    *,
+    n_entities: int = 120,
+    steps: int = 200,
+    weak_steps: int = 15,
+    calibration_items: int = 60,
+    seed: int = 0,
+    threads: int = 1,
+    top_k: int = 10,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Demonstration:
+    """Train (or load from the cache) three tiny members and measure two cases on every fact:
+
+    * **two experts**: a byte-level-BPE member trained on half 0 and a SentencePiece-BPE member
+      trained on half 1 (different vocabularies, different knowledge);
+    * **expert + weak member**: the same half-0 expert with a SentencePiece-BPE member trained
+      ``weak_steps`` steps on the same half (near chance).
+
+    In each case each member alone and the greedy UniTE ensemble answer every fact, the ensemble is
+    compared with each member paired on the facts, and ``check_compatibility`` runs on a seeded
+    mixed sample of ``calibration_items`` facts (measured mode, short answers).
+    """
+    import time
+
+    from ..engine.config import MemberSpec
+    from ..engine.engine import UniTEEngine
+    from .check import check_compatibility
+    from .evaluate import ENSEMBLE, evaluate_task
+
+    t0 = time.perf_counter()
+    facts = make_facts(n_entities, seed)
+    task = fact_task(facts)
+    rng = random.Random(seed + 1)
+    sample = sorted(rng.sample(range(len(facts)), min(calibration_items, len(facts))))
+    calibration = fact_task([facts[i] for i in sample], name="facts-sample", title="mixed facts")
+
+    def member(family: Family, half: int, n_steps: int) -> Path:
+        return train_member(
+            family, facts, half=half, steps=n_steps, seed=seed, threads=threads, cache_dir=cache_dir
+        )
+
+    expert_a = member("bytelevel_bpe", 0, steps)
+    expert_b = member("sentencepiece_bpe", 1, steps)
+    weak = member("sentencepiece_bpe", 0, weak_steps)
+    a = MemberSpec(source=str(expert_a), name="A: byte BPE, half 0")
+    b = MemberSpec(source=str(expert_b), name="B: SentencePiece BPE, half 1")
+    w = MemberSpec(source=str(weak), name=f"W: SentencePiece BPE, half 0, {weak_steps} steps")
+    cases = []
+    for name, description, specs in (
+        ("experts", "two experts on different halves", [a, b]),
+        ("control", "an expert and a weak member", [a, w]),
+    ):
+        engine = UniTEEngine(specs, top_k=top_k, cache_dir=cache_dir)
+        result = evaluate_task(engine, task, batch_size=64, progress=progress)
+        ens = result.result(ENSEMBLE)
+        versus = [
+            compare_paired(ens.item_correct, r.item_correct, names=(ENSEMBLE, r.system))
+            for r in result.results
+            if r.kind == "member"
+        ]
+        check = check_compatibility(
+            engine, task=calibration, with_ensemble=True, progress=progress, batch_size=64
+        )
+        cases.append(
+            Case(
+                name=name,
+                description=description,
+                members=engine.member_names,
+                result=result,
+                halves=_halves(result, facts),
+                versus_members=versus,
+                check=check,
+            )
+        )
+    return Demonstration(
+        facts=len(facts),
+        entities=n_entities,
+        values_per_attribute=min(len(v) for _, v in ATTRIBUTES.values()),
+        steps=steps,
+        weak_steps=weak_steps,
+        calibration_items=len(sample),
+        cases=cases,
+        machine=MachineInfo.current(),
+        seconds=time.perf_counter() - t0,
+    )

@@ -101,7 +101,7 @@ def test_expert_with_weak_member_is_incompatible_and_not_helped(demo: Demonstrat
 
 def test_demonstration_renders_markdown_and_plot(demo: Demonstration, tmp_path: Path) -> None:
     text = demo.markdown()
-    assert "McNemar p=" in text and "**compatible**" in text and "**incompatible**" in text
+    assert "McNemar p" in text and "**compatible**" in text and "**incompatible**" in text
     assert text.count("| ensemble |") == 2
     out = demo.plot(tmp_path / "demo.png")
     assert out.read_bytes()[:4] == b"\x89PNG"

@@ -165,17 +165,18 @@ class PairedComparison(BaseModel):
         return "better" if self.difference.estimate > 0 else "worse"
 
     def text(self) -> str:
-        """``"+12.0 points [7.1, 16.8], McNemar p=0.0001: better"``."""
+        """``"+12.0 points [7.1, 16.8], McNemar p=0.0012: better"``."""
         d = self.difference
         sign = "+" if d.estimate >= 0 else ""
         return (
             f"{sign}{100 * d.estimate:.1f} points [{100 * d.low:.1f}, {100 * d.high:.1f}], "
-            f"McNemar p={_p_text(self.p_value)}: {self.verdict()}"
+            f"McNemar p{_p_text(self.p_value)}: {self.verdict()}"
         )
 
 
 def _p_text(p: float) -> str:
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+    """``"<0.0001"``, ``"=0.0066"``, ``"=0.052"``: the sign and the value, as a report prints it."""
+    return "<0.0001" if p < 1e-4 else f"={p:.4f}" if p < 0.01 else f"={p:.3f}"
 
 
 def compare_paired(

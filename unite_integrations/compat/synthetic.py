@@ -527,7 +527,7 @@ class Demonstration(BaseModel):
             ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
             ax.axhline(100 * c.result.chance, color="grey", linestyle="dashed", linewidth=1)
             ax.set_xticks(range(len(rs)))
-            ax.set_xticklabels([r.system.replace(" (", "\n(") for r in rs], fontsize=7)
+            ax.set_xticklabels([r.system.replace(", ", "\n") for r in rs], fontsize=7)
             ax.set_ylim(0, 105)
             ax.set_title(f"{c.description}\ncheck: {c.check.verdict}", fontsize=9)
         axes_list = axes if len(self.cases) > 1 else [axes]

@@ -12,7 +12,7 @@ from unite_integrations.compat import (
     custom_task,
     member_engines,
 )
-from unite_integrations.compat.datasets import normalize_answer
+from unite_integrations.compat.answers import normalize_answer
 from unite_integrations.compat.evaluate import run_task
 from unite_integrations.compat.vocabulary import (
     COMMON_WORDS,

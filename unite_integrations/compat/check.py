@@ -22,15 +22,11 @@ from typing import Any, Literal
 from ..engine.config import EnsembleConfig, MemberSpec
 from ..engine.engine import UniTEEngine
 from ..errors import ConfigError
-from .datasets import CalibrationExample, Task, custom_task, load_task
+from .assemble import build_report
+from .datasets import load_task
 from .evaluate import ENSEMBLE, evaluate_task, resolve_engine
-from .report import (
-    CompatibilityReport,
-    EnsembleScore,
-    Thresholds,
-    VocabularyFacts,
-    build_report,
-)
+from .report import CompatibilityReport, EnsembleScore, Thresholds, VocabularyFacts
+from .tasks import CalibrationExample, Task, custom_task
 from .vocabulary import SAMPLE_TEXTS, pair_facts
 
 __all__ = ["DEFAULT_CALIBRATION_ITEMS", "check_compatibility"]

@@ -208,8 +208,8 @@ def _write(path: str, text: str) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from .check import check_compatibility
-    from .datasets import CalibrationExample
     from .report import Thresholds
+    from .tasks import CalibrationExample
 
     _setup(args)
     specs = _specs(args)

@@ -40,9 +40,10 @@ from ..engine.engine import UniTEEngine
 from ..engine.members import LoadedMember
 from ..engine.results import GenerationResult
 from ..errors import ConfigError, ContextWindowError
-from .datasets import Task, load_task
-from .report import text_table
+from .datasets import load_task
+from .formatting import text_table
 from .stats import Interval, PairedComparison, compare_paired, wilson_interval
+from .tasks import Task
 
 __all__ = [
     "DatasetResult",

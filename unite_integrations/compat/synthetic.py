@@ -36,10 +36,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
-from .datasets import Item, Task
 from .evaluate import DatasetResult, MachineInfo
 from .report import CompatibilityReport
 from .stats import PairedComparison, compare_paired
+from .tasks import Item, Task
 
 __all__ = [
     "ATTRIBUTES",

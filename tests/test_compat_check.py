@@ -12,7 +12,7 @@ from unite_integrations.compat import (
     custom_task,
     member_engines,
 )
-from unite_integrations.compat.datasets import normalize_answer
+from unite_integrations.compat.answers import normalize_answer
 from unite_integrations.compat.evaluate import run_task
 from unite_integrations.compat.vocabulary import (
     COMMON_WORDS,
@@ -213,8 +213,22 @@ def test_measured_mode_on_a_bundled_format_with_progress(hetero, capsys):
     )
     err = capsys.readouterr().err
     assert "ARC-Challenge" in err and "6" in err  # the tqdm bar
-    assert r.mode == "measured" and r.task == "ARC-Challenge (train)" and r.n_items == 6
+    # Multiple choice is measured with letters-only answers by default.
+    assert r.mode == "measured" and r.task == "ARC-Challenge (train), constrained"
+    assert r.n_items == 6
     assert all(m.score_source == "measured" for m in r.members)
+    for m in r.members:  # measured scores carry their Wilson interval
+        assert m.score_interval is not None and m.score is not None
+        assert m.score_interval.low <= m.score <= m.score_interval.high
+    free = check_compatibility(
+        hetero,
+        task="multiple-choice",
+        n_items=6,
+        topk_overlap=False,
+        progress=False,
+        constrained=False,
+    )
+    assert free.task == "ARC-Challenge (train)"
     # Tiny models are at chance on multiple choice: the performance verdict must be unknown.
     if all(m.score is not None and m.score <= 0.25 for m in r.members):
         assert r.pairs[0].gap_verdict == "unknown"

@@ -25,7 +25,6 @@ import platform
 import statistics
 import sys
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -37,7 +36,6 @@ from pydantic import BaseModel, Field
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..engine.constraints import Constraint
 from ..engine.engine import UniTEEngine
-from ..engine.members import LoadedMember
 from ..engine.results import GenerationResult
 from ..errors import ConfigError, ContextWindowError
 from .datasets import load_task
@@ -69,39 +67,10 @@ AnswerMode = Literal["free", "constrained"]
 # -- one-member views over a loaded ensemble -------------------------------------------------------
 
 
-class _MemberView(UniTEEngine):
-    """A one-member engine over a member the ensemble already loaded (no second load).
-
-    It builds the usual engine around the given ``LoadedMember``; a single member decodes exactly
-    like the model's own greedy ``generate`` (the engine's tested guarantee).
-    """
-
-    def __init__(self, member: LoadedMember, parent: EnsembleConfig) -> None:
-        self._given = member
-        config = ensemble_config(
-            [member.spec],
-            top_k=parent.top_k,
-            retokenize_window=parent.retokenize_window,
-            cache_dir=parent.cache_dir,
-        )
-        super().__init__(config)
-
-    def _load(self, spec: MemberSpec, n: int) -> LoadedMember:
-        return self._given
-
-
-_views: weakref.WeakKeyDictionary[UniTEEngine, dict[str, UniTEEngine]] = weakref.WeakKeyDictionary()
-
-
 def member_engines(engine: UniTEEngine) -> dict[str, UniTEEngine]:
-    """Each member of ``engine`` as its own one-member engine, sharing the loaded model."""
-    if len(engine.members) == 1:
-        return {engine.member_names[0]: engine}
-    views = _views.get(engine)
-    if views is None:
-        views = {m.name: _MemberView(m, engine.config) for m in engine.members}
-        _views[engine] = views
-    return views
+    """Each member of ``engine`` as its own one-member engine, sharing the loaded model
+    (``UniTEEngine.member_engine``: no second load; cached and closed with the ensemble)."""
+    return {name: engine.member_engine(n) for n, name in enumerate(engine.member_names)}
 
 
 def resolve_engine(

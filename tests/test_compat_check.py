@@ -12,7 +12,7 @@ from unite_integrations.compat import (
     custom_task,
     member_engines,
 )
-from unite_integrations.compat.datasets import normalize_answer
+from unite_integrations.compat.answers import normalize_answer
 from unite_integrations.compat.evaluate import run_task
 from unite_integrations.compat.vocabulary import (
     COMMON_WORDS,
@@ -41,7 +41,8 @@ def _names(engine: UniTEEngine) -> tuple[str, str]:
 def test_member_views_share_models_and_decode_like_single_engines(hetero, make_engine, tiny_dirs):
     views = member_engines(hetero)
     assert list(views) == hetero.member_names
-    assert member_engines(hetero) is views  # cached per engine
+    again = member_engines(hetero)
+    assert all(again[n] is v for n, v in views.items())  # cached per engine
     prompts = ["Once upon a time", "The red fox", "1 + 1 ="]
     for (name, view), family in zip(views.items(), ("bytelevel_bpe", "sentencepiece_bpe")):
         assert view.members[0] is next(m for m in hetero.members if m.name == name)
@@ -213,8 +214,22 @@ def test_measured_mode_on_a_bundled_format_with_progress(hetero, capsys):
     )
     err = capsys.readouterr().err
     assert "ARC-Challenge" in err and "6" in err  # the tqdm bar
-    assert r.mode == "measured" and r.task == "ARC-Challenge (train)" and r.n_items == 6
+    # Multiple choice is measured with letters-only answers by default.
+    assert r.mode == "measured" and r.task == "ARC-Challenge (train), constrained"
+    assert r.n_items == 6
     assert all(m.score_source == "measured" for m in r.members)
+    for m in r.members:  # measured scores carry their Wilson interval
+        assert m.score_interval is not None and m.score is not None
+        assert m.score_interval.low <= m.score <= m.score_interval.high
+    free = check_compatibility(
+        hetero,
+        task="multiple-choice",
+        n_items=6,
+        topk_overlap=False,
+        progress=False,
+        constrained=False,
+    )
+    assert free.task == "ARC-Challenge (train)"
     # Tiny models are at chance on multiple choice: the performance verdict must be unknown.
     if all(m.score is not None and m.score <= 0.25 for m in r.members):
         assert r.pairs[0].gap_verdict == "unknown"

@@ -9,21 +9,21 @@ from pathlib import Path
 import pytest
 
 from unite_integrations import ConfigError
-from unite_integrations.compat.datasets import (
-    DATA_DIR_ENV,
-    DATASETS,
-    CalibrationExample,
-    Item,
-    bundled_data_dir,
-    custom_task,
-    default_data_dir,
+from unite_integrations.compat.answers import (
     extract_choice,
     extract_number,
     first_line,
-    load_task,
     normalize_answer,
+)
+from unite_integrations.compat.datasets import (
+    DATA_DIR_ENV,
+    DATASETS,
+    bundled_data_dir,
+    default_data_dir,
+    load_task,
     resolve_task_name,
 )
+from unite_integrations.compat.tasks import CalibrationExample, Item, custom_task
 
 REAL_DATA = default_data_dir()  # the repository's data/ folder: present in every checkout
 ABCD = tuple((c, f"option {c}") for c in "ABCD")

@@ -9,7 +9,15 @@ import pytest
 
 from unite_integrations.cli import main
 from unite_integrations.compat import EvalReport, evaluate, load_task
-from unite_integrations.compat.evaluate import ENSEMBLE, member_engines, run_task, score_results
+from unite_integrations.compat.evaluate import (
+    ENSEMBLE,
+    _batches,
+    choice_constraint,
+    member_engines,
+    run_task,
+    score_results,
+)
+from unite_integrations.errors import ConfigError
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -98,7 +106,18 @@ def test_evaluate_members_and_ensemble_on_the_same_prompts(hetero, data_dir):
     for r in arc.results:
         assert r.answer_counts is not None and sum(r.answer_counts.values()) == r.n - r.no_answer
     table = report.table()
-    assert "ARC-Challenge (test)" in table and "ensemble %" in table and "chance %" in table
+    assert "ARC-Challenge (free), test" in table and "ensemble % [95% CI]" in table
+    assert "chance %" in table and "McNemar p" in table
+    for d in report.datasets:
+        for r in d.results:
+            assert r.interval is not None and r.interval.low <= r.accuracy <= r.interval.high
+            assert r.item_correct == [x.correct for x in r.records or []]
+        assert d.comparison is not None and d.comparison.n == d.n
+        assert d.comparison.first == ENSEMBLE and d.comparison.second in hetero.member_names
+        best = max(r.correct for r in d.results if r.kind == "member")
+        assert d.comparison.difference.estimate == pytest.approx(
+            (d.result(ENSEMBLE).correct - best) / d.n
+        )
     assert report.model_validate_json(report.model_dump_json()) == report
     assert report.machine.cpus >= 1 and report.machine.devices == ["cpu"]
 
@@ -129,6 +148,51 @@ def test_members_only_ensemble_only_and_too_long_prompts(hetero, data_dir):
     assert r.too_long == 1 and r.n == len(task.items)
 
 
+def test_constrained_answers_are_option_letters_for_members_and_ensemble(hetero, data_dir):
+    report = evaluate(
+        hetero,
+        ["arc", "piqa", "triviaqa"],
+        mode="both",
+        shots=0,
+        progress=False,
+        keep_records=True,
+        data_dir=data_dir,
+    )
+    labels = [d.label for d in report.datasets]
+    assert labels == [
+        "ARC-Challenge (free)",
+        "ARC-Challenge (constrained)",
+        "PIQA (free)",
+        "PIQA (constrained)",
+        "TriviaQA",
+    ]
+    for d in report.datasets:
+        if d.mode != "constrained":
+            continue
+        letters = {"arc": "ABCD", "piqa": "AB"}[d.dataset]
+        for r in d.results:  # every system, the ensemble included, answers a letter and only that
+            assert r.no_answer == 0
+            for x in r.records or []:
+                assert x.output.strip() in letters and x.extracted == x.output.strip()
+    # A constrained run on a free-form task is refused where it enters.
+    with pytest.raises(ConfigError, match="multiple-choice"):
+        run_task(
+            hetero, load_task("triviaqa", "test", shots=0, data_dir=data_dir), constrained=True
+        )
+    with pytest.raises(ConfigError, match="mode"):
+        evaluate(hetero, ["arc"], mode="loose", data_dir=data_dir)  # type: ignore[arg-type]
+
+
+def test_choice_constraint_and_batches():
+    c = choice_constraint(["B", "A", "C"])
+    assert c.kind == "regex" and "[ABC]" in c.lark
+    with pytest.raises(ConfigError, match="single letters"):
+        choice_constraint(["AB"])
+    # Batches never mix constraints (option sets), and keep similar lengths together.
+    keys = [("AB", 5), ("ABCD", 1), ("AB", 1), ("ABCD", 9), ("AB", 3)]
+    assert _batches(keys, 2) == [[2, 4], [0], [1, 3]]
+
+
 def test_plot_is_written(hetero, data_dir, tmp_path):
     report = evaluate(hetero, ["arc", "piqa"], progress=False, data_dir=data_dir)
     out = report.plot(tmp_path / "plots" / "eval.png")
@@ -145,13 +209,23 @@ def test_cli_eval_table_json_plot(tiny_dirs, data_dir, cache_dir, tmp_path, caps
     args += ["--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png"), "--shots", "1"]
     assert main([*args, "--no-progress", "--records", "--batch-size", "2"]) == 0
     out, err = capsys.readouterr()
-    assert "ARC-Challenge (test)" in out and "NaturalQuestions (test)" in out
-    assert "MMLU (test)" in out and "ensemble" in out
+    assert "ARC-Challenge (free), test" in out and "NaturalQuestions, test" in out
+    assert "MMLU (free), test" in out and "ensemble" in out
     data = json.loads((tmp_path / "e.json").read_text())
     assert [d["n"] for d in data["datasets"]] == [3, 3, 3]
     assert [d["available"] for d in data["datasets"]] == [6, 6, 4]
     assert data["datasets"][0]["results"][0]["records"]
     assert (tmp_path / "e.png").exists() and "wrote" in err
+    ci = data["datasets"][0]["results"][0]["interval"]
+    assert ci["method"] == "wilson" and ci["low"] <= ci["estimate"] <= ci["high"]
+
+    both = ["eval", *_members(tiny_dirs), "-d", "piqa", "--limit", "3", "--both-modes"]
+    both += ["--data-dir", str(data_dir), "--cache-dir", str(cache_dir), "-k", "5"]
+    assert main([*both, "--no-progress", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "PIQA (free), dev" in out and "PIQA (constrained), dev" in out
+    modes = [d["mode"] for d in json.loads((tmp_path / "b.json").read_text())["datasets"]]
+    assert modes == ["free", "constrained"]
 
 
 def test_cli_check_quick_measured_and_json(tiny_dirs, data_dir, cache_dir, tmp_path, capsys):
@@ -174,7 +248,12 @@ def test_cli_check_quick_measured_and_json(tiny_dirs, data_dir, cache_dir, tmp_p
     assert json.loads(path.read_text())["n_items"] == 3
 
     assert main([*base, "--task", "arc", "-n", "4", "--data-dir", str(data_dir)]) == 0
-    assert "ARC-Challenge (dev)" in capsys.readouterr().out  # ARC's dev split is its train file
+    # ARC's dev split is its train file; multiple choice is constrained unless --free-form.
+    assert "ARC-Challenge (dev), constrained" in capsys.readouterr().out
+    free = [*base, "--task", "arc", "-n", "4", "--data-dir", str(data_dir), "--free-form"]
+    assert main([*free, "--no-overlap"]) == 0
+    out = capsys.readouterr().out
+    assert "ARC-Challenge (dev)" in out and "constrained" not in out
 
     assert main([*base, "--task", "squad"]) == 2
     assert "unknown task" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The verdict rules of the compatibility check, on synthetic numbers (no models)."""
+"""The verdict rules and the report assembly of the compatibility check, on synthetic numbers
+(no models)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from unite_integrations import ConfigError, MemberSpec
-from unite_integrations.compat.report import (
+from unite_integrations.compat.assemble import build_report, recommend
+from unite_integrations.compat.formatting import text_table
+from unite_integrations.compat.rules import (
     Thresholds,
-    build_report,
     combine,
     gap_verdict,
     judge,
     length_ratio,
     length_verdict,
-    recommend,
     relative_gap,
     sampling_noise,
-    text_table,
     worst,
 )
+from unite_integrations.compat.stats import compare_paired
 
 TH = Thresholds()
 NAMES = ("a", "b")
@@ -326,3 +327,38 @@ def test_measured_report_at_chance_is_unknown():
 def test_text_table():
     t = text_table(["a", "bb"], [["xxx", "y"], ["z", ""]])
     assert t.splitlines() == ["a    bb", "---  --", "xxx  y", "z"]
+
+
+def test_paired_gap_replaces_the_normal_noise_flag() -> None:
+    # 20 items; a right on 12, b right on 10, 8 of them shared: 4 discordant vs 2, p = 0.6875.
+    a = [True] * 8 + [True] * 4 + [False] * 2 + [False] * 6
+    b = [True] * 8 + [False] * 4 + [True] * 2 + [False] * 6
+    paired = compare_paired(a, b, names=("a", "b"))
+    j = judge(NAMES, (0.6, 0.5), (10.0, 10.0), TH, n_items=(20, 20), paired=paired)
+    assert j.gap_verdict == "incompatible"  # 16.7% > 15%: the verdict stands
+    noise = [r for r in j.reasons if "on the same items" in r]
+    assert noise and "no significant difference" in noise[0] and "McNemar p=0.688" in noise[0]
+    assert not any("sampling noise (+/-" in r for r in j.reasons)
+    # A significant paired difference is not flagged.
+    strong = compare_paired([True] * 40 + [False] * 10, [False] * 40 + [False] * 10)
+    j = judge(NAMES, (0.8, 0.0), (10.0, 10.0), TH, n_items=(50, 50), paired=strong)
+    assert not any("on the same items" in r for r in j.reasons)
+
+
+def test_build_report_gives_measured_scores_intervals_and_paired_gaps() -> None:
+    per_item = [[True] * 12 + [False] * 8, [True] * 10 + [False] * 10]
+    r = report(
+        [0.6, 0.5],
+        [10.0, 10.0],
+        sources=("measured", "measured"),
+        mode="measured",
+        n_items_per_member=[20, 20],
+        item_correct=per_item,
+    )
+    best, other = r.members
+    assert best.score_interval is not None and best.score_interval.estimate == pytest.approx(0.6)
+    assert best.versus_best is None
+    assert other.versus_best is not None and other.versus_best.second == best.name
+    assert other.versus_best.first_only == 0 and other.versus_best.second_only == 2
+    given = report([0.6, 0.5], [10.0, 10.0])
+    assert all(m.score_interval is None and m.versus_best is None for m in given.members)

@@ -5,9 +5,12 @@ Every test runs with ``max_tokens=32``, constrained tests too (issue 10): the en
 closing of a forced call or a schema from the grammar, so the members write the arguments
 themselves and the JSON still closes within the budget. Tool-call and structured-output tests
 pass because the decoding is constrained: these members rarely write a well-formed call by
-themselves. Two tests need more than a 135M + 270M pair can do and are ``xfail`` with that
-reason. (On an engine whose closing starts a fixed 32 steps before the budget, a forced call is
-closed from its first step, so ``test_tool_calling`` gets ``input=0`` instead of 3.)
+themselves. Four tests are ``xfail``, each with its reason: two need a model that decides or
+copies what the prompt asks (an agent loop, unicode names), one a model that understands it (an
+empty ``answer_style``), and in one the shortest call of the tool (38 steps) does not fit 32,
+which the engine refuses before decoding instead of returning a truncated call. (On an engine
+whose closing starts a fixed 32 steps before the budget, a forced call is closed from its first
+step, so ``test_tool_calling`` gets ``input=0`` instead of 3.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from conftest import real_models_mark
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from test_langchain_integration import ASYNCIO_SUITE
 
+from unite_integrations import ConfigError
 from unite_integrations.langchain import UniTEChatModel
 
 pytestmark = [
@@ -62,7 +66,7 @@ class TestUniTEChatModelRealPair(ChatModelIntegrationTests):
         strict=True,
         raises=AssertionError,
         reason="needs a model that decides by itself to call the weather tool when asked about "
-        "the weather (tool_choice='auto'); the 135M + 270M pair answers in text"
+        "the weather (tool_choice='auto'); the 135M + 270M pair answers in text",
     )
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop(self, model: Any) -> None:
@@ -70,9 +74,29 @@ class TestUniTEChatModelRealPair(ChatModelIntegrationTests):
 
     @pytest.mark.xfail(
         strict=True,
-        raises=AssertionError,
+        raises=(AssertionError, ConfigError),
         reason="needs a model that copies '你好啊集团' / 'こんにちは株式会社' into the call's "
-        "customer_name; the pair writes a well-formed call with other text"
+        "customer_name; the pair writes a well-formed call with other text, and with the "
+        "customer-name tool's two fields the shortest call does not fit 32 steps (ConfigError)",
     )
     def test_unicode_tool_call_integration(self, model: Any, **kwargs: Any) -> None:
         super().test_unicode_tool_call_integration(model, **kwargs)
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
+        reason="needs a model that understands 'generate a Pirate greeting': the pair writes a "
+        "well-formed call whose answer_style is empty",
+    )
+    def test_bind_runnables_as_tools(self, model: Any) -> None:
+        super().test_bind_runnables_as_tools(model)
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=ConfigError,
+        reason="the shortest my_adder_tool call takes 38 steps in these two vocabularies (the "
+        "<tool_call> tags alone take 11), so max_tokens=32 is refused before decoding instead "
+        "of returning a truncated call",
+    )
+    def test_structured_few_shot_examples(self, model: Any, my_adder_tool: Any) -> None:
+        super().test_structured_few_shot_examples(model, my_adder_tool)

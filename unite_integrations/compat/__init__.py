@@ -7,7 +7,7 @@ alone and the ensemble on the paper's data sets.
 """
 
 from .check import check_compatibility
-from .datasets import CalibrationExample, Task, custom_task, load_task
+from .datasets import load_task
 from .evaluate import DatasetResult, EvalReport, SystemResult, evaluate, member_engines
 from .report import (
     CompatibilityReport,
@@ -18,6 +18,7 @@ from .report import (
     Verdict,
     VocabularyFacts,
 )
+from .tasks import CalibrationExample, Task, custom_task
 
 __all__ = [
     "CalibrationExample",

@@ -22,15 +22,11 @@ from typing import Any, Literal
 from ..engine.config import EnsembleConfig, MemberSpec
 from ..engine.engine import UniTEEngine
 from ..errors import ConfigError
-from .datasets import CalibrationExample, Task, custom_task, load_task
+from .assemble import build_report
+from .datasets import load_task
 from .evaluate import ENSEMBLE, evaluate_task, resolve_engine
-from .report import (
-    CompatibilityReport,
-    EnsembleScore,
-    Thresholds,
-    VocabularyFacts,
-    build_report,
-)
+from .report import CompatibilityReport, EnsembleScore, Thresholds, VocabularyFacts
+from .tasks import CalibrationExample, Task, custom_task
 from .vocabulary import SAMPLE_TEXTS, pair_facts
 
 __all__ = ["DEFAULT_CALIBRATION_ITEMS", "check_compatibility"]
@@ -79,6 +75,7 @@ def check_compatibility(
     topk_overlap: bool = True,
     sample_texts: Sequence[str] | None = None,
     with_ensemble: bool = False,
+    constrained: bool | None = None,
     top_k: int = 10,
     batch_size: int = 16,
     progress: bool = True,
@@ -107,6 +104,9 @@ def check_compatibility(
         sample_texts: text for the vocabulary facts (default: a little built-in prose, plus the
             calibration questions in measured mode).
         with_ensemble: in measured mode, also score the ensemble itself on the sample.
+        constrained: decode multiple-choice answers under a grammar that allows only the option
+            letters (default: on for multiple choice, so the scores measure the choice and not
+            whether a member follows the answer format; see ``unite eval --constrained``).
         progress: show a progress bar while measuring.
     """
     t0 = time.perf_counter()
@@ -140,6 +140,7 @@ def check_compatibility(
     n_used: int | None = None
     ensemble_score: EnsembleScore | None = None
     chance: float | None = None
+    per_item: list[Sequence[bool] | None] | None = None
     texts = list(sample_texts) if sample_texts else list(SAMPLE_TEXTS)
 
     if mode == "measured":
@@ -151,6 +152,9 @@ def check_compatibility(
             assert task is not None
             cal = load_task(task, "dev", limit=n_items, seed=seed, data_dir=data_dir)
         task_name = cal.title if cal.split in ("given",) else f"{cal.title} ({cal.split})"
+        use_constraint = cal.kind == "choice" if constrained is None else constrained
+        if use_constraint and cal.kind == "choice":
+            task_name += ", constrained"
         result = evaluate_task(
             engine,
             cal,
@@ -158,12 +162,14 @@ def check_compatibility(
             ensemble=with_ensemble,
             batch_size=batch_size,
             progress=progress,
+            constrained=use_constraint and cal.kind == "choice",
         )
         n_used = result.n
         chance = result.chance
-        token_lengths, truncated, per_member_n = [], [], []
+        token_lengths, truncated, per_member_n, per_item = [], [], [], []
         for i, name in enumerate(names):
             r = result.result(name)
+            per_item.append(r.item_correct)
             score_vals[i] = r.accuracy
             sources[i] = "measured"
             length_vals[i] = r.median_response_chars
@@ -174,7 +180,11 @@ def check_compatibility(
             e = result.result(ENSEMBLE)
             best = max(s for s in score_vals if s is not None)
             ensemble_score = EnsembleScore(
-                score=e.accuracy, n_items=e.n, gain_over_best=e.accuracy - best
+                score=e.accuracy,
+                n_items=e.n,
+                gain_over_best=e.accuracy - best,
+                interval=e.interval,
+                comparison=result.comparison,
             )
         if not sample_texts:
             texts += [it.question for it in cal.items[:8]]
@@ -204,5 +214,6 @@ def check_compatibility(
         vocabulary=facts or None,
         ensemble=ensemble_score,
         chance=chance,
+        item_correct=per_item,
         seconds=time.perf_counter() - t0,
     )

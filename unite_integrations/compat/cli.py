@@ -6,6 +6,7 @@ Examples::
     unite check --score smollm2-135m-instruct=0.31 --score gemma-3-270m=0.29
     unite check --task short-answer -n 50 --with-ensemble --json report.json
     unite eval -d triviaqa -d nq -d arc --limit 300 --json eval.json --plot eval.png
+    unite eval -d arc -d piqa --both-modes --limit 500     # free-form and letters-only answers
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def add_subcommands(subparsers: Any) -> None:
     check.add_argument(
         "--with-ensemble", action="store_true", help="also score the ensemble on the sample"
     )
+    check.add_argument(
+        "--free-form",
+        action="store_true",
+        help="multiple choice: read the letter from free answers (default: decode under a "
+        "grammar that allows only the option letters)",
+    )
     check.add_argument("--compatible-gap", type=float, default=0.10, help="(0.10)")
     check.add_argument("--incompatible-gap", type=float, default=0.15, help="(0.15)")
     check.add_argument("--max-length-ratio", type=float, default=2.0, help="(2.0)")
@@ -157,6 +164,18 @@ def add_subcommands(subparsers: Any) -> None:
         action="store_true",
         help="send each prompt as a user message (each member applies its chat template)",
     )
+    answers = ev.add_mutually_exclusive_group()
+    answers.add_argument(
+        "--constrained",
+        action="store_true",
+        help="multiple choice: decode every system's answer under a grammar that allows only the "
+        "option letters (members alone and the ensemble alike); other formats stay free-form",
+    )
+    answers.add_argument(
+        "--both-modes",
+        action="store_true",
+        help="multiple choice: report free-form and constrained answers side by side",
+    )
     which = ev.add_mutually_exclusive_group()
     which.add_argument("--members-only", action="store_true", help="skip the ensemble")
     which.add_argument("--ensemble-only", action="store_true", help="skip the members alone")
@@ -199,8 +218,8 @@ def _write(path: str, text: str) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from .check import check_compatibility
-    from .datasets import CalibrationExample
     from .report import Thresholds
+    from .tasks import CalibrationExample
 
     _setup(args)
     specs = _specs(args)
@@ -231,6 +250,7 @@ def run_check(args: argparse.Namespace) -> int:
         ),
         topk_overlap=not args.no_overlap,
         with_ensemble=args.with_ensemble,
+        constrained=False if args.free_form else None,
         top_k=args.top_k,
         batch_size=args.batch_size,
         progress=not args.no_progress,
@@ -270,6 +290,7 @@ def run_eval(args: argparse.Namespace) -> int:
         ensemble=not args.members_only,
         progress=not args.no_progress,
         keep_records=args.records,
+        mode="both" if args.both_modes else "constrained" if args.constrained else "free",
         data_dir=args.data_dir,
     )
     print(report.table())

@@ -1,18 +1,19 @@
-"""Evaluation data: loaders, prompt formats and answer scoring for six benchmarks and user examples.
+"""The six benchmarks: where their files are, how their items are read, their prompt formats.
 
 The data sets are read from the JSON-lines layout of the UniTE paper's repository, which the
 project's repository carries in its ``data/`` folder (see ``data/README.md`` and ``data/NOTICE``):
-``$UNITE_DATA_DIR`` or ``--data-dir``, else ``data/`` of the checkout the package runs from. A small calibration sample of three formats (multiple choice from ARC-Challenge
-*train*, short answers from TriviaQA *dev*, math word problems from GSM8K *train*) ships with the
-package, so the compatibility check works without the data directory.
+``$UNITE_DATA_DIR`` or ``--data-dir``, else ``data/`` of the checkout the package runs from. A
+small calibration sample of three formats (multiple choice from ARC-Challenge *train*, short
+answers from TriviaQA *dev*, math word problems from GSM8K *train*) ships with the package, so the
+compatibility check works without the data directory.
 
-Formats (as the paper evaluates them):
+Formats (as the paper evaluates them; answers are read by :mod:`.answers`):
 
 * **multiple choice** (ARC-Challenge, PIQA, MMLU): the question and lettered options, "Answer with
   A, B, C or D", greedy, a few tokens; the first option letter of the answer counts (if the answer
   has no letter but starts with one option's text, that option). MMLU is 5-shot from ``dev/``.
-* **math** (GSM8K): the 4-shot chain-of-thought prompt; the answer is the ``\\boxed{}`` number, else
-  the number after "the answer is", else the last number.
+* **math** (GSM8K): the 4-shot chain-of-thought prompt; the answer is the ``\\boxed{}`` number,
+  else the number after "the answer is", else the last number.
 * **short answer** (TriviaQA, NaturalQuestions): the 5-shot prompt; exact match of the first line,
   normalised (lower case, no punctuation or articles), against any alias.
 
@@ -27,37 +28,26 @@ import json
 import os
 import random
 import re
-import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from ..errors import ConfigError
+from .tasks import MC_INSTRUCTION, Item, Kind, Task, math_renderer, mc_renderer, qa_renderer
 
 __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
     "GENERIC_TASKS",
-    "CalibrationExample",
-    "Item",
-    "Kind",
-    "Task",
+    "DatasetSpec",
     "bundled_data_dir",
-    "custom_task",
     "default_data_dir",
-    "extract_choice",
-    "extract_number",
-    "first_line",
     "load_task",
-    "normalize_answer",
     "resolve_task_name",
 ]
 
 DATA_DIR_ENV = "UNITE_DATA_DIR"
-Kind = Literal["choice", "number", "text"]
 Split = Literal["train", "dev", "test"]
 LETTERS = "ABCDE"
 
@@ -81,191 +71,6 @@ def default_data_dir() -> Path:
 def bundled_data_dir() -> Path:
     """The calibration sample shipped with the package (same layout, small train/dev subsets)."""
     return Path(__file__).resolve().parent / "calibration"
-
-
-# -- answers ---------------------------------------------------------------------------------------
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation) | {"‘", "’", "“", "”", "–", "—"}
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD/TriviaQA normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(" " if ch in _PUNCT else ch for ch in text)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def first_line(text: str) -> str:
-    """The answer part of a short-answer generation: its first non-empty line."""
-    for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-_LETTER_AT_START = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-E])(?:\W|$)", re.I)
-
-
-def extract_choice(text: str, choices: Sequence[tuple[str, str]]) -> str | None:
-    """The letter a multiple-choice answer picks, or None.
-
-    The first option letter standing alone (``"B"``, ``" (C)"``, ``"Answer: D."``, ``"The answer
-    is A"``); else, when the answer starts with an option's text, that option.
-    """
-    letters = "".join(letter for letter, _ in choices)
-    stripped = text.strip()
-    m = _LETTER_AT_START.match(stripped)
-    if m and m.group(1).upper() in letters and (m.group(1).isupper() or len(stripped) <= 3):
-        return m.group(1).upper()
-    m = re.search(rf"\b([{letters}])\b", stripped)
-    if m:
-        return m.group(1)
-    norm = normalize_answer(stripped)
-    if norm:
-        for letter, option in choices:
-            opt = normalize_answer(option)
-            if opt and (norm.startswith(opt) or opt.startswith(norm)):
-                return letter
-    return None
-
-
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.I)
-
-
-def _to_number(text: str) -> float | None:
-    cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
-    try:
-        return float(cleaned)
-    except ValueError:
-        return None
-
-
-def extract_number(text: str) -> float | None:
-    """The final number of a worked answer: ``\\boxed{}``, else "the answer is N", else the last."""
-    for pattern in (_BOXED, _ANSWER_IS):
-        found = pattern.findall(text)
-        if found:
-            nums = _NUMBER.findall(found[-1])
-            if nums:
-                return _to_number(nums[-1])
-    nums = _NUMBER.findall(text)
-    return _to_number(nums[-1]) if nums else None
-
-
-# -- items and tasks -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Item:
-    """One question with its accepted answers (a letter, a number, or aliases)."""
-
-    id: str
-    question: str
-    answers: tuple[str, ...]
-    choices: tuple[tuple[str, str], ...] = ()
-    group: str = ""  # MMLU subject, for per-subject shots
-
-
-@dataclass
-class Task:
-    """A data set in one prompt format: items, how to prompt, when to stop, how to score."""
-
-    name: str
-    title: str
-    kind: Kind
-    split: str
-    items: list[Item]
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    chance: float
-    render: Callable[[Item], str]
-    shots: int = 0
-    note: str = ""
-    available: int = 0  # items in the split before --limit
-    chat: bool = False  # send the prompt as one user message (each member applies its template)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def text(self, item: Item) -> str:
-        """The prompt text of an item (few-shot examples included)."""
-        return self.render(item)
-
-    def prompt(self, item: Item) -> str | list[dict[str, str]]:
-        """What ``engine.generate`` gets: the text, or one user message in chat mode."""
-        text = self.render(item)
-        return [{"role": "user", "content": text}] if self.chat else text
-
-    def extract(self, output: str, item: Item) -> str | None:
-        """The answer read from a generation (a letter, a number as text, or the first line)."""
-        if self.kind == "choice":
-            return extract_choice(output, item.choices)
-        if self.kind == "number":
-            x = extract_number(output)
-            return None if x is None else f"{x:g}"
-        line = first_line(output)
-        return line or None
-
-    def is_correct(self, output: str, item: Item) -> bool:
-        got = self.extract(output, item)
-        if got is None:
-            return False
-        if self.kind == "choice":
-            return got in item.answers
-        if self.kind == "number":
-            x = _to_number(got)
-            return x is not None and any(
-                (g := _to_number(a)) is not None and abs(g - x) < 1e-6 for a in item.answers
-            )
-        norm = normalize_answer(got)
-        return any(norm == normalize_answer(a) for a in item.answers)
-
-
-# -- prompt formats --------------------------------------------------------------------------------
-
-MC_INSTRUCTION = "Answer with {letters}."
-
-
-def _letters_text(choices: Sequence[tuple[str, str]]) -> str:
-    letters = [c for c, _ in choices]
-    return ", ".join(letters[:-1]) + " or " + letters[-1] if len(letters) > 1 else letters[0]
-
-
-def mc_block(item: Item, answer: str | None = None) -> str:
-    opts = "\n".join(f"{letter}. {text}" for letter, text in item.choices)
-    tail = f" {answer}" if answer else ""
-    return f"Question: {item.question}\n{opts}\nAnswer:{tail}"
-
-
-def _mc_renderer(
-    header: str, shots_by_group: Mapping[str, Sequence[Item]]
-) -> Callable[[Item], str]:
-    def render(item: Item) -> str:
-        shots = shots_by_group.get(item.group) or shots_by_group.get("", ())
-        parts = [header.format(letters=_letters_text(item.choices))]
-        parts += [mc_block(s, s.answers[0]) for s in shots]
-        parts.append(mc_block(item))
-        return "\n\n".join(parts)
-
-    return render
-
-
-def _qa_renderer(prefix: str) -> Callable[[Item], str]:
-    def render(item: Item) -> str:
-        head = f"{prefix}\n\n" if prefix else ""
-        return f"{head}Question: {item.question}\nAnswer:"
-
-    return render
-
-
-def _math_renderer(prefix: str) -> Callable[[Item], str]:
-    def render(item: Item) -> str:
-        head = f"{prefix}\n\n\n" if prefix else ""
-        return f"{head}Question: {item.question}\nLet's think step by step\n"
-
-    return render
 
 
 # -- loaders ---------------------------------------------------------------------------------------
@@ -530,7 +335,7 @@ def load_task(
                         shots_by_group[it.group].append(it)
             else:
                 shots_by_group[""] = _sample(pool, n_shots, seed + 1)
-        render = _mc_renderer(header, shots_by_group)
+        render = mc_renderer(header, shots_by_group)
         chance = (
             spec.chance
             if spec.chance is not None
@@ -541,7 +346,7 @@ def load_task(
         if n_shots:
             assert spec.prompt_file is not None
             prefix = _few_shot_prefix(spec, root, n_shots)
-        render = _math_renderer(prefix) if spec.kind == "number" else _qa_renderer(prefix)
+        render = math_renderer(prefix) if spec.kind == "number" else qa_renderer(prefix)
         chance = spec.chance or 0.0
     return Task(
         name=spec.name,
@@ -574,98 +379,3 @@ def _few_shot_prefix(spec: DatasetSpec, root: Path, n_shots: int) -> str:
         raise ConfigError(f"{spec.title} has {len(blocks)} few-shot examples; asked for {n_shots}")
     sep = "\n\n\n" if spec.kind == "number" else "\n\n"
     return sep.join(head + blocks[:n_shots])
-
-
-# -- user examples ---------------------------------------------------------------------------------
-
-
-class CalibrationExample(BaseModel):
-    """One of the user's own examples: a question and its accepted answer(s).
-
-    With ``choices`` (``{"A": "...", "B": "..."}``) it is multiple choice and ``answer`` is the
-    letter; with numeric answers it is scored on the final number; otherwise by normalised exact
-    match of the first line against any answer.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    question: str = Field(min_length=1)
-    answer: str | list[str] = Field(description="The answer, or accepted aliases.")
-    choices: dict[str, str] | None = None
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise ConfigError(f"invalid CalibrationExample: {e}") from e
-
-    @field_validator("answer")
-    @classmethod
-    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
-        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
-            raise ValueError("an example needs an answer")
-        return v
-
-    @property
-    def answers(self) -> tuple[str, ...]:
-        return (self.answer,) if isinstance(self.answer, str) else tuple(self.answer)
-
-
-def _is_number(text: str) -> bool:
-    return _to_number(text) is not None
-
-
-def custom_task(
-    examples: Iterable[CalibrationExample | Mapping[str, Any]],
-    *,
-    kind: Kind | None = None,
-    instruction: str | None = None,
-    max_new_tokens: int | None = None,
-    chat: bool = False,
-    name: str = "examples",
-) -> Task:
-    """A task from the user's own examples (0-shot; the kind is inferred unless given)."""
-    exs = [e if isinstance(e, CalibrationExample) else CalibrationExample(**e) for e in examples]
-    if not exs:
-        raise ConfigError("no examples given")
-    if kind is None:
-        if all(e.choices for e in exs):
-            kind = "choice"
-        elif all(all(_is_number(a) for a in e.answers) for e in exs):
-            kind = "number"
-        else:
-            kind = "text"
-    items: list[Item] = []
-    for n, e in enumerate(exs):
-        choices = tuple((k.strip().upper(), v) for k, v in (e.choices or {}).items())
-        if kind == "choice" and len(choices) < 2:
-            raise ConfigError(f"example {n} has no choices; multiple choice needs two or more")
-        answers = tuple(a.strip().upper() for a in e.answers) if kind == "choice" else e.answers
-        items.append(Item(f"{name}/{n}", e.question.strip(), answers, choices))
-    if kind == "choice":
-        header = instruction or ("The following is a multiple choice question. " + MC_INSTRUCTION)
-        render = _mc_renderer(header, {})
-        chance = sum(1 / len(it.choices) for it in items) / len(items)
-        stop: tuple[str, ...]
-        default_tokens, stop = 4, ()
-    elif kind == "number":
-        render = _math_renderer(instruction or "Solve the problem. End with 'The answer is N'.")
-        chance, default_tokens, stop = 0.0, 256, ("\n\n\n", "\nQuestion:")
-    else:
-        render = _qa_renderer(
-            instruction or "Answer the question, and only return the final answer."
-        )
-        chance, default_tokens, stop = 0.0, 32, ("\n",)
-    return Task(
-        name=name,
-        title=name,
-        kind=kind,
-        split="given",
-        items=items,
-        max_new_tokens=max_new_tokens or default_tokens,
-        stop=stop,
-        chance=chance,
-        render=render,
-        available=len(items),
-        chat=chat,
-    )

@@ -3,8 +3,19 @@
 Members alone run as one-member engines that *share* the ensemble's loaded models (see
 :func:`member_engines`), so nothing is loaded twice. Prompts go through ``engine.generate`` in
 batches (sorted by length so rows of a batch pad little), greedy. The result is a typed report
-with accuracy and the number of items per system and data set, printable as a table, JSON, or a
-bar chart.
+with accuracy, its Wilson 95% interval and the number of items per system and data set, and the
+ensemble against its best member *paired on the same items* (difference with Newcombe's interval,
+exact McNemar p-value; see :mod:`.stats`), printable as a table, JSON, or a bar chart with
+interval whiskers.
+
+Two answer modes for multiple choice (``mode``):
+
+* ``free`` (the paper's): the system writes freely and the first option letter is read from it;
+  small members that ignore the format score below chance, which measures format-following;
+* ``constrained``: every system (each member alone and the ensemble alike) decodes under a grammar
+  that allows only an option letter (``Constraint.regex``), so the score measures the choice.
+
+``both`` runs each multiple-choice data set in both modes (other formats have one mode: free).
 """
 
 from __future__ import annotations
@@ -14,7 +25,6 @@ import platform
 import statistics
 import sys
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -24,19 +34,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
+from ..engine.constraints import Constraint
 from ..engine.engine import UniTEEngine
-from ..engine.members import LoadedMember
 from ..engine.results import GenerationResult
 from ..errors import ConfigError, ContextWindowError
-from .datasets import Task, load_task
-from .report import text_table
+from .datasets import load_task
+from .formatting import text_table
+from .stats import Interval, PairedComparison, compare_paired, wilson_interval
+from .tasks import Task
 
 __all__ = [
     "DatasetResult",
     "EvalReport",
     "ItemRecord",
     "MachineInfo",
+    "Mode",
     "SystemResult",
+    "choice_constraint",
+    "ensemble_vs_best",
     "evaluate",
     "evaluate_task",
     "member_engines",
@@ -45,44 +60,17 @@ __all__ = [
 ]
 
 ENSEMBLE = "ensemble"
+Mode = Literal["free", "constrained", "both"]
+AnswerMode = Literal["free", "constrained"]
 
 
 # -- one-member views over a loaded ensemble -------------------------------------------------------
 
 
-class _MemberView(UniTEEngine):
-    """A one-member engine over a member the ensemble already loaded (no second load).
-
-    It builds the usual engine around the given ``LoadedMember``; a single member decodes exactly
-    like the model's own greedy ``generate`` (the engine's tested guarantee).
-    """
-
-    def __init__(self, member: LoadedMember, parent: EnsembleConfig) -> None:
-        self._given = member
-        config = ensemble_config(
-            [member.spec],
-            top_k=parent.top_k,
-            retokenize_window=parent.retokenize_window,
-            cache_dir=parent.cache_dir,
-        )
-        super().__init__(config)
-
-    def _load(self, spec: MemberSpec, n: int) -> LoadedMember:
-        return self._given
-
-
-_views: weakref.WeakKeyDictionary[UniTEEngine, dict[str, UniTEEngine]] = weakref.WeakKeyDictionary()
-
-
 def member_engines(engine: UniTEEngine) -> dict[str, UniTEEngine]:
-    """Each member of ``engine`` as its own one-member engine, sharing the loaded model."""
-    if len(engine.members) == 1:
-        return {engine.member_names[0]: engine}
-    views = _views.get(engine)
-    if views is None:
-        views = {m.name: _MemberView(m, engine.config) for m in engine.members}
-        _views[engine] = views
-    return views
+    """Each member of ``engine`` as its own one-member engine, sharing the loaded model
+    (``UniTEEngine.member_engine``: no second load; cached and closed with the ensemble)."""
+    return {name: engine.member_engine(n) for n, name in enumerate(engine.member_names)}
 
 
 def resolve_engine(
@@ -133,7 +121,19 @@ class SystemResult(BaseModel):
     answer_counts: dict[str, int] | None = Field(
         default=None, description="Multiple choice: how often each letter was answered."
     )
+    interval: Interval | None = Field(
+        default=None, description="Wilson 95% interval of the accuracy."
+    )
+    item_correct: list[bool] = Field(
+        default_factory=list,
+        description="Per item (in the data set's order): right or wrong; for paired comparisons.",
+    )
     records: list[ItemRecord] | None = None
+
+    def accuracy_text(self) -> str:
+        """``"41.2 [38.1, 44.3]"``: percent with the 95% interval."""
+        iv = self.interval or wilson_interval(self.correct, self.n)
+        return iv.text()
 
 
 class DatasetResult(BaseModel):
@@ -147,9 +147,22 @@ class DatasetResult(BaseModel):
     chance: float
     max_new_tokens: int
     chat: bool = False
+    mode: AnswerMode = Field(
+        default="free",
+        description="free: read the letter from free text; constrained: letters only.",
+    )
     note: str = ""
     prompt_example: str = ""
     results: list[SystemResult]
+    comparison: PairedComparison | None = Field(
+        default=None,
+        description="The ensemble against the best member alone, paired on the same items.",
+    )
+
+    @property
+    def label(self) -> str:
+        """The title, with the answer mode for multiple choice."""
+        return f"{self.title} ({self.mode})" if self.kind == "choice" else self.title
 
     def result(self, system: str) -> SystemResult:
         for r in self.results:
@@ -201,6 +214,7 @@ class EvalReport(BaseModel):
     batch_size: int
     limit: int | None
     seed: int
+    mode: Mode = "free"
     datasets: list[DatasetResult]
     machine: MachineInfo
     started: str
@@ -212,19 +226,44 @@ class EvalReport(BaseModel):
         present = [s for s in systems if any(_has(d, s) for d in self.datasets)]
         rows = []
         for d in self.datasets:
-            row = [f"{d.title} ({d.split})", str(d.n), f"{100 * d.chance:.1f}"]
+            row = [f"{d.label}, {d.split}", str(d.n), f"{100 * d.chance:.1f}"]
             for s in present:
                 r = next((x for x in d.results if x.system == s), None)
-                row.append("-" if r is None else f"{100 * r.accuracy:.1f}")
+                row.append("-" if r is None else r.accuracy_text())
             rows.append(row)
+        compared = [d for d in self.datasets if d.comparison is not None]
         lines = [
-            text_table(["data set", "items", "chance %", *[f"{s} %" for s in present]], rows),
+            text_table(
+                ["data set", "items", "chance %", *[f"{s} % [95% CI]" for s in present]], rows
+            ),
             "",
+        ]
+        if compared:
+            lines += [
+                text_table(
+                    ["data set", "ensemble vs", "ens only", "best only", "difference (points)"],
+                    [
+                        [
+                            d.label,
+                            d.comparison.second,
+                            str(d.comparison.first_only),
+                            str(d.comparison.second_only),
+                            d.comparison.text(),
+                        ]
+                        for d in compared
+                        if d.comparison is not None
+                    ],
+                ),
+                "(paired on the same items: Newcombe 95% interval of the difference, "
+                "exact McNemar test)",
+                "",
+            ]
+        lines += [
             text_table(
                 ["data set", "system", "correct", "no answer", "median chars", "cut", "seconds"],
                 [
                     [
-                        d.title,
+                        d.label,
                         r.system,
                         f"{r.correct}/{r.n}",
                         str(r.no_answer),
@@ -255,20 +294,23 @@ class EvalReport(BaseModel):
         width = 0.8 / n_sys
         fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(self.datasets) * n_sys / 2 + 2), 4))
         for j, s in enumerate(systems):
-            xs, ys = [], []
+            xs, ys, lo, hi = [], [], [], []
             for i, d in enumerate(self.datasets):
                 r = next((x for x in d.results if x.system == s), None)
                 if r is not None:
+                    iv = r.interval or wilson_interval(r.correct, r.n)
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(100 * r.accuracy)
-            bars = ax.bar(xs, ys, width, label=s)
+                    lo.append(100 * (r.accuracy - iv.low))
+                    hi.append(100 * (iv.high - r.accuracy))
+            bars = ax.bar(xs, ys, width, label=s, yerr=[lo, hi], capsize=2, ecolor="#444")
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
         for i, d in enumerate(self.datasets):
             if d.chance > 0:
                 ax.hlines(100 * d.chance, i - 0.45, i + 0.45, colors="grey", linestyles="dashed")
         ax.set_xticks(range(len(self.datasets)))
-        ax.set_xticklabels([f"{d.title}\n(n={d.n})" for d in self.datasets])
-        ax.set_ylabel("accuracy (%)")
+        ax.set_xticklabels([f"{d.label}\n(n={d.n})" for d in self.datasets])
+        ax.set_ylabel("accuracy (%), whiskers: Wilson 95% interval")
         ax.set_title("members alone and the UniTE ensemble (dashed: chance)")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -288,31 +330,58 @@ def _has(d: DatasetResult, system: str) -> bool:
 Progress = Callable[[int], None]
 
 
+def choice_constraint(letters: Sequence[str]) -> Constraint:
+    """Only one of ``letters``, optionally after one space (``" B"`` follows ``"Answer:"``)."""
+    if not letters or not all(len(c) == 1 and c.isalpha() for c in letters):
+        raise ConfigError(f"option letters must be single letters, got {list(letters)!r}")
+    return Constraint.regex(f" ?[{''.join(sorted(set(letters)))}]")
+
+
+def _batches(keys: Sequence[tuple[Any, ...]], batch_size: int) -> list[list[int]]:
+    """Item indices in batches of equal ``key[0]`` (the constraint), sorted by the rest."""
+    order = sorted(range(len(keys)), key=lambda i: (*keys[i], i))
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < batch_size and keys[out[-1][0]][0] == keys[i][0]:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
 def run_task(
     engine: UniTEEngine,
     task: Task,
     *,
     batch_size: int = 16,
     progress: Progress | None = None,
+    constrained: bool = False,
 ) -> list[GenerationResult | None]:
     """Generate every item's answer (greedy), in batches of similar prompt length; item order.
 
+    ``constrained`` (multiple choice only): each answer is decoded under a grammar that allows
+    only the item's option letters; items with different option sets go in different batches.
     An item whose prompt does not fit a member's context window gets None (scored as wrong and
     counted in ``too_long``).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if constrained and task.kind != "choice":
+        raise ConfigError(
+            f"{task.title}: constrained answers need a multiple-choice task, not {task.kind!r}"
+        )
     prompts = [task.prompt(it) for it in task.items]
-    sizes = [len(task.text(it)) for it in task.items]
-    order = sorted(range(len(prompts)), key=lambda i: (sizes[i], i))
+    letters = ["".join(c for c, _ in it.choices) if constrained else "" for it in task.items]
+    keys = [(letters[i], len(task.text(it))) for i, it in enumerate(task.items)]
     out: list[GenerationResult | None] = [None] * len(prompts)
     options: dict[str, Any] = {
         "max_new_tokens": task.max_new_tokens,
         "temperature": 0.0,
         "stop": list(task.stop),
     }
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in _batches(keys, batch_size):
+        if constrained:
+            options["constraint"] = choice_constraint(letters[chunk[0]])
         try:
             results: list[GenerationResult | None] = list(
                 engine.generate([prompts[i] for i in chunk], **options)
@@ -345,11 +414,13 @@ def score_results(
     no_answer = 0
     letters: Counter[str] = Counter()
     records: list[ItemRecord] = []
+    item_correct: list[bool] = []
     too_long = 0
     for item, r in zip(task.items, results):
         if r is None:
             too_long += 1
             no_answer += 1
+            item_correct.append(False)
             if keep_records:
                 records.append(
                     ItemRecord(
@@ -360,6 +431,7 @@ def score_results(
         got = task.extract(r.text, item)
         ok = task.is_correct(r.text, item)
         correct += ok
+        item_correct.append(ok)
         no_answer += got is None
         if task.kind == "choice" and got is not None:
             letters[got] += 1
@@ -391,8 +463,22 @@ def score_results(
         no_answer=no_answer,
         too_long=too_long,
         answer_counts=dict(sorted(letters.items())) if task.kind == "choice" else None,
+        interval=wilson_interval(correct, n),
+        item_correct=item_correct,
         records=records if keep_records else None,
     )
+
+
+def ensemble_vs_best(results: Sequence[SystemResult]) -> PairedComparison | None:
+    """The ensemble against the most accurate member (first on ties), paired on the items."""
+    members = [r for r in results if r.kind == "member"]
+    ens = next((r for r in results if r.kind == "ensemble"), None)
+    if ens is None or not members:
+        return None
+    best = max(members, key=lambda r: r.correct)  # max keeps the first of equals
+    if len(best.item_correct) != ens.n or len(ens.item_correct) != ens.n:
+        return None
+    return compare_paired(ens.item_correct, best.item_correct, names=(ens.system, best.system))
 
 
 def _bar(total: int, enabled: bool, desc: str) -> Any:
@@ -410,8 +496,10 @@ def evaluate_task(
     batch_size: int = 16,
     progress: bool = True,
     keep_records: bool = False,
+    constrained: bool = False,
 ) -> DatasetResult:
-    """One data set: each member alone (if asked), then the ensemble (if asked)."""
+    """One data set: each member alone (if asked), then the ensemble (if asked), in one answer
+    mode (``constrained``: option letters only, multiple choice)."""
     if not task.items:
         raise ConfigError(f"{task.title}: no items to evaluate")
     systems: list[tuple[str, Literal["member", "ensemble"], UniTEEngine]] = []
@@ -422,11 +510,14 @@ def evaluate_task(
     if not systems:
         raise ConfigError("nothing to evaluate: enable members_alone or ensemble")
     results: list[SystemResult] = []
-    with _bar(len(task.items) * len(systems), progress, task.title) as bar:
+    desc = f"{task.title} (constrained)" if constrained else task.title
+    with _bar(len(task.items) * len(systems), progress, desc) as bar:
         for name, kind, eng in systems:
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
-            outs = run_task(eng, task, batch_size=batch_size, progress=bar.update)
+            outs = run_task(
+                eng, task, batch_size=batch_size, progress=bar.update, constrained=constrained
+            )
             results.append(
                 score_results(
                     task,
@@ -449,8 +540,10 @@ def evaluate_task(
         max_new_tokens=task.max_new_tokens,
         note=task.note,
         chat=task.chat,
+        mode="constrained" if constrained else "free",
         prompt_example=task.text(task.items[0]),
         results=results,
+        comparison=ensemble_vs_best(results),
     )
 
 
@@ -468,6 +561,7 @@ def evaluate(
     ensemble: bool = True,
     progress: bool = True,
     keep_records: bool = False,
+    mode: Mode = "free",
     data_dir: str | Path | None = None,
     top_k: int = 10,
     weights: Sequence[float] | None = None,
@@ -476,10 +570,14 @@ def evaluate(
     """Evaluate each member alone and the ensemble on data sets (names or prepared tasks).
 
     ``limit`` draws a seeded sample of that many items per data set (``seed``); ``split`` is
-    ``test`` for reporting, ``dev``/``train`` for tuning.
+    ``test`` for reporting, ``dev``/``train`` for tuning. ``mode`` applies to multiple-choice
+    data sets: ``free`` (the paper's), ``constrained`` (option letters only) or ``both`` (two
+    results per such data set); other formats are always free-form.
     """
     if not datasets:
         raise ConfigError("no data sets given")
+    if mode not in ("free", "constrained", "both"):
+        raise ConfigError(f"mode must be 'free', 'constrained' or 'both', got {mode!r}")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     tasks = [
@@ -489,6 +587,14 @@ def evaluate(
         for d in datasets
     ]
     engine = resolve_engine(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    runs: list[tuple[Task, bool]] = []
+    for t in tasks:
+        if t.kind != "choice" or mode == "free":
+            runs.append((t, False))
+        elif mode == "constrained":
+            runs.append((t, True))
+        else:
+            runs += [(t, False), (t, True)]
     results = [
         evaluate_task(
             engine,
@@ -498,8 +604,9 @@ def evaluate(
             batch_size=batch_size,
             progress=progress,
             keep_records=keep_records,
+            constrained=constrained,
         )
-        for t in tasks
+        for t, constrained in runs
     ]
     return EvalReport(
         members=engine.member_names,
@@ -509,6 +616,7 @@ def evaluate(
         batch_size=batch_size,
         limit=limit,
         seed=seed,
+        mode=mode,
         datasets=results,
         machine=MachineInfo.current(engine),
         started=started,

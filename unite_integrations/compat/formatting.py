@@ -1,0 +1,30 @@
+"""Plain-text formatting shared by the compatibility report and the evaluation tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["num", "pct", "ratio_text", "text_table"]
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def ratio_text(r: float | None) -> str:
+    return "-" if r is None else "inf" if math.isinf(r) else f"{r:.2f}x"
+
+
+def num(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain fixed-width table (no dependencies), left-aligned, with a rule under the header."""
+    cols = list(zip(*([list(headers)] + [list(r) for r in rows])))
+    widths = [max(len(c) for c in col) for col in cols]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join([line, rule, *body])

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("uvicorn")
 
 from server_harness import running, serving
+from test_cancellation import gate_after
 
 PROMPTS = ["Hello world", "The quick brown fox", "1 + 1 =", "Once upon a time"]
 
@@ -109,12 +110,17 @@ def test_disconnect_mid_stream_cancels_the_request(base):
     assert r2.usage.completion_tokens <= 2
 
 
-def test_disconnect_before_a_plain_answer_cancels_it(base):
+def test_disconnect_before_a_plain_answer_cancels_it(base, make_engine, tiny_dirs):
     """A non-streaming client that gives up (its timeout) frees the row too."""
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=4)
     before = _metric(base, "unite_requests_cancelled_total")
     body = {**_stream_body(480), "stream": False}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(base + "/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
+    # Decoding is held at a gate after the prefill, so the answer cannot come before the
+    # client's read timeout, however fast the machine.
+    with gate_after(engine.members[0].model, forwards=1) as opened:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
+        opened.set()
     _wait_for(
         lambda: _metric(base, "unite_requests_cancelled_total") == before + 1, "cancel counted"
     )
@@ -148,7 +154,12 @@ def test_graceful_shutdown_finishes_in_flight_streams(make_engine, tiny_dirs):
 
 def test_shutdown_past_the_grace_period_cancels_streams(make_engine, tiny_dirs):
     engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=4)
-    with serving(engine, model_name="tiny", graceful_timeout=1) as (url, server):
+    # The primary's forward passes are held at a gate after the first steps, so the stream is
+    # provably still decoding when the grace period ends, however fast the machine.
+    with (
+        serving(engine, model_name="tiny", graceful_timeout=1) as (url, server),
+        gate_after(engine.members[0].model, forwards=3) as opened,
+    ):
         metrics = server.config.app.state.unite.metrics
         with httpx.stream(
             "POST", url + "/chat/completions", json=_stream_body(480), timeout=60
@@ -159,6 +170,7 @@ def test_shutdown_past_the_grace_period_cancels_streams(make_engine, tiny_dirs):
             with pytest.raises(httpx.HTTPError):  # the stream is cut: no [DONE]
                 for line in lines:
                     assert line != "data: [DONE]"
+        opened.set()
     _wait_for(lambda: metrics.cancelled == 1, "the cut stream counted as cancelled")
 
 

@@ -35,6 +35,7 @@ class ChatDefaults:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    gate: float | None = None
     stop: tuple[str, ...] = ()
     parallel_tool_calls: bool = False
     max_json_string_length: int | None = 512
@@ -90,6 +91,7 @@ def engine_options(
         "temperature": _pick(options.temperature, defaults.temperature),
         "top_p": _pick(options.top_p, defaults.top_p),
         "seed": _pick(options.seed, defaults.seed),
+        "gate": _pick(options.gate, defaults.gate),
         "stop": () if forced else stop,
     }
     GenerationOptions(**resolved)  # every value checked here, as the engine will

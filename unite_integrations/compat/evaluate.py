@@ -202,6 +202,7 @@ class EvalReport(BaseModel):
     limit: int | None
     seed: int
     datasets: list[DatasetResult]
+    gate: float | None = None  # the ensemble's gate (None: full UniTE)
     machine: MachineInfo
     started: str
     seconds: float
@@ -294,6 +295,7 @@ def run_task(
     *,
     batch_size: int = 16,
     progress: Progress | None = None,
+    gate: float | None = None,
 ) -> list[GenerationResult | None]:
     """Generate every item's answer (greedy), in batches of similar prompt length; item order.
 
@@ -310,6 +312,7 @@ def run_task(
         "max_new_tokens": task.max_new_tokens,
         "temperature": 0.0,
         "stop": list(task.stop),
+        "gate": gate,
     }
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
@@ -410,8 +413,9 @@ def evaluate_task(
     batch_size: int = 16,
     progress: bool = True,
     keep_records: bool = False,
+    gate: float | None = None,
 ) -> DatasetResult:
-    """One data set: each member alone (if asked), then the ensemble (if asked)."""
+    """One data set: each member alone (if asked), then the ensemble (if asked, with ``gate``)."""
     if not task.items:
         raise ConfigError(f"{task.title}: no items to evaluate")
     systems: list[tuple[str, Literal["member", "ensemble"], UniTEEngine]] = []
@@ -426,7 +430,8 @@ def evaluate_task(
         for name, kind, eng in systems:
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
-            outs = run_task(eng, task, batch_size=batch_size, progress=bar.update)
+            g = gate if kind == "ensemble" else None
+            outs = run_task(eng, task, batch_size=batch_size, progress=bar.update, gate=g)
             results.append(
                 score_results(
                     task,
@@ -472,11 +477,13 @@ def evaluate(
     top_k: int = 10,
     weights: Sequence[float] | None = None,
     cache_dir: str | Path | None = None,
+    gate: float | None = None,
 ) -> EvalReport:
     """Evaluate each member alone and the ensemble on data sets (names or prepared tasks).
 
     ``limit`` draws a seeded sample of that many items per data set (``seed``); ``split`` is
-    ``test`` for reporting, ``dev``/``train`` for tuning.
+    ``test`` for reporting, ``dev``/``train`` for tuning. ``gate``: gated ensembling for the
+    ensemble (``GenerationOptions.gate``; None: full UniTE).
     """
     if not datasets:
         raise ConfigError("no data sets given")
@@ -498,6 +505,7 @@ def evaluate(
             batch_size=batch_size,
             progress=progress,
             keep_records=keep_records,
+            gate=gate,
         )
         for t in tasks
     ]
@@ -510,6 +518,7 @@ def evaluate(
         limit=limit,
         seed=seed,
         datasets=results,
+        gate=gate,
         machine=MachineInfo.current(engine),
         started=started,
         seconds=time.perf_counter() - t0,

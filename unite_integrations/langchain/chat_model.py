@@ -115,6 +115,11 @@ class UniTEChatModel(BaseChatModel):
     seed: int | None = None
     """Seed for sampling: the same seed gives the same text."""
 
+    gate: float | None = None
+    """Gated ensembling: where the primary member's top-1 probability is at least ``gate``
+    (and ``gate < 1``), its token is taken without consulting the others (faster); ``None``:
+    full UniTE. A call's ``gate`` (``invoke(..., gate=0.9)``) overrides it."""
+
     stop: list[str] | None = None
     """Strings that end generation, of any length; never part of the output. A call's ``stop``
     (a bare string is one stop string) replaces these. Not applied to forced tool calls and
@@ -180,6 +185,7 @@ class UniTEChatModel(BaseChatModel):
             "min_tokens": self.min_tokens,
             "top_p": self.top_p,
             "seed": self.seed,
+            "gate": self.gate,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

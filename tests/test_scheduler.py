@@ -131,8 +131,8 @@ def test_overload_fails_at_once_and_the_engine_goes_on(make_engine, tiny_dirs):
         max_batch_rows=1,
         max_queue=2,
     )
-    [running] = small.submit(["Once upon a time"], stream=True, max_new_tokens=300,
-                             min_new_tokens=300)
+    [running] = small.submit(["Once upon a time"], stream=True, max_new_tokens=450,
+                             min_new_tokens=450)
     assert isinstance(running.next_event(), Delta)  # admitted: the one row is taken
     waiting = small.submit(["Hello world", "x"], max_new_tokens=4)  # two requests of one row
     assert len(waiting) == 2 and small.metrics().queued == 2
@@ -252,3 +252,49 @@ def test_a_script_that_ends_while_decoding_exits_cleanly(end):
 def test_real_pair_script_that_abandons_a_stream_exits_cleanly():
     done = _exit_code('e = UniTEEngine(["smollm2-135m-instruct", "gemma-3-270m"])', "del it")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.real
+@pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING))
+def test_real_pair_rows_join_and_leave_past_gemmas_sliding_window():
+    """A row past Gemma-3's 512-token window joins a running short row and leaves before it (its
+    extra columns are trimmed); both, and a third joining later, equal their answers alone."""
+    pair = UniTEEngine(["smollm2-135m-instruct", "gemma-3-270m"], check_invariants=True)
+    long = " ".join(f"Item {n}: the {['red', 'blue', 'green'][n % 3]} box." for n in range(90))
+    long += "\nThe last item is"
+    assert len(pair.members[1].encode_prompt(long)) > 512
+    short, late = "The capital of France is", "def fibonacci(n):\n"
+    alone = {
+        p: pair.generate([p], max_new_tokens=n)[0].text
+        for p, n in ((short, 40), (long, 10), (late, 8))
+    }
+    before = pair.stats["steps"]
+    running = pair.stream(short, max_new_tokens=40)
+    first = next(running).text
+    got_long = pair.generate([long], max_new_tokens=10)[0].text  # joins, then leaves first
+    got_late = pair.generate([late], max_new_tokens=8)[0].text  # joins the trimmed batch
+    got_short = first + "".join(c.text for c in running)
+    assert {short: got_short, long: got_long, late: got_late} == alone
+    assert pair.stats["steps"] - before < 40 + 10 + 8  # they shared steps
+    pair.close()
+
+
+def test_a_request_that_cannot_start_fails_alone(engine, monkeypatch):
+    """A failure while admitting one request (here its generator) fails that request only."""
+    from unite_integrations.engine import engine as engine_module
+
+    running = engine.stream("Once upon a time", max_new_tokens=40, min_new_tokens=40)
+    first = next(running).text
+    real = engine_module._generator
+
+    def broken(opts, device):
+        if opts.seed == 13:
+            raise RuntimeError("no generator today")
+        return real(opts, device)
+
+    monkeypatch.setattr(engine_module, "_generator", broken)
+    with pytest.raises(RuntimeError, match="no generator today"):
+        engine.generate(["Hello"], temperature=1.0, seed=13, max_new_tokens=4)
+    rest = "".join(c.text for c in running)
+    assert first + rest == engine.generate(["Once upon a time"], max_new_tokens=40,
+                                           min_new_tokens=40)[0].text

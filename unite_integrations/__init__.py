@@ -20,8 +20,10 @@ from .engine.registry import get_engine
 from .errors import (
     ConfigError,
     ContextWindowError,
+    EngineClosedError,
     InputError,
     ModelLoadError,
+    OverloadedError,
     TokenizerError,
     UniteError,
 )
@@ -52,12 +54,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ConfigError",
     "ContextWindowError",
+    "EngineClosedError",
     "EnsembleConfig",
     "GenerationOptions",
     "GenerationResult",
     "InputError",
     "MemberSpec",
     "ModelLoadError",
+    "OverloadedError",
     "Provenance",
     "StreamChunk",
     "TokenProvenance",

@@ -5,6 +5,7 @@ Examples::
     unite generate "The capital of France is"
     unite generate --chat "Tell me a joke" --member smollm2-135m-instruct --member gemma-3-270m
     unite generate "Once upon a time" --provenance --max-new-tokens 24
+    unite serve -m smollm2-135m-instruct -m gemma-3-270m --port 8000
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     from .compat.cli import add_subcommands  # `unite check` and `unite eval`
 
     add_subcommands(sub)
+    from .server.cli import add_subcommands as add_serve  # `unite serve`
+
+    add_serve(sub)
     return parser
 
 

@@ -1,15 +1,20 @@
 """The ensemble engine: torch + transformers only; knows nothing of LangChain or LlamaIndex."""
 
 from .config import EnsembleConfig, GenerationOptions, MemberSpec
-from .engine import UniTEEngine
+from .engine import EngineMetrics, UniTEEngine
 from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
+from .scheduler import Delta, Done, Request
 
 __all__ = [
+    "Delta",
+    "Done",
+    "EngineMetrics",
     "EnsembleConfig",
     "GenerationOptions",
     "GenerationResult",
     "MemberSpec",
     "Provenance",
+    "Request",
     "StreamChunk",
     "TokenProvenance",
     "UniTEEngine",

@@ -93,6 +93,8 @@ class Batch:
 
     def add(self, prompts: list[list[list[int]]], rows: list[RowState]) -> None:
         """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them."""
+        if not rows:
+            return
         _run(self.ens, [partial(b.add_rows, p) for b, p in zip(self.members, prompts)])
         self.rows += rows
         for u in self.updates:
@@ -274,6 +276,8 @@ def _votes(ens: Ensemble, alone: Union, gates: list[float]) -> list[bool]:
 
 def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
     """[B] one uniform draw per sampled row from its own generator (0 for greedy rows)."""
+    if all(r.generator is None for r in rows):
+        return torch.zeros(len(rows), device=device)
     zero = torch.zeros((), device=device)
     return torch.stack(
         [
@@ -283,8 +287,10 @@ def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
     )
 
 
-#: Steps kept in hand beyond the shortest completion when deciding to close (see ``closing_need``).
-CLOSING_MARGIN = 1
+#: Steps kept in hand beyond what the closing rule needs when deciding to close. The look-ahead of
+#: ``closing_need`` follows the very tokens the rule will pick, so no step is needed in hand; a
+#: larger margin closes earlier (and takes steps from the model's own arguments).
+CLOSING_MARGIN = 0
 _CLOSERS = b'"}],0'
 
 

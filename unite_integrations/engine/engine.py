@@ -454,17 +454,21 @@ class _Live:
         new: list[RowState] = []
         for req in arrivals:
             job, opts = req.job, req.job.options
-            rows = [
-                RowState(
-                    RowText(opts.stop),
-                    opts,
-                    matcher=ByteMatcher(job.constraint) if job.constraint else None,
-                    generator=_generator(opts, home),
-                    n_in=[len(p[r]) for p in job.prompts],
-                    owner=req,
-                )
-                for r in range(job.n_rows)
-            ]
+            try:  # a request that cannot start fails alone, before it touches the batch
+                rows = [
+                    RowState(
+                        RowText(opts.stop),
+                        opts,
+                        matcher=ByteMatcher(job.constraint) if job.constraint else None,
+                        generator=_generator(opts, home),
+                        n_in=[len(p[r]) for p in job.prompts],
+                        owner=req,
+                    )
+                    for r in range(job.n_rows)
+                ]
+            except Exception as e:
+                req.events.put(Failed(e))
+                continue
             self.rows[req] = rows
             new += rows
             for i, p in enumerate(job.prompts):
@@ -494,7 +498,10 @@ def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator
     if opts.temperature <= 0:
         return None
     gen = torch.Generator(device=device)
-    gen.manual_seed(opts.seed if opts.seed is not None else int(torch.seed()))
+    if opts.seed is None:
+        gen.seed()  # a fresh random seed, leaving torch's global generator alone
+    else:
+        gen.manual_seed(opts.seed)
     return gen
 
 

@@ -25,13 +25,13 @@ def get_engine(config: EnsembleConfig) -> UniTEEngine:
     key = config.model_dump_json()
     with _guard:
         engine = _engines.get(key)
-        if engine is not None:
+        if engine is not None and not engine.closed:
             return engine
         lock = _loading.setdefault(key, threading.Lock())
     with lock:  # one thread loads; others wait for it rather than loading the same models
         with _guard:
             engine = _engines.get(key)
-        if engine is None:
+        if engine is None or engine.closed:  # a closed engine is replaced by a fresh one
             engine = UniTEEngine(config)
             with _guard:
                 _engines[key] = engine

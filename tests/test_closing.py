@@ -1,0 +1,107 @@
+"""Constrained rows close as late as is safe: the budget left is compared, every step, with the
+steps the closing rule needs from the grammar state, so the model writes its own arguments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REAL_MODELS_MISSING
+from test_constraints import CONVERSATIONS, PERSON, TOOLS
+
+from unite_integrations import MemberSpec, UniTEEngine
+from unite_integrations.engine.constraints import ByteMatcher, Constraint, parse_tool_calls
+from unite_integrations.engine.decode import closing_need
+from unite_integrations.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def roomy(tiny_dirs) -> UniTEEngine:
+    return UniTEEngine(
+        [
+            MemberSpec(source=str(tiny_dirs[f]), context_window=4096)
+            for f in ("bytelevel_bpe", "sentencepiece_bpe")
+        ],
+        top_k=5,
+        check_invariants=True,
+    )
+
+
+def shortest(engine: UniTEEngine, constraint: Constraint) -> int:
+    return closing_need(engine._ens, ByteMatcher(constraint), b"", 10_000)
+
+
+CASES = {
+    "forced call, unbounded strings": Constraint.tool_calls(TOOLS, "get_weather",
+                                                            max_string_length=None),
+    "any call": Constraint.tool_calls(TOOLS, "required", max_string_length=16),
+    "schema, unbounded strings": Constraint.json_schema(PERSON, max_string_length=None),
+    "regex": Constraint.regex("[a-z]+b"),
+}
+
+
+def parses(kind: str, text: str) -> bool:
+    if kind == "json_schema":
+        data = json.loads(text)
+        return isinstance(data["name"], str) and isinstance(data["age"], int)
+    if kind == "regex":
+        return text[-1] == "b" and text[:-1].isalpha()
+    content, calls = parse_tool_calls(text)
+    return bool(calls) and content == ""
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_budget_that_holds_the_shortest_text_gives_a_parsing_one(roomy, case):
+    constraint = CASES[case]
+    need = shortest(roomy, constraint)
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        roomy.generate(["x"], constraint=constraint, max_new_tokens=need - 1)
+    prompts = CONVERSATIONS[:2] if constraint.kind == "tool_calls" else ["A person:", "x"]
+    for budget in range(need, need + 36, 5):
+        for r in roomy.generate(prompts, tools=TOOLS, constraint=constraint,
+                                max_new_tokens=budget):
+            assert parses(constraint.kind, r.text), (budget, r.text)
+            assert r.finish_reason == "stop", (budget, r.text)
+
+
+def test_the_closing_starts_no_earlier_than_it_must(roomy):
+    """At the shortest budget every step is the closing rule's; one more step and the model
+    chooses at least once (probabilities of a union choice are above 0)."""
+    constraint = CASES["schema, unbounded strings"]
+    need = shortest(roomy, constraint)
+    tight = roomy.generate(["A person:"], constraint=constraint, max_new_tokens=need)[0]
+    assert tight.usage.output_tokens == need - 1  # the END is the last step
+    roomy_budget = roomy.generate(["A person:"], constraint=constraint,
+                                  max_new_tokens=need + 20)[0]
+    assert json.loads(roomy_budget.text)
+    assert any(max(t.probs.values()) > 0 for t in roomy_budget.provenance.tokens)
+
+
+MAGIC = [
+    {
+        "type": "function",
+        "function": {
+            "name": "magic_function",
+            "description": "Applies a magic function to an input.",
+            "parameters": {
+                "type": "object",
+                "properties": {"input": {"type": "integer"}},
+                "required": ["input"],
+            },
+        },
+    }
+]
+
+
+@pytest.mark.real
+@pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING))
+def test_real_pair_forced_call_keeps_the_models_argument_at_32_tokens():
+    engine = UniTEEngine(["smollm2-135m-instruct", "gemma-3-270m"])
+    conversation = [
+        {"role": "user", "content": "What is the value of magic_function(3)? Use the tool."}
+    ]
+    constraint = Constraint.tool_calls(MAGIC, "magic_function")
+    r = engine.generate([conversation], tools=MAGIC, constraint=constraint, max_new_tokens=32)[0]
+    _, calls = parse_tool_calls(r.text)
+    assert [(c.name, c.arguments) for c in calls] == [("magic_function", {"input": 3})], r.text
+    engine.close()

@@ -1,0 +1,102 @@
+"""Rows joining and leaving a member's KV cache (``MemberBatch.add_rows``/``keep_rows``) give every
+row the logits it gets alone, for full-attention and sliding-window layers (Gemma-3's kind)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unite_integrations.engine.sequences import MemberBatch
+
+WINDOW = 6  # tiny, so that prompts and generations pass it
+
+
+@pytest.fixture(scope="module")
+def gemma3() -> torch.nn.Module:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=256,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+def alone_logits(model, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
+    b = MemberBatch(model, [prompt], 0)
+    b.prefill()
+    out = [b.next_logits()[0].clone()]
+    for t in tokens:
+        b.advance([(len(b.ids[0]), [t])])
+        out.append(b.next_logits()[0].clone())
+    return out
+
+
+def test_rows_joining_and_leaving_keep_their_own_logits(gemma3):
+    g = torch.Generator().manual_seed(1)
+    lengths = [3, 11, 5, 9]  # rows 1 and 3 start past the sliding window
+    prompts = {n: torch.randint(1, 97, (k,), generator=g).tolist() for n, k in enumerate(lengths)}
+    tokens = {n: torch.randint(1, 97, (12,), generator=g).tolist() for n in prompts}
+    expected = {n: alone_logits(gemma3, prompts[n], tokens[n]) for n in prompts}
+    batch = MemberBatch(gemma3, [], 0)
+    rows: list[int] = []  # batch row r is prompt rows[r]
+    steps = dict.fromkeys(prompts, 0)
+    checked = 0
+
+    def check() -> None:
+        nonlocal checked
+        for r, n in enumerate(rows):
+            want = expected[n][steps[n]]
+            torch.testing.assert_close(batch.next_logits()[r], want, rtol=1e-4, atol=1e-4)
+            checked += 1
+
+    def step(times: int) -> None:
+        for _ in range(times):
+            batch.advance([(len(batch.ids[r]), [tokens[n][steps[n]]]) for r, n in enumerate(rows)])
+            for n in rows:
+                steps[n] += 1
+            check()
+
+    batch.add_rows([prompts[0]])  # a short row alone
+    rows += [0]
+    check()
+    step(3)
+    batch.add_rows([prompts[1], prompts[2]])  # a wider row and another join the running one
+    rows += [1, 2]
+    check()
+    step(4)
+    batch.keep_rows([0, 2])  # the widest row leaves: leading columns are trimmed
+    rows.remove(1)
+    check()
+    batch.add_rows([prompts[3]])
+    rows += [3]
+    check()
+    step(3)
+    batch.keep_rows([2])  # row 3 goes on alone
+    rows[:] = [3]
+    check()
+    step(2)
+    assert checked == 1 + 3 + 3 + 4 * 3 + 2 + 3 + 3 * 3 + 1 + 2
+
+
+def test_keep_rows_trims_columns_no_row_uses(gemma3):
+    batch = MemberBatch(gemma3, [[1, 2, 3], list(range(1, 15))], 0)
+    batch.prefill()
+    assert batch.mask.shape[1] == 14
+    batch.keep_rows([0])
+    assert batch.mask.shape[1] == 3 and batch.cols == [[0, 1, 2]]
+    for layer in batch.cache.layers:
+        assert layer.keys.shape[0] == 1 and layer.keys.shape[-2] <= 3
+    batch.keep_rows([])
+    assert batch.n_rows == 0
+    batch.add_rows([[4, 5]])
+    assert batch.n_rows == 1 and batch.mask.shape == (1, 2)

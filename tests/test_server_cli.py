@@ -1,0 +1,66 @@
+"""``unite serve``: its options reach ``serve()`` (the server itself is tested in-process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from unite_integrations import cli
+
+pytest.importorskip("uvicorn")
+
+
+def test_serve_options_reach_serve(monkeypatch, tiny_dirs):
+    from unite_integrations.server import run
+
+    seen: dict[str, object] = {}
+
+    def fake_serve(members, **kwargs):
+        seen.update(kwargs, members=members)
+
+    monkeypatch.setattr(run, "serve", fake_serve)
+    monkeypatch.delenv("UNITE_API_KEY", raising=False)
+    a, b = str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])
+    code = cli.main(
+        [
+            "serve",
+            "-m",
+            a,
+            "-m",
+            b,
+            "-w",
+            "2",
+            "-w",
+            "1",
+            "--port",
+            "9001",
+            "--api-key",
+            "k",
+            "--max-tokens",
+            "32",
+            "--model-name",
+            "ens",
+        ]
+    )
+    assert code == 0
+    assert [m.source for m in seen["members"]] == [a, b]
+    assert [m.weight for m in seen["members"]] == [2.0, 1.0]
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 9001 and seen["api_key"] == "k"
+    assert seen["model_name"] == "ens" and seen["defaults"].max_tokens == 32
+
+
+def test_serve_key_from_environment_and_bad_weights(monkeypatch, capsys):
+    from unite_integrations.server import run
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(run, "serve", lambda members, **kw: seen.update(kw))
+    monkeypatch.setenv("UNITE_API_KEY", "from-env")
+    assert cli.main(["serve", "-m", "a"]) == 0 and seen["api_key"] == "from-env"
+    assert cli.main(["serve", "-m", "a", "-w", "1", "-w", "2"]) == 2
+    assert "--weight" in capsys.readouterr().err
+
+
+def test_serve_help_mentions_the_binding(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--host" in out and "127.0.0.1" in out and "--api-key" in out

@@ -98,3 +98,74 @@ def test_gated_share_counts_gated_tokens(hetero: UniTEEngine) -> None:
 def test_bad_gate_is_refused(hetero: UniTEEngine, bad: object) -> None:
     with pytest.raises(ConfigError, match="gate"):
         hetero.generate(["x"], max_new_tokens=2, gate=bad)
+
+
+# -- the option through every front end ---------------------------------------------------------
+
+
+def test_chat_core_resolves_gate() -> None:
+    from unite_integrations.chat import ChatDefaults
+    from unite_integrations.chat.options import engine_options
+    from unite_integrations.chat.types import ChatOptions
+
+    assert engine_options(ChatDefaults(), ChatOptions())["gate"] is None
+    assert engine_options(ChatDefaults(gate=0.9), ChatOptions())["gate"] == 0.9
+    assert engine_options(ChatDefaults(gate=0.9), ChatOptions(gate=1.0))["gate"] == 1.0
+    with pytest.raises(ConfigError, match="gate"):
+        engine_options(ChatDefaults(), ChatOptions(gate=2.0))
+
+
+def test_adapters_pass_gate() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from unite_integrations.langchain._messages import to_core_request
+    from unite_integrations.llama_index._messages import call_options
+
+    req = to_core_request([HumanMessage("hi")], None, {"gate": 0.7}, "m")
+    assert req.options.gate == 0.7
+    assert call_options({"gate": 0.7}).gate == 0.7
+
+
+def test_langchain_and_llama_index_fields_gate(tiny_dirs, cache_dir) -> None:  # type: ignore[no-untyped-def]
+    """The field gates every call; a call's ``gate`` overrides it (1.0: full UniTE)."""
+    from llama_index.core.llms import ChatMessage
+
+    from unite_integrations.langchain import UniTEChatModel
+    from unite_integrations.llama_index import UniTELLM
+
+    members = [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])]
+    kw = {"members": members, "top_k": 5, "cache_dir": str(cache_dir)}
+    gated = UniTEChatModel(**kw, max_tokens=6, gate=0.0)  # type: ignore[arg-type]
+    full = UniTEChatModel(**kw, max_tokens=6)  # type: ignore[arg-type]
+    assert gated.invoke("Hello world").content == full.invoke("Hello world", gate=0.0).content
+    assert gated.invoke("Hello world", gate=1.0).content == full.invoke("Hello world").content
+    assert gated.invoke("Hello world").response_metadata["provenance"]["gated_share"] == 1.0
+    li = UniTELLM(**kw, max_new_tokens=6, gate=0.0)  # type: ignore[arg-type]
+    msg = [ChatMessage(role="user", content="Hello world")]
+    assert li.chat(msg).message.content == gated.invoke("Hello world").content
+
+
+def test_cli_parses_gate() -> None:
+    from unite_integrations.cli import _parser
+
+    assert _parser().parse_args(["generate", "x", "--gate", "0.9"]).gate == 0.9
+    assert _parser().parse_args(["generate", "x"]).gate is None
+    args = _parser().parse_args(["eval", "-d", "arc", "--gate", "0.5"])
+    assert args.gate == 0.5
+
+
+def test_server_extension_field_gate(hetero: UniTEEngine) -> None:
+    pytest.importorskip("uvicorn")
+    import httpx
+    from server_harness import running
+
+    user = [{"role": "user", "content": "Hello world"}]
+    want = hetero.generate([user], max_new_tokens=6, gate=0.0)[0]
+    with running(hetero, model_name="tiny") as url:
+        body = {"model": "tiny", "messages": user, "max_tokens": 6, "unite": {"gate": 0.0}}
+        r = httpx.post(url + "/chat/completions", json=body, timeout=60).json()
+        assert r["choices"][0]["message"]["content"] == want.text
+        assert r["unite"]["gated_share"] == 1.0
+        body["unite"] = {"gate": 1.5}
+        bad = httpx.post(url + "/chat/completions", json=body, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "unite.gate"

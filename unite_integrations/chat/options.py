@@ -91,9 +91,11 @@ def engine_options(
         "temperature": _pick(options.temperature, defaults.temperature),
         "top_p": _pick(options.top_p, defaults.top_p),
         "seed": _pick(options.seed, defaults.seed),
-        "gate": _pick(options.gate, defaults.gate),
         "stop": () if forced else stop,
     }
+    gate = _pick(options.gate, defaults.gate)
+    if gate is not None:  # absent: full UniTE, as before the option existed
+        resolved["gate"] = gate
     GenerationOptions(**resolved)  # every value checked here, as the engine will
     return resolved
 

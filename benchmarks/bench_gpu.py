@@ -66,7 +66,7 @@ def build(kind: str, small: bool, out: Path) -> Path:
         n, pattern = config.num_hidden_layers, config.layer_types
         config.layer_types = [pattern[i % len(pattern)] for i in range(n)]
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     dest = out / kind
     model.save_pretrained(dest)
     for f in src.iterdir():

@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install models demo test test-fast lint format typecheck docs bench clean
+.PHONY: install models demo test test-fast lint format typecheck docs bench mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,14 @@ test-fast: install
 test: models lint typecheck docs
 	$(BIN)/python -m pytest -q
 
+# Mutation testing of the engine core ([tool.mutmut] in pyproject.toml); slow, so not in `test`.
+# Results (score, equivalent survivors) are recorded in docs/development.md.
+mutation: install
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $${MUTMUT_JOBS:-2}
+	$(BIN)/mutmut results
+
 bench: models
 	$(BIN)/python benchmarks/bench_engine.py
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache mutants

@@ -37,6 +37,22 @@ def _real_models_missing() -> str | None:
 
 
 REAL_MODELS_MISSING = _real_models_missing()
+#: Under CI (``CI=true``) nothing that ``make test`` installs may be missing: such tests fail.
+IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+#: Put on every test (or module) that needs the real models: a skip on a developer's machine,
+#: never under CI, where ``pytest_runtest_setup`` below fails it with the reason instead.
+real_models_mark = pytest.mark.skipif(
+    REAL_MODELS_MISSING is not None and not IN_CI, reason=str(REAL_MODELS_MISSING)
+)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if IN_CI and REAL_MODELS_MISSING is not None and item.get_closest_marker("real"):
+        pytest.fail(
+            f"CI=true but the real models cannot run: {REAL_MODELS_MISSING}; "
+            "`make test` installs them",
+            pytrace=False,
+        )
 
 PROMPTS = [
     "Hello world",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REAL_MODELS_MISSING
+from conftest import real_models_mark
 
 from unite_integrations.compat import check_compatibility, evaluate
 from unite_integrations.compat.evaluate import ENSEMBLE
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING)),
+    real_models_mark,
 ]
 
 ALIASES = ["smollm2-135m-instruct", "gemma-3-270m"]

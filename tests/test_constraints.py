@@ -94,8 +94,12 @@ def test_structured_output_always_parses(roomy):
 def test_auto_tool_choice_gives_text_or_calls(roomy):
     constraint = Constraint.tool_calls(TOOLS, "auto", max_string_length=24)
     for r in roomy.generate(CONVERSATIONS, tools=TOOLS, constraint=constraint, max_new_tokens=120):
-        _, calls = parse_tool_calls(r.text)
-        assert calls or not r.text.startswith("<")
+        text, calls = parse_tool_calls(r.text)
+        # Whatever "auto" chose, every block is a complete, valid call: none is left in the text.
+        assert "<tool_call>" not in text, r.text
+        for call in calls:
+            params = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+            assert set(call.arguments) == set(params[call.name]["required"]), r.text
 
 
 def test_grammar_fallback_is_used_and_marked_in_provenance(roomy):
@@ -161,3 +165,13 @@ def test_portable_messages_spell_tool_calls_and_results_for_templates_without_to
     assert out[2]["role"] == "assistant"
     assert parse_tool_calls(out[2]["content"])[1][0].arguments == {"a": 1, "b": 2}
     assert out[3] == {"role": "user", "content": "<tool_response>\n3\n</tool_response>"}
+
+
+def test_unicode_tool_arguments_survive_parsing():
+    """Non-ASCII arguments, written raw or as JSON escapes, come back as the same text."""
+    raw = '<tool_call>\n{"name": "lookup", "arguments": {"customer_name": "你好啊集团 😀"}}\n</tool_call>'
+    escaped = json.dumps({"name": "lookup", "arguments": {"customer_name": "こんにちは株式会社"}})
+    text, calls = parse_tool_calls(f"Sure. {raw} and <tool_call>\n{escaped}\n</tool_call>")
+    assert text.strip() == "Sure.  and".strip()
+    assert [c.arguments["customer_name"] for c in calls] == ["你好啊集团 😀", "こんにちは株式会社"]
+    assert "\\u" in escaped  # the second block really used escapes

@@ -79,9 +79,11 @@ def test_prompt_over_a_members_context_window(tiny_dirs):
     engine = UniTEEngine([str(tiny_dirs["bytelevel_bpe"]), small])
     with pytest.raises(ContextWindowError, match=r"small.*context window is 16"):
         engine.generate(["word " * 40])
-    # Generation that reaches the window ends with finish_reason 'length', nothing truncated.
-    result = engine.generate(["Hi"], max_new_tokens=50)[0]
-    assert result.finish_reason == "stop" or result.usage.output_tokens < 16
+    # Generation that reaches the window ends with finish_reason 'length', nothing truncated:
+    # END may not win (min_new_tokens), so only the window can end it before the 50 steps.
+    result = engine.generate(["Hi"], max_new_tokens=50, min_new_tokens=50)[0]
+    assert result.finish_reason == "length"
+    assert 0 < result.usage.output_tokens < 16 - result.usage.input_tokens_per_member["small"] + 1
 
 
 def test_every_error_is_a_unite_error():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import REAL_MODELS_MISSING
+from conftest import real_models_mark
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from test_langchain_integration import ASYNCIO_SUITE
 
@@ -23,7 +23,7 @@ from unite_integrations.langchain import UniTEChatModel
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING)),
+    real_models_mark,
 ]
 
 MEMBERS = ["smollm2-135m-instruct", "gemma-3-270m"]
@@ -59,6 +59,8 @@ class TestUniTEChatModelRealPair(ChatModelIntegrationTests):
         return False
 
     @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
         reason="needs a model that decides by itself to call the weather tool when asked about "
         "the weather (tool_choice='auto'); the 135M + 270M pair answers in text"
     )
@@ -67,6 +69,8 @@ class TestUniTEChatModelRealPair(ChatModelIntegrationTests):
         super().test_agent_loop(model)
 
     @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
         reason="needs a model that copies '你好啊集团' / 'こんにちは株式会社' into the call's "
         "customer_name; the pair writes a well-formed call with other text"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REAL_MODELS_MISSING
+from conftest import real_models_mark
 
 pytest.importorskip("llama_index.core")
 
@@ -27,7 +27,7 @@ from unite_integrations.llama_index import UniTELLM
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING)),
+    real_models_mark,
 ]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

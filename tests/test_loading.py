@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REAL_MODELS_MISSING
+from conftest import real_models_mark
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -352,7 +352,6 @@ def test_unreadable_gguf_leaves_no_debris(fake_gguf: Path, tmp_path: Path) -> No
 # The real built-in models
 
 
-_MISSING = REAL_MODELS_MISSING
 real = pytest.mark.real
 
 
@@ -364,7 +363,7 @@ def real_cache() -> Path:
 
 @real
 @pytest.mark.slow
-@pytest.mark.skipif(_MISSING is not None, reason=f"alias packages {_MISSING}")
+@real_models_mark
 @pytest.mark.parametrize("alias", sorted(BUILTIN_ALIASES))
 def test_real_alias_loads_from_converted_cache(
     alias: str, real_cache: Path, monkeypatch: pytest.MonkeyPatch

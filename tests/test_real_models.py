@@ -9,14 +9,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import REAL_MODELS_MISSING
-from reference import reference_generate, transformers_greedy
+from conftest import real_models_mark
+from reference import as_engine_text, member_oracle, reference_generate, transformers_greedy
 
 from unite_integrations import UniTEEngine
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(REAL_MODELS_MISSING is not None, reason=str(REAL_MODELS_MISSING)),
+    real_models_mark,
 ]
 
 ALIASES = ("smollm2-135m-instruct", "gemma-3-270m")
@@ -43,19 +43,25 @@ def singles(pair: UniTEEngine) -> dict[str, UniTEEngine]:
 def test_single_real_member_equals_generate(singles, alias):
     engine = singles[alias]
     for prompt in PROMPTS[:3]:
-        expected, _ = transformers_greedy(engine.members[0], prompt, 12)
-        assert engine.generate([prompt], max_new_tokens=12)[0].text == expected
+        expected, stopped, n = transformers_greedy(engine.members[0], prompt, 12)
+        got = engine.generate([prompt], max_new_tokens=12)[0]
+        assert got.text == as_engine_text(expected)
+        assert got.usage.output_tokens == n
+        assert got.finish_reason == ("stop" if stopped else "length")
 
 
 def test_real_pair_equals_the_literal_reference(pair):
     models = [m.model for m in pair.members]
-    vocabs = [m.vocab for m in pair.members]
+    vocabs = [member_oracle(m) for m in pair.members]
     for prompt in PROMPTS:
         prompts = [m.encode_prompt(prompt) for m in pair.members]
-        expected = reference_generate(models, vocabs, prompts, [1.0, 1.0], k=10, max_new_tokens=10)
-        assert pair.generate([prompt], max_new_tokens=10)[0].text == expected.decode(
-            "utf-8", errors="replace"
-        ), prompt
+        expected = reference_generate(
+            models, vocabs, prompts, [1.0, 1.0], k=10, max_new_tokens=10, window=None
+        )
+        got = pair.generate([prompt], max_new_tokens=10)[0]
+        assert got.text == as_engine_text(expected.text), prompt
+        for t, ps in zip(got.provenance.tokens, expected.probs, strict=True):
+            assert list(t.probs.values()) == pytest.approx(ps, rel=1e-3, abs=1e-5), prompt
 
 
 def test_real_pair_batched_streamed_and_stopped(pair):
@@ -72,8 +78,9 @@ def test_real_pair_batched_streamed_and_stopped(pair):
     stopped = pair.generate([PROMPTS[0]], max_new_tokens=12, stop=[stop])[0]
     assert stopped.text == first.text[: first.text.index(stop)]
     assert stopped.finish_reason == "stop"
-    assert stop not in "".join(c.text for c in pair.stream(PROMPTS[0], max_new_tokens=12,
-                                                            stop=[stop]))
+    assert stop not in "".join(
+        c.text for c in pair.stream(PROMPTS[0], max_new_tokens=12, stop=[stop])
+    )
 
 
 def test_real_pair_chat_uses_each_template_and_the_base_model_fallback(pair):
@@ -101,8 +108,9 @@ def test_real_pair_members_really_disagree(pair):
     """Provenance shows both members winning tokens, and tokenizations that differ."""
     results = pair.generate(PROMPTS, max_new_tokens=12)
     wins = [r.provenance.win_share for r in results]
-    assert any(w["gemma-3-270m"] > 0 for w in wins) and any(w["smollm2-135m-instruct"] > 0
-                                                           for w in wins)
+    assert any(w["gemma-3-270m"] > 0 for w in wins) and any(
+        w["smollm2-135m-instruct"] > 0 for w in wins
+    )
     counts = [r.usage.output_tokens_per_member for r in results]
     assert any(len(set(c.values())) > 1 for c in counts)
 
@@ -113,8 +121,10 @@ def test_real_pair_past_gemmas_sliding_window_equals_the_reference(pair):
     prompt += "\nThe last item is"
     assert len(pair.members[1].encode_prompt(prompt)) > 512
     models = [m.model for m in pair.members]
-    vocabs = [m.vocab for m in pair.members]
+    vocabs = [member_oracle(m) for m in pair.members]
     prompts = [m.encode_prompt(prompt) for m in pair.members]
-    expected = reference_generate(models, vocabs, prompts, [1.0, 1.0], k=10, max_new_tokens=12)
+    expected = reference_generate(
+        models, vocabs, prompts, [1.0, 1.0], k=10, max_new_tokens=12, window=None
+    )
     got = pair.generate([prompt], max_new_tokens=12)[0]
-    assert got.text == expected.decode("utf-8", errors="replace")
+    assert got.text == as_engine_text(expected.text)

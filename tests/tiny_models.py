@@ -444,15 +444,41 @@ def _train_sentencepiece_bpe() -> tuple[Tokenizer, dict[str, Any]]:
     return tok, roles
 
 
+def _train_wordpiece() -> tuple[Tokenizer, dict[str, Any]]:
+    """BERT style WordPiece: no byte fallback (unknown characters become ``[UNK]``), so it cannot
+    spell arbitrary text; not one of ``FAMILIES``, it exists to test that such members are refused
+    in an ensemble and handled alone. ``##`` glues a piece to the previous one."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=600,
+        special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    roles = {
+        "bos_token": "[CLS]",
+        "eos_token": "[SEP]",
+        "unk_token": "[UNK]",
+        "pad_token": "[PAD]",
+    }
+    return tok, roles
+
+
 _TRAINERS = {
     "bytelevel_bpe": _train_bytelevel_bpe,
     "sentencepiece_unigram": _train_sentencepiece_unigram,
     "sentencepiece_bpe": _train_sentencepiece_bpe,
+    "wordpiece": _train_wordpiece,
 }
 _TEMPLATES = {
     "bytelevel_bpe": _CHATML_TEMPLATE,
     "sentencepiece_unigram": _INST_TEMPLATE,
     "sentencepiece_bpe": _GEMMA_TEMPLATE,
+    "wordpiece": None,
 }
 _EXTRA_EOS = {"sentencepiece_bpe": ("<end_of_turn>",)}
 """Tokens that also stop generation (generation_config.eos_token_id becomes a list)."""
@@ -461,7 +487,7 @@ _EXTRA_EOS = {"sentencepiece_bpe": ("<end_of_turn>",)}
 def build_tokenizer(family: str, *, chat_template: bool = True) -> PreTrainedTokenizerFast:
     """Train the ``family`` tokenizer on :func:`corpus` and wrap it for transformers."""
     if family not in _TRAINERS:
-        raise ValueError(f"unknown tokenizer family {family!r}; expected one of {FAMILIES}")
+        raise ValueError(f"unknown tokenizer family {family!r}; expected one of {[*_TRAINERS]}")
     backend, roles = _TRAINERS[family]()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,

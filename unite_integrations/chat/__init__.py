@@ -12,7 +12,7 @@ to a ``ChatRequest``, call a ``ChatCore`` and translate its ``ChatResult``/``Cha
 
 from .core import ChatCore, PreparedCall, default_model_name
 from .messages import decode_arguments, make_message, make_tool_call, render, role_of
-from .options import DEFAULT_MAX_TOKENS, ChatDefaults, engine_options, stop_strings
+from .options import DEFAULT_MAX_TOKENS, ChatDefaults, engine_options, no_bool_for_int, stop_strings
 from .tools import ToolCallStream, parse_calls, response_format, tool_choice, tool_names
 from .types import (
     ROLES,
@@ -52,6 +52,7 @@ __all__ = [
     "engine_options",
     "make_message",
     "make_tool_call",
+    "no_bool_for_int",
     "parse_calls",
     "render",
     "response_format",

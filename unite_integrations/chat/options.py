@@ -20,7 +20,13 @@ from ..engine.config import GenerationOptions
 from ..errors import ConfigError
 from .types import ChatOptions
 
-__all__ = ["DEFAULT_MAX_TOKENS", "ChatDefaults", "engine_options", "stop_strings"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "ChatDefaults",
+    "engine_options",
+    "no_bool_for_int",
+    "stop_strings",
+]
 
 #: Tokens generated when neither the front end nor the call says otherwise.
 DEFAULT_MAX_TOKENS = 256
@@ -62,6 +68,13 @@ class ChatDefaults:
 
 #: Defaults that must have a value (``None`` for them means "the default").
 _NEEDED = frozenset({"max_tokens", "min_tokens", "temperature", "top_p", "parallel_tool_calls"})
+
+
+def no_bool_for_int(value: object) -> object:
+    """A front end's whole-number setting: ``True`` is refused (pydantic would read it as 1)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"got {value!r} where a whole number is due; give an int")
+    return value
 
 
 def stop_strings(value: object, field: str = "stop") -> tuple[str, ...]:

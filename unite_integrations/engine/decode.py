@@ -7,10 +7,11 @@ waits in ``Batch.updates`` (composed feed-back updates), to be consumed in one m
 members take each string at the end of the step, as in full UniTE.
 
 Rows join and leave between steps (continuous batching, driven by the engine's worker): ``Batch``
-holds every member's ``MemberBatch`` and each row's own state and options (budget, temperature,
+holds every member's backend and each row's own state and options (budget, temperature,
 top-p, its own random generator, stop strings, grammar), index r everywhere. ``step`` is host-side
-bookkeeping around two calls: ``propose``/``decide`` (pure tensors) and ``MemberBatch.advance``
-(one forward pass per member). The only device->host transfer per step is the small ``StepResult``.
+bookkeeping around ``gather_union``/``decide`` (each member's top-k and its logits at the union's
+columns through its ``MemberBackend``, then pure tensors) and ``MemberBackend.advance`` (one
+forward pass per member). The only device->host transfer per step is the small ``StepResult``.
 """
 
 from __future__ import annotations
@@ -23,15 +24,34 @@ from typing import Any
 
 import torch
 
+from .backends import LocalMember, MemberBackend
 from .config import GenerationOptions
 from .constraints import ByteMatcher
 from .members import LoadedMember
 from .sequences import MemberBatch, Update
 from .text import RowText
-from .union import StepPlan, StepResult, Union, decide, extend_logits, mix, propose
+from .union import (
+    StepPlan,
+    StepResult,
+    Union,
+    candidates,
+    decide,
+    merge_scores,
+    mix,
+    scoring_cols,
+)
 from .vocab import END, Vocab
 
-__all__ = ["Batch", "Ensemble", "Picks", "RowState", "closing_need", "retokenize_tail", "step"]
+__all__ = [
+    "Batch",
+    "Ensemble",
+    "Picks",
+    "RowState",
+    "closing_need",
+    "gather_union",
+    "retokenize_tail",
+    "step",
+]
 
 
 @dataclass
@@ -47,6 +67,8 @@ class Ensemble:
     pool: ThreadPoolExecutor | None = None  # set when members live on different devices
     check_invariants: bool = False
     usable: list[list[bool]] = field(default_factory=list)  # [i][t]: token t may be chosen
+    #: Opens member i's backend for a new batch (default: in process, ``LocalMember``).
+    open_member: Callable[[int], MemberBackend] | None = None
     alone: StepPlan = field(init=False)  # the primary member as a one-member ensemble
 
     def __post_init__(self) -> None:
@@ -58,6 +80,15 @@ class Ensemble:
             col_map=[p.col_map[0][:1]],
             weights=torch.ones(1, device=p.weights.device),
             k=p.k,
+        )
+
+    def backend(self, i: int) -> MemberBackend:
+        """A fresh, empty backend for member i."""
+        if self.open_member is not None:
+            return self.open_member(i)
+        m = self.members[i]
+        return LocalMember(
+            MemberBatch(m.model, [], m.pad_id), self.plan.end_ids[i], self.plan.bias[i]
         )
 
 
@@ -80,11 +111,11 @@ class RowState:
 
 
 class Batch:
-    """The rows in flight: each member's ``MemberBatch`` and each row's state, index r in all."""
+    """The rows in flight: each member's backend and each row's state, index r in all."""
 
     def __init__(self, ens: Ensemble) -> None:
         self.ens = ens
-        self.members = [MemberBatch(m.model, [], m.pad_id) for m in ens.members]
+        self.members = [ens.backend(i) for i in range(len(ens.members))]
         self.rows: list[RowState] = []
         # [i][r]: the ids member i has still to take for row r (the text it has not seen), set
         # by ``step``; the primary's and ungated rows' are taken by ``forward``, the others' by
@@ -188,19 +219,19 @@ def _run(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:
 
 
 def step(ens: Ensemble, batch: Batch) -> None:
-    """Steps 1-8 for every row in flight: logits -> one choice per row (the union's, or the
+    """Steps 1-8 for every row in flight: candidates -> one choice per row (the union's, or the
     primary's alone where it is confident) -> each row takes its string and every member learns
     which ids to feed back (``batch.updates``)."""
     rows, home = batch.rows, ens.plan.weights.device
     early = [row.decisions < row.opts.min_new_tokens for row in rows]
-    z0 = _extended(ens, batch, 0, early)  # [B, V_0 + 1]
+    ban = torch.tensor(early) if any(early) else None  # [B]: END may not win yet
     gates = _gates(rows)  # [B], None where no row may gate
-    alone = propose([z0], ens.alone) if gates else None  # the primary's candidates, [1, B, k]
+    alone = gather_union(batch.members[:1], ens.alone, ban) if gates else None  # [1, B, k]
     vote = _votes(ens, alone, gates) if alone and gates else [True] * len(rows)  # [B], host
     batch.catch_up(vote)
     draws = _draws(rows, home)  # [B]: one per row and step, whoever decides
     sel = [r for r, v in enumerate(vote) if v]  # the voting rows, B' of them
-    picks, none_fit = _voted(ens, batch, z0, early, sel, draws)
+    picks, none_fit = _voted(ens, batch, ban, sel, draws)
     if alone and len(sel) < len(rows):  # gated rows take the primary's own choice
         res = decide(alone, ens.alone, *_sampling(rows, home, draws))
         mine, fit = Picks.alone(res, len(ens.members)), [False] * len(rows)
@@ -215,37 +246,45 @@ def step(ens: Ensemble, batch: Batch) -> None:
             batch.updates[i][r] = _then(batch.updates[i][r], u)
 
 
+def gather_union(
+    members: Sequence[MemberBackend], plan: StepPlan, ban_end: torch.Tensor | None
+) -> Union:
+    """Steps 1-4 through the backends: each member's top-k, the union, each member's logits at
+    the union's columns. Only [B, k] and [B, C] numbers leave a member; ``ban_end`` [B] bool
+    rows may not choose END (``min_new_tokens``)."""
+    top_val, top_col = zip(*(b.top(plan.k, ban_end) for b in members))  # [N] [B, k] each
+    gid, valid = candidates(list(top_val), list(top_col), plan)  # [B, C]
+    cols = scoring_cols(list(top_col), plan)  # [N] [B, C]
+    scored = [b.gather(c) for b, c in zip(members, cols)]  # [N] [B, C]
+    return Union(gid, valid, merge_scores(scored, gid, plan), list(top_col))
+
+
 def _voted(
-    ens: Ensemble,
-    batch: Batch,
-    z0: torch.Tensor,
-    early: list[bool],
-    sel: list[int],
-    draws: torch.Tensor,
+    ens: Ensemble, batch: Batch, ban: torch.Tensor | None, sel: list[int], draws: torch.Tensor
 ) -> tuple[Picks, list[bool]]:
     """The union's choice for rows ``sel`` (B' of them) and, per such row, whether no union
-    string fits its grammar."""
+    string fits its grammar. Gated rows' candidates are computed too (from stale logits: cheap,
+    [B, k] numbers) and dropped."""
     if not sel:
         return Picks([], [], [], [], [], []), []
     rows, home = [batch.rows[r] for r in sel], ens.plan.weights.device
-    idx = torch.tensor(sel) if len(sel) < len(batch.rows) else None
-    ext = [z0] + [_extended(ens, batch, i, early) for i in range(1, len(ens.members))]
-    union = propose([_rows(z, idx) for z in ext], ens.plan)  # [N, B', C]
+    union = gather_union(batch.members, ens.plan, ban)  # [N, B, C]
+    if len(sel) < len(batch.rows):
+        union = _subset(union, torch.tensor(sel, device=union.gid.device))  # [N, B', C]
     allowed = _grammar_mask(ens, union, rows) if any(r.matcher for r in rows) else None
-    res = decide(union, ens.plan, *_sampling(rows, home, _rows(draws, idx)), allowed)
+    idx = torch.tensor(sel, device=draws.device)
+    res = decide(union, ens.plan, *_sampling(rows, home, draws.index_select(0, idx)), allowed)
     return Picks.of(res), [False] * len(sel) if allowed is None else (~allowed).all(1).tolist()
 
 
-def _extended(ens: Ensemble, batch: Batch, i: int, early: list[bool]) -> torch.Tensor:
-    """[B, V_i + 1] member i's logits with END; END may not win for rows before min_new_tokens."""
-    z = extend_logits(batch.members[i].next_logits(), ens.plan.end_ids[i])
-    if any(early):
-        z[:, -1] = z[:, -1].masked_fill(torch.tensor(early, device=z.device), float("-inf"))
-    return z
-
-
-def _rows(z: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    return z if idx is None else z.index_select(0, idx.to(z.device))
+def _subset(u: Union, idx: torch.Tensor) -> Union:
+    """The union of rows ``idx`` only."""
+    return Union(
+        u.gid.index_select(0, idx),
+        u.valid.index_select(0, idx),
+        u.scores.index_select(1, idx),
+        [c.index_select(0, idx.to(c.device)) for c in u.top_col],
+    )
 
 
 def _sampling(
@@ -385,7 +424,7 @@ def _grammar_mask(ens: Ensemble, union: Union, rows: list[RowState]) -> torch.Te
 
 def _grammar_fallbacks(
     ens: Ensemble,
-    batches: list[MemberBatch],
+    batches: list[MemberBackend],
     rows: list[RowState],
     none_fit: list[bool],
     picks: Picks,
@@ -461,23 +500,23 @@ def _closing_token(ens: Ensemble, matcher: ByteMatcher) -> tuple[int, int]:
 
 
 def _best_allowed(
-    ens: Ensemble, batches: list[MemberBatch], r: int, matcher: ByteMatcher
+    ens: Ensemble, batches: list[MemberBackend], r: int, matcher: ByteMatcher
 ) -> tuple[int, int]:
     """(member, column): END where the grammar accepts; else the primary's (then the next
     member's) most likely allowed token among its top 256; else its most likely allowed byte."""
     if matcher.allows(b""):
         return 0, ens.members[0].vocab.size
     for i, b in enumerate(batches):
-        z = b.next_logits()[r] + ens.plan.bias[i][:-1]
-        for t in z.topk(min(256, z.numel())).indices.tolist():
+        for t in b.candidates(r, 256):
             piece = ens.members[i].vocab.canon[t]
             if piece and matcher.allows(piece):
                 return i, t
-    vocab, z = ens.members[0].vocab, batches[0].next_logits()[r]
+    vocab = ens.members[0].vocab
     options = [vocab.byte_ids[c] for c in matcher.allowed_bytes() if vocab.byte_ids[c] >= 0]
     if not options:
         raise AssertionError("the grammar allows no byte the primary member can spell")
-    return 0, max(options, key=lambda t: float(z[t]))
+    z = dict(zip(options, batches[0].logits_at(r, options)))
+    return 0, max(options, key=lambda t: z[t])
 
 
 def _check(ens: Ensemble, batch: Batch, rows: list[RowState]) -> None:

@@ -16,11 +16,14 @@ __all__ = [
     "StepPlan",
     "StepResult",
     "Union",
+    "candidates",
     "choose",
     "decide",
     "extend_logits",
+    "merge_scores",
     "mix",
     "propose",
+    "scoring_cols",
     "union_step",
 ]
 
@@ -109,35 +112,53 @@ class Union:
 
 
 def propose(ext_logits: list[torch.Tensor], plan: StepPlan) -> Union:
-    """Steps 1-4: top-k per member, the union of strings, every member scoring every string."""
-    n, k = len(ext_logits), plan.k
-    home = plan.weights.device
+    """Steps 1-4 from every member's extended logits ([B, V_i + 1])."""
     # 1. Each member proposes its top-k candidates (never-candidates masked out).
-    masked = [z + b for z, b in zip(ext_logits, plan.bias)]
-    top_val, top_col = zip(*(m.topk(k, dim=-1) for m in masked))
-    # 2-3. The union: every slot's global string id; -1 for slots nobody may choose.
+    top_val, top_col = zip(*((z + b).topk(plan.k, dim=-1) for z, b in zip(ext_logits, plan.bias)))
+    gid, valid = candidates(list(top_val), list(top_col), plan)
+    cols = scoring_cols(list(top_col), plan)
+    scored = [z.gather(1, c) for z, c in zip(ext_logits, cols)]
+    return Union(gid, valid, merge_scores(scored, gid, plan), list(top_col))
+
+
+def candidates(
+    top_val: list[torch.Tensor], top_col: list[torch.Tensor], plan: StepPlan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-3, the union: [N] ([B, k] biased values, [B, k] columns) -> (gid, valid) [B, C].
+
+    gid is every slot's global string id (-1 for slots nobody may choose); valid marks the first
+    occurrence of each string that may be chosen."""
+    home = plan.weights.device
     gid = torch.cat(
         [
-            g[c].masked_fill(v == float("-inf"), -1).to(home)
+            g[c.to(g.device)].masked_fill(v.to(g.device) == float("-inf"), -1).to(home)
             for g, c, v in zip(plan.gid, top_col, top_val)
         ],
         dim=1,
     )  # [B, C]
     same = gid[:, :, None] == gid[:, None, :]  # [B, C, C]
-    valid = (gid >= 0) & ~same.tril(-1).any(-1)  # first occurrence of each string only
-    # 4. Every member scores every slot: its own logit, or that of the string's first sub-token.
-    #    A string proposed twice takes its best score, so a member that proposed it itself
-    #    scores it with the id it proposed.
-    scores = torch.stack(
-        [
-            torch.cat(
-                [z.gather(1, plan.col_map[j][i][top_col[j].to(z.device)]) for j in range(n)], 1
-            ).to(home)
-            for i, z in enumerate(ext_logits)
-        ]
-    )  # [N, B, C]
-    scores = scores[:, :, None, :].masked_fill(~same, float("-inf")).amax(-1)
-    return Union(gid, valid, scores, list(top_col))
+    return gid, (gid >= 0) & ~same.tril(-1).any(-1)
+
+
+def scoring_cols(top_col: list[torch.Tensor], plan: StepPlan) -> list[torch.Tensor]:
+    """[N] [B, k] proposals -> [N] int64 [B, C]: the column of member i that scores each slot
+    (its own id for a token it has, else the string's first sub-token), on member i's device."""
+    n = len(top_col)
+    return [
+        torch.cat(
+            [plan.col_map[j][i][top_col[j].to(plan.col_map[j][i].device)] for j in range(n)], 1
+        )
+        for i in range(n)
+    ]
+
+
+def merge_scores(scored: list[torch.Tensor], gid: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+    """Step 4: [N] [B, C] member logits at ``scoring_cols`` -> scores [N, B, C] on the primary
+    device. A string proposed twice takes its best score, so a member that proposed it itself
+    scores it with the id it proposed."""
+    scores = torch.stack([s.to(plan.weights.device) for s in scored])  # [N, B, C]
+    same = gid[:, :, None] == gid[:, None, :]  # [B, C, C]
+    return scores[:, :, None, :].masked_fill(~same, float("-inf")).amax(-1)
 
 
 def decide(

@@ -140,7 +140,13 @@ def to_core_request(
     tools = [openai_tool(t, n) for n, t in enumerate(kwargs.get("tools") or ())]
     fmt = kwargs.get("response_format")
     if fmt is not None and not isinstance(fmt, Mapping):
-        fmt = convert_to_json_schema(fmt)
+        try:
+            fmt = convert_to_json_schema(fmt)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(
+                f"response_format={fmt!r} is not a schema ({e}); give a pydantic class, a "
+                "TypedDict, a JSON schema or OpenAI's response_format dict"
+            ) from e
     parallel = kwargs.get("parallel_tool_calls")
     return ChatRequest(
         messages=to_core_messages(messages),
@@ -242,4 +248,14 @@ def generation_chunk(chunk: ChatChunk) -> ChatGenerationChunk:
     ]
     return ChatGenerationChunk(
         message=AIMessageChunk(content=chunk.content, tool_call_chunks=calls)
+    )
+
+
+def input_error(model_input: object, error: Exception) -> InputError:
+    """What LangChain's input conversion refused (a number, bytes, an unknown role), as the
+    package's error naming the input and what to pass instead."""
+    return InputError(
+        f"cannot use {type(model_input).__name__} input {model_input!r:.80} as a chat prompt "
+        f"({error}); pass a string, a list of messages (LangChain messages, (role, text) tuples "
+        "or {'role', 'content'} dicts) or a PromptValue"
     )

@@ -16,12 +16,13 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput, Mo
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import (
     Runnable,
     RunnableConfig,
 )
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..chat import (
     ChatCore,
@@ -29,6 +30,7 @@ from ..chat import (
     ChatOptions,
     default_model_name,
     engine_options,
+    no_bool_for_int,
     stop_strings,
     tool_choice,
     tool_names,
@@ -36,11 +38,23 @@ from ..chat import (
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..engine.engine import UniTEEngine
 from ..engine.registry import get_engine
-from ._messages import ai_message, generation_chunk, openai_tool, to_core_request
+from ..errors import ConfigError, UniteError
+from ._messages import ai_message, generation_chunk, input_error, openai_tool, to_core_request
 from ._profile import model_profile
 from ._structured import structured_output
 
 __all__ = ["UniTEChatModel"]
+
+_OPTION_FIELDS = (
+    "top_k",
+    "weights",
+    "temperature",
+    "max_tokens",
+    "min_tokens",
+    "top_p",
+    "seed",
+    "gate",
+)
 
 _PROVIDER = "unite"
 
@@ -147,19 +161,32 @@ class UniTEChatModel(BaseChatModel):
     that wait together in one batch."""
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
-        # Invalid members, top_k, weights or generation options: a ConfigError now, not later.
+        try:
+            super().__init__(**data)
+        except ValidationError as e:  # wrong types, bad members or options: a ConfigError now
+            raise ConfigError(f"invalid UniTEChatModel settings: {e}") from e
         self._ensemble_config()
         engine_options(self._defaults(), ChatOptions())
 
     @model_validator(mode="before")
     @classmethod
-    def _coerce_members(cls, values: Any) -> Any:
-        if isinstance(values, dict) and isinstance(values.get("members"), (str, MemberSpec)):
+    def _coerce(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        for key in ("top_k", "max_tokens", "min_tokens", "seed"):
+            no_bool_for_int(values.get(key))  # pydantic would take True as 1
+        if isinstance(values.get("members"), (str, MemberSpec)):
             values = {**values, "members": [values["members"]]}
-        if isinstance(values, dict) and isinstance(values.get("stop"), str):
+        if isinstance(values.get("stop"), str):
             values = {**values, "stop": [values["stop"]]}  # one stop string, not its characters
         return values
+
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        """LangChain's conversion; what it refuses is the package's ``InputError``."""
+        try:
+            return super()._convert_input(model_input)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise e if isinstance(e, UniteError) else input_error(model_input, e) from e
 
     @model_validator(mode="after")
     def _default_model_name(self) -> UniTEChatModel:
@@ -178,14 +205,7 @@ class UniTEChatModel(BaseChatModel):
         return {
             "model_name": self.model_name,
             "members": [m if isinstance(m, str) else m.model_dump() for m in self.members],
-            "top_k": self.top_k,
-            "weights": self.weights,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "min_tokens": self.min_tokens,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "gate": self.gate,
+            **{k: getattr(self, k) for k in _OPTION_FIELDS},
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

@@ -24,7 +24,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, ValidationError, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
@@ -38,12 +38,13 @@ from ..chat import (
     decode_arguments,
     default_model_name,
     engine_options,
+    no_bool_for_int,
     stop_strings,
 )
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..engine.engine import UniTEEngine
 from ..engine.registry import get_engine
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ._messages import (
     Responses,
     astream_responses,
@@ -150,10 +151,16 @@ class UniTELLM(FunctionCallingLLM):
     _reserve: tuple[int, int] | None = PrivateAttr(default=None)  # (id(engine), tokens)
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
-        # Bad values fail here, as the package's ConfigError, before any model is loaded.
+        try:
+            super().__init__(**data)
+        except ValidationError as e:  # wrong types, bad members or options: a ConfigError now
+            raise ConfigError(f"invalid UniTELLM settings: {e}") from e
         _ = self.ensemble_config
         engine_options(self._defaults(), ChatOptions())
+
+    _no_bool = field_validator("top_k", "max_new_tokens", "min_new_tokens", "seed", mode="before")(
+        classmethod(lambda cls, v: no_bool_for_int(v))  # pydantic would take True as 1
+    )
 
     @field_validator("members", mode="before")
     @classmethod
@@ -207,13 +214,11 @@ class UniTELLM(FunctionCallingLLM):
         chat template adds around a user turn, with or without a system turn (LlamaIndex
         subtracts ``num_output`` itself). Reading it loads the engine."""
         engine = self.engine
-        reserve = self._reserve
-        if reserve is None or reserve[0] != id(engine):
+        if self._reserve is None or self._reserve[0] != id(engine):
             spent = max(len(m.encode_prompt(p)) for m in engine.members for p in _PROBES)
-            reserve = (id(engine), spent)
-            self._reserve = reserve
+            self._reserve = (id(engine), spent)
         return LLMMetadata(
-            context_window=engine.context_window - reserve[1],
+            context_window=engine.context_window - self._reserve[1],
             num_output=self.max_new_tokens,
             is_chat_model=True,
             is_function_calling_model=True,
@@ -222,8 +227,7 @@ class UniTELLM(FunctionCallingLLM):
         )
 
     def to_payload(self) -> dict[str, Any]:
-        """What callbacks and events record: the metadata once the engine is loaded; before,
-        what needs no loading (LlamaIndex calls this in the event loop, which loading blocks)."""
+        """What events record: the metadata once loaded; before, what needs no loading."""
         payload: dict[str, Any] = {
             "class_name": self.class_name(),
             "model_name": self._name(),
@@ -254,9 +258,9 @@ class UniTELLM(FunctionCallingLLM):
     # -- requests -------------------------------------------------------------------------------
 
     def _completion_request(self, prompt: str, formatted: bool, kw: dict[str, Any]) -> ChatRequest:
-        if not isinstance(prompt, str) or not prompt:
-            raise InputError("the prompt is empty: pass some text")
-        if formatted:  # already formatted: the members continue the raw text
+        if not isinstance(prompt, str):
+            raise InputError(f"the prompt is a {type(prompt).__name__}; pass a string")
+        if formatted:  # an empty raw text has nothing to continue: the engine refuses it  # already formatted: the members continue the raw text
             return ChatRequest(text=prompt, options=call_options(kw))
         turns = [Message("system", self.system_prompt)] if self.system_prompt else []
         return ChatRequest(messages=(*turns, Message("user", prompt)), options=call_options(kw))

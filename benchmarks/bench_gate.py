@@ -63,6 +63,10 @@ def main() -> None:
         )
         tokens = sum(o.usage.output_tokens for o in outs if o is not None)
         gated = [o.provenance.gated_share for o in outs if o is not None]
+        print(
+            f"gate {gate}: {scored.accuracy:.3f} in {secs:.1f} s, {tokens / secs:.1f} tok/s",
+            flush=True,
+        )
         rows.append(
             {
                 "gate": gate,

@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("-t", "--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument(
+        "--gate",
+        type=float,
+        default=None,
+        help="gated ensembling: take the primary member's token alone where its top-1 "
+        "probability is >= GATE (0..1; default: full UniTE)",
+    )
     gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     gen.add_argument(
         "--provenance",
@@ -130,6 +137,7 @@ def _generate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        gate=args.gate,
         stop=args.stop,
     ):
         sys.stdout.write(chunk.text)

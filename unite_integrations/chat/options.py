@@ -41,6 +41,7 @@ class ChatDefaults:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    gate: float | None = None
     stop: tuple[str, ...] = ()
     parallel_tool_calls: bool = False
     max_json_string_length: int | None = 512
@@ -105,6 +106,9 @@ def engine_options(
         "seed": _pick(options.seed, defaults.seed),
         "stop": () if forced else stop,
     }
+    gate = _pick(options.gate, defaults.gate)
+    if gate is not None:  # absent: full UniTE, as before the option existed
+        resolved["gate"] = gate
     GenerationOptions(**resolved)  # every value checked here, as the engine will
     return resolved
 

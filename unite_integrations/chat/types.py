@@ -106,6 +106,9 @@ class ChatOptions:
     top_p: float | None = None
     seed: int | None = None
     stop: str | tuple[str, ...] | list[str] | None = None
+    gate: float | None = None
+    """Gated ensembling threshold (see ``GenerationOptions.gate``); 1.0 asks for full UniTE
+    where the front end's default gates."""
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,12 @@ def add_subcommands(subparsers: Any) -> None:
     which = ev.add_mutually_exclusive_group()
     which.add_argument("--members-only", action="store_true", help="skip the ensemble")
     which.add_argument("--ensemble-only", action="store_true", help="skip the members alone")
+    ev.add_argument(
+        "--gate",
+        type=float,
+        default=None,
+        help="gated ensembling for the ensemble (0..1; default: full UniTE)",
+    )
     ev.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     ev.add_argument("--plot", default=None, metavar="PATH", help="write a bar chart (PNG, SVG)")
     ev.add_argument(
@@ -292,6 +298,7 @@ def run_eval(args: argparse.Namespace) -> int:
         keep_records=args.records,
         mode="both" if args.both_modes else "constrained" if args.constrained else "free",
         data_dir=args.data_dir,
+        gate=args.gate,
     )
     print(report.table())
     if args.json:

@@ -216,6 +216,7 @@ class EvalReport(BaseModel):
     seed: int
     mode: Mode = "free"
     datasets: list[DatasetResult]
+    gate: float | None = None  # the ensemble's gate (None: full UniTE)
     machine: MachineInfo
     started: str
     seconds: float
@@ -356,6 +357,7 @@ def run_task(
     batch_size: int = 16,
     progress: Progress | None = None,
     constrained: bool = False,
+    gate: float | None = None,
 ) -> list[GenerationResult | None]:
     """Generate every item's answer (greedy), in batches of similar prompt length; item order.
 
@@ -378,6 +380,7 @@ def run_task(
         "max_new_tokens": task.max_new_tokens,
         "temperature": 0.0,
         "stop": list(task.stop),
+        "gate": gate,
     }
     for chunk in _batches(keys, batch_size):
         if constrained:
@@ -497,9 +500,10 @@ def evaluate_task(
     progress: bool = True,
     keep_records: bool = False,
     constrained: bool = False,
+    gate: float | None = None,
 ) -> DatasetResult:
-    """One data set: each member alone (if asked), then the ensemble (if asked), in one answer
-    mode (``constrained``: option letters only, multiple choice)."""
+    """One data set: each member alone (if asked), then the ensemble (if asked, with ``gate``),
+    in one answer mode (``constrained``: option letters only, multiple choice)."""
     if not task.items:
         raise ConfigError(f"{task.title}: no items to evaluate")
     systems: list[tuple[str, Literal["member", "ensemble"], UniTEEngine]] = []
@@ -515,8 +519,14 @@ def evaluate_task(
         for name, kind, eng in systems:
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
+            g = gate if kind == "ensemble" else None
             outs = run_task(
-                eng, task, batch_size=batch_size, progress=bar.update, constrained=constrained
+                eng,
+                task,
+                batch_size=batch_size,
+                progress=bar.update,
+                constrained=constrained,
+                gate=g,
             )
             results.append(
                 score_results(
@@ -566,13 +576,15 @@ def evaluate(
     top_k: int = 10,
     weights: Sequence[float] | None = None,
     cache_dir: str | Path | None = None,
+    gate: float | None = None,
 ) -> EvalReport:
     """Evaluate each member alone and the ensemble on data sets (names or prepared tasks).
 
     ``limit`` draws a seeded sample of that many items per data set (``seed``); ``split`` is
     ``test`` for reporting, ``dev``/``train`` for tuning. ``mode`` applies to multiple-choice
     data sets: ``free`` (the paper's), ``constrained`` (option letters only) or ``both`` (two
-    results per such data set); other formats are always free-form.
+    results per such data set); other formats are always free-form. ``gate``: gated ensembling
+    for the ensemble (``GenerationOptions.gate``; None: full UniTE).
     """
     if not datasets:
         raise ConfigError("no data sets given")
@@ -605,6 +617,7 @@ def evaluate(
             progress=progress,
             keep_records=keep_records,
             constrained=constrained,
+            gate=gate,
         )
         for t, constrained in runs
     ]
@@ -618,6 +631,7 @@ def evaluate(
         seed=seed,
         mode=mode,
         datasets=results,
+        gate=gate,
         machine=MachineInfo.current(engine),
         started=started,
         seconds=time.perf_counter() - t0,

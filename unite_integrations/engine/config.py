@@ -261,6 +261,7 @@ class GenerationOptions(_Config):
         "top_p": "a finite number in (0, 1]",
         "seed": f"None or an int from 0 to 2**64 - 1 ({SEED_MAX})",
         "stop": "a string or a list of non-empty strings",
+        "gate": "None (full UniTE) or a number in [0, 1], e.g. 0.9",
     }
 
     max_new_tokens: int = Field(default=256, ge=1, description="Union steps at most.")
@@ -276,6 +277,17 @@ class GenerationOptions(_Config):
     )
     stop: tuple[str, ...] = Field(
         default=(), description="Strings that end generation (not emitted)."
+    )
+    gate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=(
+            "Gated ensembling: where the primary member's top-1 probability over its own "
+            "candidates is >= gate (and gate < 1), its token is taken without consulting the "
+            "others. None (the default) and 1.0 are full UniTE."
+        ),
     )
 
     @field_validator("stop", mode="before")

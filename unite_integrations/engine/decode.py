@@ -1,5 +1,11 @@
 """One decode step over the rows in flight: a union decision per row, then one forward per member.
 
+Gated ensembling (``GenerationOptions.gate``): a row whose primary member is confident takes the
+primary's token alone; the other members run no forward for it and the text they have not seen
+waits in ``Batch.updates`` (composed feed-back updates), to be consumed in one multi-token forward
+(``Batch.catch_up``) at the row's next vote. A row without a gate votes every step and its
+members take each string at the end of the step, as in full UniTE.
+
 Rows join and leave between steps (continuous batching, driven by the engine's worker): ``Batch``
 holds every member's backend and each row's own state and options (budget, temperature,
 top-p, its own random generator, stop strings, grammar), index r everywhere. ``step`` is host-side
@@ -31,6 +37,7 @@ from .union import (
     candidates,
     decide,
     merge_scores,
+    mix,
     scoring_cols,
 )
 from .vocab import END, Vocab
@@ -62,6 +69,18 @@ class Ensemble:
     usable: list[list[bool]] = field(default_factory=list)  # [i][t]: token t may be chosen
     #: Opens member i's backend for a new batch (default: in process, ``LocalMember``).
     open_member: Callable[[int], MemberBackend] | None = None
+    alone: StepPlan = field(init=False)  # the primary member as a one-member ensemble
+
+    def __post_init__(self) -> None:
+        p = self.plan
+        self.alone = StepPlan(
+            end_ids=p.end_ids[:1],
+            bias=p.bias[:1],
+            gid=p.gid[:1],
+            col_map=[p.col_map[0][:1]],
+            weights=torch.ones(1, device=p.weights.device),
+            k=p.k,
+        )
 
     def backend(self, i: int) -> MemberBackend:
         """A fresh, empty backend for member i."""
@@ -83,9 +102,10 @@ class RowState:
     generator: torch.Generator | None = None  # a sampled row's own: same seed, same text
     n_in: list[int] = field(default_factory=list)  # prompt tokens per member
     finish_reason: str | None = None
-    # One entry per chosen string: (gid, own_col per member, prob per member, agree).
-    steps: list[tuple[int, list[int], list[float], bool]] = field(default_factory=list)
-    decisions: int = 0  # union decisions taken, the final END included
+    # One entry per chosen string: (gid, own_col per member, prob per member, agree, gated).
+    steps: list[tuple[int, list[int], list[float], bool, bool]] = field(default_factory=list)
+    decisions: int = 0  # decisions taken, the final END included
+    voted: int = 0  # of which the members voted on (not gated)
     agreed: int = 0  # of which every member's own top-1 was the same string
     owner: Any = None  # what the worker reports this row to (a scheduler request)
 
@@ -97,7 +117,10 @@ class Batch:
         self.ens = ens
         self.members = [ens.backend(i) for i in range(len(ens.members))]
         self.rows: list[RowState] = []
-        self.updates: list[list[Update]] = [[] for _ in ens.members]  # [i][r], set by ``step``
+        # [i][r]: the ids member i has still to take for row r (the text it has not seen), set
+        # by ``step``; the primary's and ungated rows' are taken by ``forward``, the others' by
+        # ``catch_up`` when the row next votes.
+        self.updates: list[list[Update]] = [[] for _ in ens.members]
 
     def add(self, prompts: list[list[list[int]]], rows: list[RowState]) -> None:
         """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them."""
@@ -116,11 +139,44 @@ class Batch:
         self.updates = [[u[r] for r in keep] for u in self.updates]
 
     def forward(self) -> None:
-        """One forward pass per member over the ids each row takes this step."""
+        """One forward pass per member over the ids each row takes this step: the primary takes
+        every row's, the others only those of rows without a gate (gated rows' wait)."""
         if self.rows:
-            _run(self.ens, [partial(b.advance, u) for b, u in zip(self.members, self.updates)])
-            if self.ens.check_invariants:
-                _check(self.ens, self.members, self.rows)
+            eager = [row.opts.gate is None for row in self.rows]
+            self._advance([[True] * len(eager)] + [eager] * (len(self.members) - 1))
+
+    def catch_up(self, vote: list[bool]) -> None:
+        """The members other than the primary consume the pending text of the rows that vote
+        (one multi-token forward each; a no-op where nothing is pending)."""
+        if any(u is not None for us in self.updates[1:] for u in us):
+            self._advance([[False] * len(vote)] + [vote] * (len(self.members) - 1))
+
+    def _advance(self, take: list[list[bool]]) -> None:
+        """Member i feeds row r its pending ids where ``take[i][r]``; they are then no longer
+        pending."""
+        todo = [[u if t else None for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)]
+        self.updates = [
+            [None if t else u for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)
+        ]
+        _run(self.ens, [partial(b.advance, u) for b, u in zip(self.members, todo)])
+        if self.ens.check_invariants:
+            _check(self.ens, self, self.rows)
+
+    def held(self, i: int, r: int) -> list[int]:
+        """Member i's ids for row r once its pending ids are taken (they spell the text)."""
+        return _apply(self.members[i].ids[r], self.updates[i][r])
+
+
+def _apply(ids: list[int], u: Update) -> list[int]:
+    return ids if u is None else ids[: u[0]] + u[1]
+
+
+def _then(u: Update, v: Update) -> Update:
+    """The update doing ``u`` then ``v`` (``v`` is relative to the ids after ``u``)."""
+    if u is None or v is None:
+        return v if u is None else u
+    (keep, new), (keep2, new2) = u, v
+    return (keep, new[: keep2 - keep] + new2) if keep2 >= keep else v
 
 
 def retokenize_tail(
@@ -144,14 +200,13 @@ def retokenize_tail(
 
 
 def _feed_back(
-    ens: Ensemble, i: int, batch: MemberBackend, r: int, src: int, col: int, own: int, piece: bytes
+    ens: Ensemble, i: int, ids: list[int], n_prompt: int, src: int, col: int, own: int, piece: bytes
 ) -> Update:
-    ids = batch.ids[r]
     if own >= 0:  # (a) the member proposed this string itself: append its own id
         return len(ids), [own]
     if ens.exact[src][i][col]:  # (a) the string is one token of this member
         return len(ids), [int(ens.col_host[src][i][col])]
-    return retokenize_tail(ens.members[i].vocab, ids, batch.n_prompt[r], piece, ens.window)
+    return retokenize_tail(ens.members[i].vocab, ids, n_prompt, piece, ens.window)
 
 
 def _run(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:
@@ -164,21 +219,31 @@ def _run(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:
 
 
 def step(ens: Ensemble, batch: Batch) -> None:
-    """Steps 1-8 for every row in flight: logits -> one union choice per row -> each row takes its
-    string and every member learns which ids to feed back (``batch.updates``)."""
+    """Steps 1-8 for every row in flight: candidates -> one choice per row (the union's, or the
+    primary's alone where it is confident) -> each row takes its string and every member learns
+    which ids to feed back (``batch.updates``)."""
     rows, home = batch.rows, ens.plan.weights.device
     early = [row.decisions < row.opts.min_new_tokens for row in rows]
-    union = gather_union(batch.members, ens.plan, torch.tensor(early) if any(early) else None)
-    allowed = _grammar_mask(ens, union, rows) if any(r.matcher for r in rows) else None
-    temperature = torch.tensor([r.opts.temperature for r in rows], device=home)
-    top_p = torch.tensor([r.opts.top_p for r in rows], device=home)
-    picks = Picks.of(decide(union, ens.plan, temperature, top_p, _draws(rows, home), allowed))
-    if allowed is not None:
-        _grammar_fallbacks(ens, batch.members, rows, allowed, picks)
-    batch.updates = [[None] * len(rows) for _ in batch.members]
+    ban = torch.tensor(early) if any(early) else None  # [B]: END may not win yet
+    gates = _gates(rows)  # [B], None where no row may gate
+    alone = gather_union(batch.members[:1], ens.alone, ban) if gates else None  # [1, B, k]
+    vote = _votes(ens, alone, gates) if alone and gates else [True] * len(rows)  # [B], host
+    batch.catch_up(vote)
+    draws = _draws(rows, home)  # [B]: one per row and step, whoever decides
+    sel = [r for r, v in enumerate(vote) if v]  # the voting rows, B' of them
+    picks, none_fit = _voted(ens, batch, ban, sel, draws)
+    if alone and len(sel) < len(rows):  # gated rows take the primary's own choice
+        res = decide(alone, ens.alone, *_sampling(rows, home, draws))
+        mine, fit = Picks.alone(res, len(ens.members)), [False] * len(rows)
+        for n, r in enumerate(sel):
+            mine.put(r, picks, n)
+            fit[r] = none_fit[n]
+        picks, none_fit = mine, fit
+    if any(row.matcher for row in rows):  # only voting rows have one
+        _grammar_fallbacks(ens, batch.members, rows, none_fit, picks)
     for r, row in enumerate(rows):
-        for i, u in enumerate(_take(ens, batch.members, row, r, picks)):
-            batch.updates[i][r] = u
+        for i, u in enumerate(_take(ens, batch, row, r, picks)):
+            batch.updates[i][r] = _then(batch.updates[i][r], u)
 
 
 def gather_union(
@@ -192,6 +257,60 @@ def gather_union(
     cols = scoring_cols(list(top_col), plan)  # [N] [B, C]
     scored = [b.gather(c) for b, c in zip(members, cols)]  # [N] [B, C]
     return Union(gid, valid, merge_scores(scored, gid, plan), list(top_col))
+
+
+def _voted(
+    ens: Ensemble, batch: Batch, ban: torch.Tensor | None, sel: list[int], draws: torch.Tensor
+) -> tuple[Picks, list[bool]]:
+    """The union's choice for rows ``sel`` (B' of them) and, per such row, whether no union
+    string fits its grammar. Gated rows' candidates are computed too (from stale logits: cheap,
+    [B, k] numbers) and dropped."""
+    if not sel:
+        return Picks([], [], [], [], [], []), []
+    rows, home = [batch.rows[r] for r in sel], ens.plan.weights.device
+    union = gather_union(batch.members, ens.plan, ban)  # [N, B, C]
+    if len(sel) < len(batch.rows):
+        union = _subset(union, torch.tensor(sel, device=union.gid.device))  # [N, B', C]
+    allowed = _grammar_mask(ens, union, rows) if any(r.matcher for r in rows) else None
+    idx = torch.tensor(sel, device=draws.device)
+    res = decide(union, ens.plan, *_sampling(rows, home, draws.index_select(0, idx)), allowed)
+    return Picks.of(res), [False] * len(sel) if allowed is None else (~allowed).all(1).tolist()
+
+
+def _subset(u: Union, idx: torch.Tensor) -> Union:
+    """The union of rows ``idx`` only."""
+    return Union(
+        u.gid.index_select(0, idx),
+        u.valid.index_select(0, idx),
+        u.scores.index_select(1, idx),
+        [c.index_select(0, idx.to(c.device)) for c in u.top_col],
+    )
+
+
+def _sampling(
+    rows: list[RowState], home: torch.device, draws: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(temperature, top_p, draws), [B] each, for ``decide``."""
+    temperature = torch.tensor([r.opts.temperature for r in rows], device=home)
+    return temperature, torch.tensor([r.opts.top_p for r in rows], device=home), draws
+
+
+def _gates(rows: list[RowState]) -> list[float] | None:
+    """[B] each row's gate (2.0: never gates: no gate, gate 1, or a grammar); None if no row
+    may gate, so that full UniTE costs no extra work or host transfer."""
+    gates = [
+        r.opts.gate if r.opts.gate is not None and r.opts.gate < 1 and r.matcher is None else 2.0
+        for r in rows
+    ]
+    return None if all(g > 1 for g in gates) else gates
+
+
+def _votes(ens: Ensemble, alone: Union, gates: list[float]) -> list[bool]:
+    """[B]: False where the row gates: the primary's top-1 probability over its own candidates
+    (softmax at temperature 1 over its top-k, after the candidate rules) is >= its gate."""
+    ones = torch.ones(len(gates), device=alone.gid.device)
+    p, _ = mix(alone.scores, alone.valid, ens.alone.weights, ones)  # [B, k]
+    return (p.amax(-1) < torch.tensor(gates, device=p.device)).tolist()  # type: ignore[no-any-return]
 
 
 def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
@@ -224,6 +343,7 @@ class Picks:
     agree: list[bool]
     own: list[list[int]]
     prob: list[list[float]]
+    gated: list[bool] = field(default_factory=list)
 
     @classmethod
     def of(cls, res: StepResult) -> Picks:
@@ -235,21 +355,37 @@ class Picks:
             res.agree.tolist(),
             res.own_col.T.tolist(),
             res.prob.T.tolist(),
+            [False] * len(res.src),
         )
 
+    @classmethod
+    def alone(cls, res: StepResult, n: int) -> Picks:
+        """The primary's own decisions (a one-member ``StepResult``) as gated picks of an
+        n-member ensemble: the others proposed nothing and gave no probability."""
+        p = cls.of(res)
+        rest = n - 1
+        own = [o + [-1] * rest for o in p.own]
+        prob = [q + [0.0] * rest for q in p.prob]
+        return cls(p.src, p.col, p.gid, [False] * len(p.src), own, prob, [True] * len(p.src))
 
-def _take(
-    ens: Ensemble, batches: list[MemberBackend], row: RowState, r: int, picks: Picks
-) -> list[Update]:
-    """Row r takes its chosen string; returns each member's update, [] once the row is done."""
+    def put(self, r: int, other: Picks, n: int) -> None:
+        """Row r takes row n of ``other``'s picks."""
+        for f in ("src", "col", "gid", "agree", "own", "prob", "gated"):
+            getattr(self, f)[r] = getattr(other, f)[n]
+
+
+def _take(ens: Ensemble, batch: Batch, row: RowState, r: int, picks: Picks) -> list[Update]:
+    """Row r takes its chosen string; returns each member's update after the ids it has still
+    to take, [] once the row is done."""
     last = row.decisions == row.opts.max_new_tokens - 1
     row.decisions += 1
+    row.voted += not picks.gated[r]
     row.agreed += picks.agree[r]
     if picks.gid[r] == END:
         row.finish_reason = "stop"
         return []
     piece = ens.strings[picks.gid[r]]
-    row.steps.append((picks.gid[r], picks.own[r], picks.prob[r], picks.agree[r]))
+    row.steps.append((picks.gid[r], picks.own[r], picks.prob[r], picks.agree[r], picks.gated[r]))
     if row.matcher is not None:
         row.matcher.consume(piece)
     if row.text.append(piece):
@@ -258,9 +394,11 @@ def _take(
     if last:
         row.finish_reason = "length"
         return []
+    held = [batch.held(i, r) for i in range(len(ens.members))]
+    n_prompt = [b.n_prompt[r] for b in batch.members]
     updates = [
-        _feed_back(ens, i, b, r, picks.src[r], picks.col[r], picks.own[r][i], piece)
-        for i, b in enumerate(batches)
+        _feed_back(ens, i, held[i], n_prompt[i], picks.src[r], picks.col[r], picks.own[r][i], piece)
+        for i in range(len(ens.members))
     ]
     if any(
         u is not None and u[0] + len(u[1]) >= m.context_window for u, m in zip(updates, ens.members)
@@ -288,12 +426,11 @@ def _grammar_fallbacks(
     ens: Ensemble,
     batches: list[MemberBackend],
     rows: list[RowState],
-    allowed: torch.Tensor,
+    none_fit: list[bool],
     picks: Picks,
 ) -> None:
     """Rows where no union string fits the grammar take a member's best allowed token; a row
     whose pick would leave too few steps to complete its text closes instead (``closing_need``)."""
-    none_fit = (~allowed).all(1).tolist()
     for r, row in enumerate(rows):
         if row.matcher is None:
             continue
@@ -382,12 +519,13 @@ def _best_allowed(
     return 0, max(options, key=lambda t: z[t])
 
 
-def _check(ens: Ensemble, batches: list[MemberBackend], rows: list[RowState]) -> None:
-    for m, b in zip(ens.members, batches):
+def _check(ens: Ensemble, batch: Batch, rows: list[RowState]) -> None:
+    """Every member's ids, once its pending ids are taken, spell the row's text."""
+    for i, (m, b) in enumerate(zip(ens.members, batch.members)):
         for r, row in enumerate(rows):
             if row.finish_reason is not None:
                 continue
-            held = m.vocab.bytes_of(b.ids[r][b.n_prompt[r] :])
+            held = m.vocab.bytes_of(batch.held(i, r)[b.n_prompt[r] :])
             if held != bytes(row.text.raw):
                 raise AssertionError(
                     f"member {m.name!r} row {r}: ids spell {held!r}, text is {bytes(row.text.raw)!r}"

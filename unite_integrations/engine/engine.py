@@ -425,7 +425,7 @@ class UniTEEngine:
         tokens = []
         wins = dict.fromkeys(names, 0)
         proposed = dict.fromkeys(names, 0)
-        for gid, own, prob, _ in row.steps:
+        for gid, own, prob, _, gated in row.steps:
             winner = names[max(range(len(names)), key=lambda i: (prob[i], -i))]
             wins[winner] += 1
             for name, o in zip(names, own):
@@ -434,14 +434,16 @@ class UniTEEngine:
                 TokenProvenance(
                     text=self._ens.strings[gid].decode("utf-8", errors="replace"),
                     proposers=[nm for nm, o in zip(names, own) if o >= 0],
-                    probs=dict(zip(names, prob)),
+                    probs=dict(zip(names[:1] if gated else names, prob)),
                     winner=winner,
+                    gated=gated,
                 )
             )
         provenance = Provenance(
             members=names,
             tokens=tokens,
-            agreement_rate=row.agreed / max(row.decisions, 1),
+            agreement_rate=row.agreed / max(row.voted, 1),
+            gated_share=(row.decisions - row.voted) / max(row.decisions, 1),
             win_share={k: v / n for k, v in wins.items()},
             proposal_share={k: v / n for k, v in proposed.items()},
         )

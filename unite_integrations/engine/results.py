@@ -33,6 +33,13 @@ class TokenProvenance(BaseModel):
     proposers: list[str] = Field(description="Members that had this string in their own top-k.")
     probs: dict[str, float] = Field(description="Each member's probability for it over the union.")
     winner: str = Field(description="The member that gave it the highest probability.")
+    gated: bool = Field(
+        default=False,
+        description=(
+            "Taken from the primary member alone (its top-1 probability reached the gate); "
+            "``probs`` then holds the primary's probability over its own candidates only."
+        ),
+    )
 
 
 class Provenance(BaseModel):
@@ -42,7 +49,13 @@ class Provenance(BaseModel):
     tokens: list[TokenProvenance] = Field(default_factory=list)
     agreement_rate: float = Field(
         default=0.0,
-        description="Share of decisions (the final END too) where every member's top-1 agreed.",
+        description=(
+            "Share of voted decisions (the final END too) where every member's top-1 agreed."
+        ),
+    )
+    gated_share: float = Field(
+        default=0.0,
+        description="Share of decisions (the final END too) the primary took alone (``gate``).",
     )
     win_share: dict[str, float] = Field(
         default_factory=dict,
@@ -59,6 +72,7 @@ class Provenance(BaseModel):
             "agreement_rate": self.agreement_rate,
             "win_share": self.win_share,
             "proposal_share": self.proposal_share,
+            "gated_share": self.gated_share,
         }
 
 

@@ -161,7 +161,12 @@ class MemberBatch:
                 **{self._cache_arg: self.cache},
             )
         self.cache = getattr(out, self._cache_arg)
-        self.logits = out.logits[:, -1, :]
+        logits = out.logits[:, -1, :]
+        idle = [not seg for seg in segs]
+        if any(idle) and self.logits is not None:  # a row that took nothing keeps its logits
+            keep_old = torch.tensor(idle, device=logits.device)[:, None]
+            logits = torch.where(keep_old, self.logits.to(logits.dtype), logits)
+        self.logits = logits
         self.forwards += 1
 
 

@@ -55,6 +55,7 @@ CALL_KWARGS = frozenset(
         "min_tokens",
         "top_p",
         "seed",
+        "gate",
         "tools",
         "tool_choice",
         "parallel_tool_calls",
@@ -156,6 +157,7 @@ def to_core_request(
             top_p=kwargs.get("top_p"),
             seed=kwargs.get("seed"),
             stop=stop,
+            gate=kwargs.get("gate"),
         ),
         tools=tuple(tools),
         tool_choice=kwargs.get("tool_choice"),  # the core reads every spelling

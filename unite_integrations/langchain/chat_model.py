@@ -45,7 +45,16 @@ from ._structured import structured_output
 
 __all__ = ["UniTEChatModel"]
 
-_OPTION_FIELDS = ("top_k", "weights", "temperature", "max_tokens", "min_tokens", "top_p", "seed")
+_OPTION_FIELDS = (
+    "top_k",
+    "weights",
+    "temperature",
+    "max_tokens",
+    "min_tokens",
+    "top_p",
+    "seed",
+    "gate",
+)
 
 _PROVIDER = "unite"
 
@@ -119,6 +128,11 @@ class UniTEChatModel(BaseChatModel):
 
     seed: int | None = None
     """Seed for sampling: the same seed gives the same text."""
+
+    gate: float | None = None
+    """Gated ensembling: where the primary member's top-1 probability is at least ``gate``
+    (and ``gate < 1``), its token is taken without consulting the others (faster); ``None``:
+    full UniTE. A call's ``gate`` (``invoke(..., gate=0.9)``) overrides it."""
 
     stop: list[str] | None = None
     """Strings that end generation, of any length; never part of the output. A call's ``stop``

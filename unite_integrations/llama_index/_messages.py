@@ -63,6 +63,7 @@ CALL_OPTIONS = {
     "temperature": "temperature",
     "top_p": "top_p",
     "seed": "seed",
+    "gate": "gate",
     "stop": "stop",
 }
 

@@ -91,7 +91,7 @@ class UniTELLM(FunctionCallingLLM):
 
     Tool calls are grammar-constrained, so forced calls always parse. Per-call keyword arguments
     override the fields: ``max_new_tokens`` (or ``max_tokens``), ``min_new_tokens``,
-    ``temperature``, ``top_p``, ``seed``, ``stop`` (which *replaces* the field's stop strings,
+    ``temperature``, ``top_p``, ``seed``, ``gate``, ``stop`` (which *replaces* the field's stop strings,
     as in every front end); any other keyword is a ``ConfigError``. The behaviour is the chat
     core's, the same in every front end: see ``docs/llama_index.md``.
     """
@@ -125,6 +125,11 @@ class UniTELLM(FunctionCallingLLM):
     top_p: float = Field(default=1.0, description="Nucleus mass over the union when sampling.")
     seed: int | None = Field(
         default=None, description="Seed for sampling: the same seed gives the same text."
+    )
+    gate: float | None = Field(
+        default=None,
+        description="Gated ensembling: the primary member's token is taken alone where its "
+        "top-1 probability is >= gate (gate < 1); None: full UniTE.",
     )
     stop: list[str] = Field(
         default_factory=list,

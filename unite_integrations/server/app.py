@@ -267,6 +267,7 @@ class _Server:
             top_p=body.top_p,
             seed=body.seed,
             stop=tuple(body.stops()) if body.stop is not None else None,
+            gate=body.unite.gate,
         )
 
     # -- operational endpoints ----------------------------------------------------------------

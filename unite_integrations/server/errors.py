@@ -101,6 +101,7 @@ _PARAMS = {
     "temperature": "temperature",
     "top_p": "top_p",
     "seed": "seed",
+    "gate": "unite.gate",
     "stop": "stop",
     "tool_choice": "tool_choice",
     "tool": "tools",

@@ -41,6 +41,11 @@ class UniteOptions(_Body):
         description="Also return, per generated token, which members proposed it, each member's "
         "probability and the winner.",
     )
+    gate: float | None = Field(
+        default=None,
+        description="Gated ensembling: the primary member's token is taken alone where its "
+        "top-1 probability is >= gate (0..1; 1 or absent: full UniTE).",
+    )
 
 
 class ChatMessage(_Body):

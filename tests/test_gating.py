@@ -1,0 +1,171 @@
+"""Gated ensembling (``gate``): the primary alone where it is confident, the union elsewhere.
+
+Every engine here checks at every forward that each member's ids, with the ids it has still to
+take, spell the shared text (``check_invariants=True``), so the lazy members' catch-up (several
+strings in one multi-token forward) is checked at every step too.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import PROMPTS
+
+from unite_integrations import UniTEEngine
+from unite_integrations.errors import ConfigError
+
+N = 12
+
+
+def _texts(engine: UniTEEngine, prompts: list[str], **kw: object) -> list[str]:
+    return [r.text for r in engine.generate(prompts, max_new_tokens=N, **kw)]
+
+
+def test_gate_one_is_full_unite(trio: UniTEEngine) -> None:
+    full = trio.generate(PROMPTS[:6], max_new_tokens=N)
+    gated = trio.generate(PROMPTS[:6], max_new_tokens=N, gate=1.0)
+    assert [r.text for r in gated] == [r.text for r in full]
+    assert [r.provenance for r in gated] == [r.provenance for r in full]
+    assert all(r.provenance.gated_share == 0 for r in gated)
+
+
+def test_gate_zero_is_the_primary_alone(trio: UniTEEngine) -> None:
+    alone = trio.member_engine(0)
+    prompts = PROMPTS[:8]
+    gated = trio.generate(prompts, max_new_tokens=N, gate=0.0)
+    assert [r.text for r in gated] == _texts(alone, prompts)
+    for r in gated:
+        assert r.provenance.gated_share == 1.0
+        assert all(t.gated and t.proposers == [trio.member_names[0]] for t in r.provenance.tokens)
+        assert all(list(t.probs) == [trio.member_names[0]] for t in r.provenance.tokens)
+
+
+def test_gated_members_catch_up_across_tokenizers(hetero: UniTEEngine) -> None:
+    """A middle gate mixes gated and voted steps: catch-up forwards of several strings."""
+    results = hetero.generate(PROMPTS, max_new_tokens=N, gate=0.3)
+    shares = [r.provenance.gated_share for r in results]
+    assert any(0 < s < 1 for s in shares), shares  # rows both gate and vote
+    assert sum(s == 0 for s in shares) < len(shares)  # and some rows gate
+
+
+def test_batched_equals_row_by_row_with_gating(hetero: UniTEEngine) -> None:
+    prompts = PROMPTS[:10]
+    batched = hetero.generate(prompts, max_new_tokens=N, gate=0.3)
+    single = [hetero.generate([p], max_new_tokens=N, gate=0.3)[0] for p in prompts]
+    assert [_facts(r) for r in batched] == [_facts(r) for r in single]
+
+
+def _facts(r):  # type: ignore[no-untyped-def]
+    """What must not depend on the batch (probabilities may differ in the last bits)."""
+    return r.text, r.finish_reason, [t.gated for t in r.provenance.tokens]
+
+
+def test_rows_with_and_without_gate_share_a_batch(hetero: UniTEEngine) -> None:
+    """Requests with different gates decode in one batch; each equals its own solo run."""
+    full = hetero.submit(PROMPTS[:4], max_new_tokens=N)
+    gated = hetero.submit(PROMPTS[4:8], max_new_tokens=N, gate=0.3)
+    texts = [r.text for req in full + gated for r in _done(req)]
+    assert texts[:4] == _texts(hetero, PROMPTS[:4])
+    assert texts[4:] == _texts(hetero, PROMPTS[4:8], gate=0.3)
+
+
+def _done(request):  # type: ignore[no-untyped-def]
+    event = request.next_event()
+    return event.results
+
+
+def test_sampled_gating_is_reproducible(hetero: UniTEEngine) -> None:
+    kw = {"temperature": 0.8, "seed": 7, "gate": 0.3}
+    assert _texts(hetero, PROMPTS[:4], **kw) == _texts(hetero, PROMPTS[:4], **kw)
+
+
+def test_streaming_with_gating(hetero: UniTEEngine) -> None:
+    chunks = list(hetero.stream(PROMPTS[1], max_new_tokens=N, gate=0.3))
+    assert "".join(c.text for c in chunks) == chunks[-1].result.text  # type: ignore[union-attr]
+    alone = hetero.generate([PROMPTS[1]], max_new_tokens=N, gate=0.3)[0]
+    assert _facts(chunks[-1].result) == _facts(alone)
+
+
+def test_gated_share_counts_gated_tokens(hetero: UniTEEngine) -> None:
+    for r in hetero.generate(PROMPTS[:6], max_new_tokens=N, gate=0.3):
+        p = r.provenance
+        n_gated = sum(t.gated for t in p.tokens)
+        decisions = len(p.tokens) + (r.finish_reason == "stop")
+        assert n_gated <= round(p.gated_share * decisions) <= n_gated + 1  # END may be gated
+        assert p.summary()["gated_share"] == p.gated_share
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.9", True, float("nan")])
+def test_bad_gate_is_refused(hetero: UniTEEngine, bad: object) -> None:
+    with pytest.raises(ConfigError, match="gate"):
+        hetero.generate(["x"], max_new_tokens=2, gate=bad)
+
+
+# -- the option through every front end ---------------------------------------------------------
+
+
+def test_chat_core_resolves_gate() -> None:
+    from unite_integrations.chat import ChatDefaults
+    from unite_integrations.chat.options import engine_options
+    from unite_integrations.chat.types import ChatOptions
+
+    assert "gate" not in engine_options(ChatDefaults(), ChatOptions())  # full UniTE
+    assert engine_options(ChatDefaults(gate=0.9), ChatOptions())["gate"] == 0.9
+    assert engine_options(ChatDefaults(gate=0.9), ChatOptions(gate=1.0))["gate"] == 1.0
+    with pytest.raises(ConfigError, match="gate"):
+        engine_options(ChatDefaults(), ChatOptions(gate=2.0))
+
+
+def test_adapters_pass_gate() -> None:
+    from langchain_core.messages import HumanMessage
+
+    from unite_integrations.langchain._messages import to_core_request
+    from unite_integrations.llama_index._messages import call_options
+
+    req = to_core_request([HumanMessage("hi")], None, {"gate": 0.7}, "m")
+    assert req.options.gate == 0.7
+    assert call_options({"gate": 0.7}).gate == 0.7
+
+
+def test_langchain_and_llama_index_fields_gate(tiny_dirs, cache_dir) -> None:  # type: ignore[no-untyped-def]
+    """The field gates every call; a call's ``gate`` overrides it (1.0: full UniTE)."""
+    from llama_index.core.llms import ChatMessage
+
+    from unite_integrations.langchain import UniTEChatModel
+    from unite_integrations.llama_index import UniTELLM
+
+    members = [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])]
+    kw = {"members": members, "top_k": 5, "cache_dir": str(cache_dir)}
+    gated = UniTEChatModel(**kw, max_tokens=6, gate=0.0)  # type: ignore[arg-type]
+    full = UniTEChatModel(**kw, max_tokens=6)  # type: ignore[arg-type]
+    assert gated.invoke("Hello world").content == full.invoke("Hello world", gate=0.0).content
+    assert gated.invoke("Hello world", gate=1.0).content == full.invoke("Hello world").content
+    assert gated.invoke("Hello world").response_metadata["provenance"]["gated_share"] == 1.0
+    li = UniTELLM(**kw, max_new_tokens=6, gate=0.0)  # type: ignore[arg-type]
+    msg = [ChatMessage(role="user", content="Hello world")]
+    assert li.chat(msg).message.content == gated.invoke("Hello world").content
+
+
+def test_cli_parses_gate() -> None:
+    from unite_integrations.cli import _parser
+
+    assert _parser().parse_args(["generate", "x", "--gate", "0.9"]).gate == 0.9
+    assert _parser().parse_args(["generate", "x"]).gate is None
+    args = _parser().parse_args(["eval", "-d", "arc", "--gate", "0.5"])
+    assert args.gate == 0.5
+
+
+def test_server_extension_field_gate(hetero: UniTEEngine) -> None:
+    pytest.importorskip("uvicorn")
+    import httpx
+    from server_harness import running
+
+    user = [{"role": "user", "content": "Hello world"}]
+    want = hetero.generate([user], max_new_tokens=6, gate=0.0)[0]
+    with running(hetero, model_name="tiny") as url:
+        body = {"model": "tiny", "messages": user, "max_tokens": 6, "unite": {"gate": 0.0}}
+        r = httpx.post(url + "/chat/completions", json=body, timeout=60).json()
+        assert r["choices"][0]["message"]["content"] == want.text
+        assert r["unite"]["gated_share"] == 1.0
+        body["unite"] = {"gate": 1.5}
+        bad = httpx.post(url + "/chat/completions", json=body, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "unite.gate"

@@ -20,6 +20,7 @@ from ..engine.constraints import (
     parse_tool_calls,
     tool_schema,
 )
+from ..engine.text import partial_suffix
 from ..errors import ConfigError
 from .types import ResponseFormat, ToolCall
 
@@ -154,16 +155,6 @@ def parse_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
     it (content stripped around calls; a block that does not parse stays text)."""
     content, calls = parse_tool_calls(text)
     return content, tuple(ToolCall(c.id, c.name, c.arguments) for c in calls)
-
-
-def partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``: what a stream
-    must hold back because it may be the start of ``tag``. (The engine's ``RowText`` keeps its own
-    bytes version for stop strings; this one serves the chat core's tag parsing.)"""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 class ToolCallStream:

@@ -7,7 +7,9 @@ string, so a stop string split across steps is never emitted.
 
 from __future__ import annotations
 
-__all__ = ["RowText", "complete_utf8_prefix"]
+from typing import Any, overload
+
+__all__ = ["RowText", "complete_utf8_prefix", "partial_suffix"]
 
 
 def complete_utf8_prefix(data: bytes | bytearray) -> int:
@@ -20,6 +22,19 @@ def complete_utf8_prefix(data: bytes | bytearray) -> int:
         need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
         return n - back if need > back else n
     return n
+
+
+@overload
+def partial_suffix(text: str, tag: str) -> int: ...
+@overload
+def partial_suffix(text: bytes | bytearray, tag: bytes) -> int: ...
+def partial_suffix(text: Any, tag: Any) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``: what a stream
+    must hold back because it may be the start of ``tag`` (a stop string, a tool-call tag)."""
+    for n in range(min(len(text), len(tag) - 1), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
 
 
 class RowText:
@@ -60,10 +75,4 @@ class RowText:
 
     def _stop_prefix_overlap(self) -> int:
         """Longest tail of the text that is a proper prefix of some stop string."""
-        best = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.raw)), best, -1):
-                if self.raw.endswith(s[:n]):
-                    best = n
-                    break
-        return best
+        return max((partial_suffix(self.raw, s) for s in self.stops), default=0)

@@ -15,9 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .cli_members import add_member_options, member_specs
 from .defaults import DEFAULT_MEMBERS
-from .engine.config import MemberSpec
-from .engine.loading import BUILTIN_ALIASES
 from .engine.results import GenerationResult
 from .errors import UniteError
 
@@ -35,26 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         help="treat the prompt as a user message; each member applies its template",
     )
     gen.add_argument("--system", default=None, help="a system message (implies --chat)")
-    gen.add_argument(
-        "-m",
-        "--member",
-        action="append",
-        dest="members",
-        metavar="SOURCE",
-        help="alias, directory, .gguf file or hub id; repeat for each member "
-        f"(default: {' + '.join(DEFAULT_MEMBERS)}; aliases: "
-        f"{', '.join(BUILTIN_ALIASES)})",
-    )
-    gen.add_argument(
-        "-w",
-        "--weight",
-        action="append",
-        type=float,
-        dest="weights",
-        help="member weight, once per --member, in the same order",
-    )
-    gen.add_argument("--device", default="cpu", help="device for every member (cpu, cuda:0 ...)")
-    gen.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
+    add_member_options(gen)
     gen.add_argument("-n", "--max-new-tokens", type=int, default=128)
     gen.add_argument("-t", "--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -71,13 +51,6 @@ def _parser() -> argparse.ArgumentParser:
         "--provenance",
         action="store_true",
         help="after the answer, show which member proposed each token",
-    )
-    gen.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
-    gen.add_argument(
-        "--ray-address",
-        default=None,
-        help="run every member in a Ray actor: 'local' (a Ray started here), 'auto' (this "
-        "machine's cluster) or a cluster address such as ray://head:10001",
     )
     from .compat.cli import add_subcommands  # `unite check` and `unite eval`
 
@@ -113,17 +86,10 @@ def _print_provenance(result: GenerationResult) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from .engine.engine import UniTEEngine  # torch is slow to import; keep --help fast
-    from .engine.ray_members import on_ray
 
-    sources = args.members or list(DEFAULT_MEMBERS)
-    weights = args.weights or [1.0] * len(sources)
-    if len(weights) != len(sources):
-        raise SystemExit(f"unite: {len(weights)} --weight for {len(sources)} members")
-    specs = [
-        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
-        for s, w in zip(sources, weights)
-    ]
-    print(f"loading {len(specs)} member(s): {', '.join(sources)} ...", file=sys.stderr)
+    specs = member_specs(args)
+    names = ", ".join(s.source for s in specs)
+    print(f"loading {len(specs)} member(s): {names} ...", file=sys.stderr)
     engine = UniTEEngine(specs, top_k=args.top_k, cache_dir=args.cache_dir)
     if args.chat or args.system:
         messages = [{"role": "system", "content": args.system}] if args.system else []

@@ -17,28 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from ..cli_members import add_member_options, member_specs
+
 __all__ = ["add_subcommands"]
 
 
-def _member_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-m",
-        "--member",
-        action="append",
-        dest="members",
-        metavar="SOURCE",
-        help="alias, directory, .gguf file or hub id; repeat per member "
-        "(default: smollm2-135m-instruct + gemma-3-270m)",
-    )
-    p.add_argument("--device", default="cpu", help="device for every member (cpu, cuda:0 ...)")
-    p.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
-    p.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="run every member in a Ray actor: 'local' (a Ray started here), 'auto' (this "
-        "machine's cluster) or a cluster address such as ray://head:10001",
-    )
+def _member_options(p: argparse.ArgumentParser, *, weights: bool = False) -> None:
+    add_member_options(p, weights=weights)
     p.add_argument(
         "--data-dir",
         default=None,
@@ -137,15 +122,7 @@ def add_subcommands(subparsers: Any) -> None:
         "with the number of items, as a table, JSON and a plot. Data sets: arc, piqa, mmlu, "
         "gsm8k, triviaqa, nq (the UniTE paper's data folder layout).",
     )
-    _member_options(ev)
-    ev.add_argument(
-        "-w",
-        "--weight",
-        action="append",
-        type=float,
-        dest="weights",
-        help="member weight, once per --member, in the same order",
-    )
+    _member_options(ev, weights=True)
     ev.add_argument(
         "-d",
         "--dataset",
@@ -193,21 +170,6 @@ def add_subcommands(subparsers: Any) -> None:
     ev.set_defaults(handler=run_eval)
 
 
-def _specs(args: argparse.Namespace, weights: list[float] | None = None) -> list[Any]:
-    from ..defaults import DEFAULT_MEMBERS
-    from ..engine.config import MemberSpec
-    from ..engine.ray_members import on_ray
-
-    sources = args.members or list(DEFAULT_MEMBERS)
-    weights = weights or [1.0] * len(sources)
-    if len(weights) != len(sources):
-        raise SystemExit(f"unite: {len(weights)} --weight for {len(sources)} members")
-    return [
-        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
-        for s, w in zip(sources, weights)
-    ]
-
-
 def _setup(args: argparse.Namespace) -> None:
     if args.threads:
         import torch
@@ -228,7 +190,7 @@ def run_check(args: argparse.Namespace) -> int:
     from .tasks import CalibrationExample
 
     _setup(args)
-    specs = _specs(args)
+    specs = member_specs(args)
     examples = None
     if args.examples:
         with open(args.examples, encoding="utf-8") as f:
@@ -277,7 +239,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     _setup(args)
-    specs = _specs(args, args.weights)
+    specs = member_specs(args)
     names = [n.strip() for d in args.datasets for n in d.split(",") if n.strip()]
     config = ensemble_config(specs, top_k=args.top_k, cache_dir=args.cache_dir)
     print(

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..defaults import DEFAULT_MEMBERS
+from ..cli_members import add_member_options, member_specs
 
 __all__ = ["add_subcommands"]
 
@@ -22,25 +22,7 @@ def add_subcommands(sub: Any) -> None:
         description="Serve an ensemble over HTTP with OpenAI's API: point the openai client, "
         "LangChain's ChatOpenAI or LlamaIndex's OpenAILike at http://HOST:PORT/v1.",
     )
-    p.add_argument(
-        "-m",
-        "--member",
-        action="append",
-        dest="members",
-        metavar="SOURCE",
-        help=f"alias, directory, .gguf file or hub id; repeat for each member "
-        f"(default: {' + '.join(DEFAULT_MEMBERS)})",
-    )
-    p.add_argument(
-        "-w",
-        "--weight",
-        action="append",
-        type=float,
-        dest="weights",
-        help="member weight, once per --member, in the same order",
-    )
-    p.add_argument("--device", default="cpu", help="device for every member (cpu, cuda:0 ...)")
-    p.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
+    add_member_options(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -73,13 +55,6 @@ def add_subcommands(sub: Any) -> None:
         help="seconds requests in flight may finish after SIGTERM before they are cancelled",
     )
     p.add_argument("--log-level", default="info")
-    p.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="run every member in a Ray actor: 'local' (a Ray started here), 'auto' (this "
-        "machine's cluster) or a cluster address such as ray://head:10001",
-    )
     p.set_defaults(handler=_serve)
 
 
@@ -87,7 +62,6 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from ..chat import ChatDefaults
-    from ..engine.config import MemberSpec
     from ..errors import ConfigError
 
     try:
@@ -97,17 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
             f"unite serve needs Starlette and uvicorn ({e.name} is missing): "
             'pip install "unite-integrations[server]"'
         ) from e
-    from ..engine.ray_members import on_ray
 
-    sources = args.members or list(DEFAULT_MEMBERS)
-    weights = args.weights or [1.0] * len(sources)
-    if len(weights) != len(sources):
-        raise ConfigError(f"{len(weights)} --weight for {len(sources)} members: give one each")
-    specs = [
-        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
-        for s, w in zip(sources, weights)
-    ]
-    print(f"loading {len(specs)} member(s): {', '.join(sources)} ...", file=sys.stderr)
+    specs = member_specs(args)
+    names = ", ".join(s.source for s in specs)
+    print(f"loading {len(specs)} member(s): {names} ...", file=sys.stderr)
     serve(
         specs,
         host=args.host,

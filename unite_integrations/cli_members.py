@@ -1,0 +1,69 @@
+"""The ensemble options every ``unite`` subcommand shares, and the members they describe.
+
+``-m/--member``, ``-w/--weight``, ``--device``, ``-k/--top-k``, ``--cache-dir`` and
+``--ray-address`` mean the same in ``generate``, ``check``, ``eval`` and ``serve``: one definition,
+so the commands cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from .defaults import DEFAULT_MEMBERS
+
+if TYPE_CHECKING:
+    from .engine.config import MemberSpec
+
+__all__ = ["add_member_options", "member_specs"]
+
+
+def add_member_options(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
+    """Add the ensemble options to a subcommand (``weights=False``: no ``-w``)."""
+    from .engine.loading import BUILTIN_ALIASES
+
+    p.add_argument(
+        "-m",
+        "--member",
+        action="append",
+        dest="members",
+        metavar="SOURCE",
+        help="alias, directory, .gguf file or hub id; repeat for each member "
+        f"(default: {' + '.join(DEFAULT_MEMBERS)}; aliases: {', '.join(BUILTIN_ALIASES)})",
+    )
+    if weights:
+        p.add_argument(
+            "-w",
+            "--weight",
+            action="append",
+            type=float,
+            dest="weights",
+            help="member weight, once per --member, in the same order",
+        )
+    p.add_argument("--device", default="cpu", help="device for every member (cpu, cuda:0 ...)")
+    p.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
+    p.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="run every member in a Ray actor: 'local' (a Ray started here), 'auto' (this "
+        "machine's cluster) or a cluster address such as ray://head:10001",
+    )
+
+
+def member_specs(args: argparse.Namespace) -> list[MemberSpec]:
+    """The members the options name (the built-in pair by default), one weight each."""
+    from .engine.config import MemberSpec
+    from .engine.ray_members import on_ray
+    from .errors import ConfigError
+
+    sources = args.members or list(DEFAULT_MEMBERS)
+    weights = getattr(args, "weights", None) or [1.0] * len(sources)
+    if len(weights) != len(sources):
+        raise ConfigError(
+            f"{len(weights)} --weight for {len(sources)} members: give one --weight per --member"
+        )
+    return [
+        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
+        for s, w in zip(sources, weights)
+    ]

@@ -50,7 +50,15 @@ def pair(ray_session, tiny_dirs, cache_dir):
 def _same(a, b):
     assert [r.text for r in a] == [r.text for r in b]
     assert [r.finish_reason for r in a] == [r.finish_reason for r in b]
-    assert [r.provenance for r in a] == [r.provenance for r in b]
+    # Token for token the same choices; the probabilities to float rounding (an actor's torch
+    # may run another number of threads than the driver's, which reorders the sums).
+    for pa, pb in zip([r.provenance for r in a], [r.provenance for r in b]):
+        assert [(t.text, t.proposers, t.winner) for t in pa.tokens] == [
+            (t.text, t.proposers, t.winner) for t in pb.tokens
+        ]
+        for ta, tb in zip(pa.tokens, pb.tokens):
+            assert ta.probs == pytest.approx(tb.probs, abs=1e-5)
+        assert pa.summary() == pb.summary()
 
 
 def test_greedy_batch_equals_in_process(pair):

@@ -440,15 +440,18 @@ class UniTEEngine:
             wins[winner] += 1
             for name, o in zip(names, own):
                 proposed[name] += o >= 0
-            # The mixed probability it was chosen from (a gated row's: the primary's alone).
+            # The mixed probability it was chosen from (a gated row's: the primary's alone);
+            # the device's own figure where it is among the top strings, so the two agree.
+            top = row.top[n_step] if row.top else []
             p = prob[0] if gated else sum(w * q for w, q in zip(weights, prob))
+            p = next((q for g, q in top if g == gid), p)
             data = self._ens.strings[gid]
             tokens.append(
                 TokenProvenance(
                     text=data.decode("utf-8", errors="replace"),
                     bytes=list(data),
                     logprob=math.log(p) if p > 0 else None,
-                    top=[self._candidate(g, q) for g, q in row.top[n_step]] if row.top else None,
+                    top=[self._candidate(g, q) for g, q in top] if row.top else None,
                     proposers=[nm for nm, o in zip(names, own) if o >= 0],
                     probs=dict(zip(names[:1] if gated else names, prob)),
                     winner=winner,

@@ -267,7 +267,17 @@ class _Server:
     # -- operational endpoints ----------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model})
+        m = self.engine.metrics()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.model,
+                "queue_depth": m.queued,
+                "rows_in_flight": m.rows_in_flight,
+                "max_batch_rows": m.max_batch_rows,
+                "max_queue": m.max_queue,
+            }
+        )
 
     async def render_metrics(self, request: Request) -> Response:
         m = self.engine.metrics()

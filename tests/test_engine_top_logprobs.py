@@ -135,3 +135,31 @@ def test_gated_tokens_report_the_primary_distribution(hetero):
 def test_bad_top_logprobs_is_a_config_error(hetero, bad):
     with pytest.raises(ConfigError, match="top_logprobs"):
         hetero.generate(["x"], max_new_tokens=2, top_logprobs=bad)
+
+
+def test_grammar_rows_report_the_unconstrained_distribution(hetero):
+    """Under a grammar the figures are the union's before the grammar removed strings: the
+    chosen string is any allowed one, and a string the grammar had to take from outside the
+    union has no log-probability."""
+    from unite_integrations.engine.constraints import Constraint
+
+    plain = hetero.generate(
+        ["A JSON object:"],
+        max_new_tokens=24,
+        constraint=Constraint.json_schema({"type": "object"}, max_string_length=8),
+    )[0]
+    got = hetero.generate(
+        ["A JSON object:"],
+        max_new_tokens=24,
+        constraint=Constraint.json_schema({"type": "object"}, max_string_length=8),
+        top_logprobs=5,
+    )[0]
+    assert got.text == plain.text
+    for t, p in zip(got.provenance.tokens, plain.provenance.tokens):
+        assert t.top is not None and 1 <= len(t.top) <= 5
+        logprobs = [c.logprob for c in t.top]
+        assert logprobs == sorted(logprobs, reverse=True)
+        if t.logprob is None:  # taken outside the union
+            assert p.logprob is None and bytes(t.bytes) not in {bytes(c.bytes) for c in t.top}
+        else:
+            assert t.logprob == pytest.approx(p.logprob, abs=1e-6) and t.logprob <= 0

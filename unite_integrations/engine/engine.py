@@ -440,11 +440,13 @@ class UniTEEngine:
             wins[winner] += 1
             for name, o in zip(names, own):
                 proposed[name] += o >= 0
-            # The mixed probability it was chosen from (a gated row's: the primary's alone);
-            # the device's own figure where it is among the top strings, so the two agree.
+            # The mixed probability it was chosen from (a gated row's: the primary's alone; 0
+            # where a grammar overrode the union); where it is among the top strings, the
+            # device's own figure, so that the two agree exactly.
             top = row.top[n_step] if row.top else []
             p = prob[0] if gated else sum(w * q for w, q in zip(weights, prob))
-            p = next((q for g, q in top if g == gid), p)
+            if p > 0:
+                p = next((q for g, q in top if g == gid), p)
             data = self._ens.strings[gid]
             tokens.append(
                 TokenProvenance(

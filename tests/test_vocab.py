@@ -139,3 +139,18 @@ def test_cross_maps_round_trip_random_text(vocabs, cross_maps, text):
                 assert b.startswith(d.canon[col]) and bool(m.exact[t]) == (d.canon[col] == b)
                 assert d.encode(b)[0] == col or bool(m.exact[t])
                 assert d.bytes_of(d.encode(b)) == b
+
+
+@pytest.mark.parametrize("cleanup", [True, False])
+def test_wordpiece_piece_text_is_what_the_tokenizers_decoder_writes_after_a_word(cleanup):
+    """Each WordPiece piece's mid-text bytes against ``tokenizers``' own WordPiece decoder, with
+    and without its per-token cleanup (spaces before punctuation and contractions)."""
+    from tokenizers import decoders
+
+    from unite_integrations.engine.vocab import _wordpiece_text
+
+    decoder = decoders.WordPiece(prefix="##", cleanup=cleanup)
+    pieces = ["x", "##x", "##ab", ".", "##.", "?", "!", ",", "'", "' ", "n't", "'m", "'s"]
+    pieces += ["'ve", "'re", "do not", "##do not", "a ' b", "word", "#", "##", "###x"]
+    for piece in pieces:
+        assert _wordpiece_text(piece, "##", cleanup) == decoder.decode(["w", piece])[1:], piece

@@ -154,3 +154,105 @@ def test_wordpiece_piece_text_is_what_the_tokenizers_decoder_writes_after_a_word
     pieces += ["'ve", "'re", "do not", "##do not", "a ' b", "word", "#", "##", "###x"]
     for piece in pieces:
         assert _wordpiece_text(piece, "##", cleanup) == decoder.decode(["w", piece])[1:], piece
+
+
+# Hand-made vocabularies with decoders the tiny families do not use: a space character other than
+# '▁' (through Metaspace or Replace), byte fallback or not, WordPiece with another prefix. Each
+# piece's bytes are checked against the tokenizer's own decoder after an anchor word.
+_PIECES = ["<unk>", "<s>", "</s>", "<|im_end|>", "x", "_y", "y_", "__", "_", "ab", "é", "中"]
+_PIECES += ["<0x41>", "<0x0A>", "<0x20>", "<0xE4>", "##c", "_##d", "%%e", "▁f", "Ġg"]
+
+
+def _hand_made(decoder, specials=("<unk>", "<s>", "</s>", "<|im_end|>")):
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({p: i for i, p in enumerate(_PIECES)}, unk_token="<unk>"))
+    tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
+    tok.decoder = decoder(decoders)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+
+
+_DECODERS = {
+    "metaspace_underscore": lambda d: d.Metaspace(replacement="_", prepend_scheme="always"),
+    "replace_underscore_bytes": lambda d: d.Sequence(
+        [d.Replace("_", " "), d.ByteFallback(), d.Fuse(), d.Strip(" ", 1, 0)]
+    ),
+    "replace_underscore_no_bytes": lambda d: d.Sequence([d.Replace("_", " "), d.Fuse()]),
+    "nested_metaspace": lambda d: d.Sequence([d.ByteFallback(), d.Metaspace(replacement="_")]),
+    "wordpiece_percent": lambda d: d.WordPiece(prefix="%%", cleanup=False),
+    "wordpiece_cleanup": lambda d: d.WordPiece(prefix="##", cleanup=True),
+    "bytelevel": lambda d: d.ByteLevel(),
+}
+
+
+@pytest.mark.parametrize("name", list(_DECODERS))
+def test_canonical_bytes_follow_any_decoders_own_text(name):
+    tok = _hand_made(_DECODERS[name])
+    v = Vocab.from_tokenizer(tok, len(_PIECES) + 3)  # three padded rows
+    x = _PIECES.index("x")
+    assert tok.decode([x]) == "x"
+    special = {_PIECES.index(s) for s in ("<unk>", "<s>", "</s>", "<|im_end|>")}
+    assert v.end_ids == sorted({_PIECES.index("</s>"), _PIECES.index("<|im_end|>")})
+    assert v.canon[len(_PIECES) :] == [None] * 3
+    checked = 0
+    for t, piece in enumerate(_PIECES):
+        if t in special:
+            assert v.canon[t] is None, piece
+            continue
+        text = tok.decode([x, t])[1:]
+        if "\ufffd" in text or (name == "bytelevel" and not all(ord(c) < 0x100 for c in piece)):
+            continue  # a partial character, or a piece outside the byte alphabet
+        assert v.canon[t] == text.encode(), (piece, text)
+        checked += 1
+    assert checked >= (10 if name == "bytelevel" else 14)
+    assert v.size == len(_PIECES) + 3
+
+
+def test_byte_pieces_and_exact_lookup_prefer_regular_pieces():
+    """With byte fallback, '<0x41>' spells b'A'; the regular piece wins the exact lookup."""
+    tok = _hand_made(_DECODERS["replace_underscore_bytes"])
+    v = Vocab.from_tokenizer(tok, len(_PIECES))
+    assert v.byte_ids[0x41] == _PIECES.index("<0x41>")
+    assert v.byte_ids[0xE4] == _PIECES.index("<0xE4>")
+    assert v.byte_ids[ord("x")] == _PIECES.index("x")
+    assert v.byte_ids[0x20] == _PIECES.index("<0x20>")  # the byte piece, not the space '_'
+    assert v.exact[b" "] == _PIECES.index("_")  # the regular piece, not '<0x20>'
+    assert v.exact[b"\xe4"] == _PIECES.index("<0xE4>")
+    assert v.byte_ids[ord("q")] == -1 and not v.byte_complete
+    no_bytes = Vocab.from_tokenizer(_hand_made(_DECODERS["replace_underscore_no_bytes"]), 21)
+    assert no_bytes.canon[_PIECES.index("<0x41>")] == b"<0x41>"  # no fallback: a literal piece
+
+
+def test_decoder_kinds_and_space_character_are_read_from_nested_decoders():
+    import json
+
+    from unite_integrations.engine.vocab import _decoder_kinds, _space_replacement
+
+    spec = json.loads(_hand_made(_DECODERS["nested_metaspace"]).backend_tokenizer.to_str())
+    assert _decoder_kinds(spec["decoder"]) == ["Sequence", "ByteFallback", "Metaspace"]
+    assert _space_replacement(spec["decoder"]) == "_"
+    spec = json.loads(_hand_made(_DECODERS["replace_underscore_bytes"]).backend_tokenizer.to_str())
+    assert _decoder_kinds(spec["decoder"])[:3] == ["Sequence", "Replace", "ByteFallback"]
+    assert _space_replacement(spec["decoder"]) == "_"
+    assert _decoder_kinds(None) == [] and _space_replacement(None) == "▁"
+    assert (
+        _space_replacement({"type": "Replace", "pattern": {"String": "_"}, "content": "-"}) == "▁"
+    )
+
+
+def test_bytes_to_unicode_is_the_byte_level_alphabet():
+    from tokenizers import pre_tokenizers
+
+    from unite_integrations.engine.vocab import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    assert sorted(table) == list(range(256))
+    assert set(table.values()) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert (table[32], table[10], table[ord("A")], table[0xFF], table[0xAD]) == (
+        "Ġ",
+        "Ċ",
+        "A",
+        "ÿ",
+        "Ń",
+    )

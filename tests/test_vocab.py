@@ -182,6 +182,7 @@ _DECODERS = {
     "nested_metaspace": lambda d: d.Sequence([d.ByteFallback(), d.Metaspace(replacement="_")]),
     "wordpiece_percent": lambda d: d.WordPiece(prefix="%%", cleanup=False),
     "wordpiece_cleanup": lambda d: d.WordPiece(prefix="##", cleanup=True),
+    "nested_wordpiece": lambda d: d.Sequence([d.Strip(" ", 0, 0), d.WordPiece(prefix="%%")]),
     "bytelevel": lambda d: d.ByteLevel(),
 }
 

@@ -273,3 +273,81 @@ def test_a_grammar_that_allows_everything_changes_nothing_but_the_last_step(hete
         assert [t.proposers for t in got.provenance.tokens] == [
             t.proposers for t in want.provenance.tokens
         ]
+
+
+# -- the closing rule (decode._closing_token, decode.closing_need), on hand-made members -----------
+
+
+def _closing_ens(*pieces: list[bytes], unusable: tuple[tuple[int, int], ...] = ()):
+    from types import SimpleNamespace
+
+    members = [_member(list(p)) for p in pieces]
+    usable = [[True] * len(p) for p in pieces]
+    for i, t in unusable:
+        usable[i][t] = False
+    return SimpleNamespace(members=members, usable=usable)
+
+
+def test_closing_token_takes_the_longest_forced_token_of_any_usable_member():
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import _closing_token
+
+    m0, m1 = [b"a", b"ab", b"x"], [b"y", b"abc"]
+    forced = ByteMatcher(Constraint.regex("abc"))
+    assert _closing_token(_closing_ens(m0, m1), forced) == (1, 1)  # b"abc", member 1's
+    assert _closing_token(_closing_ens(m0, m1, unusable=((1, 1),)), forced) == (0, 1)  # b"ab"
+    assert _closing_token(_closing_ens([b"a", b"x"], [b"y"]), forced) == (0, 0)  # b"a", id 0
+    done = ByteMatcher(Constraint.regex("a"))
+    done.consume(b"a")
+    assert _closing_token(_closing_ens(m0, m1), done) == (0, 3)  # END: the primary's size
+
+
+def test_closing_token_prefers_closers_in_order_then_a_finishing_byte():
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import _closing_token
+
+    choice = ByteMatcher(Constraint.regex('(\\}y|"x)'))  # nothing forced: '"' before '}'
+    assert _closing_token(_closing_ens([b'"', b"}", b"q"], [b"y"]), choice) == (0, 0)
+    assert _closing_token(_closing_ens([b"q", b"}"], [b"y"]), choice) == (0, 1)  # no '"' byte
+    ab = ByteMatcher(Constraint.regex("(a|b)"))  # no closer allowed: a byte that finishes
+    assert _closing_token(_closing_ens([b"q", b"b", b"a"], [b"y"]), ab) == (0, 2)
+    unusable = _closing_ens([b"q", b"b", b"a"], [b"y", b"z", b"w"], unusable=((0, 2),))
+    assert _closing_token(unusable, ab) == (0, 1)  # 'a' may not be chosen: 'b'
+    # member 1's usability does not matter for the primary's bytes
+    other = _closing_ens([b"q", b"b", b"a"], [b"y", b"z", b"w"], unusable=((1, 2),))
+    assert _closing_token(other, ab) == (0, 2)
+    nothing = ByteMatcher(Constraint.regex("q"))
+    assert _closing_token(_closing_ens([b"a", b"b"], [b"y"]), nothing) == (-1, -1)
+
+
+def test_closing_need_counts_the_closing_rules_steps_after_a_piece():
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import closing_need
+
+    ens = _closing_ens([b"a", b"b", b"c", b"bc"], [b"y"])
+    matcher = ByteMatcher(Constraint.regex("abc"))
+    assert closing_need(ens, matcher, b"a", 10) == 2  # b"bc", then END
+    assert closing_need(ens, matcher, b"ab", 10) == 2  # b"c", then END
+    assert closing_need(ens, matcher, b"a", 1) == 1  # at most the limit
+    assert matcher.allows(b"abc")  # the row's own matcher did not move
+    assert closing_need(ens, ByteMatcher(Constraint.regex("aq")), b"a", 7) == 7  # cannot close
+
+
+def test_the_smallest_budgets_the_engine_accepts_still_close_the_json(roomy):
+    """The closing rule counts the steps to close after each candidate: with the smallest budget
+    the engine accepts for a schema, and one or two more, the text still parses."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    constraint = Constraint.json_schema(schema)
+    budgets = []
+    for budget in range(1, 40):
+        try:
+            r = roomy.generate(["x", "A:"], constraint=constraint, max_new_tokens=budget)
+        except ConfigError:
+            assert not budgets  # once a budget is enough, every larger one is
+            continue
+        budgets.append(budget)
+        for one in r:
+            assert isinstance(json.loads(one.text)["a"], int), (budget, one.text)
+        if len(budgets) == 3:
+            break
+    assert len(budgets) == 3 and budgets[0] > 2

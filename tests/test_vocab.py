@@ -257,3 +257,37 @@ def test_bytes_to_unicode_is_the_byte_level_alphabet():
         "ÿ",
         "Ń",
     )
+
+
+class _NotATensor:
+    """Something only a full unpickling can load (``weights_only`` refuses it)."""
+
+
+def test_cross_map_cache_is_read_back_and_untrusted_files_are_rebuilt(vocabs, tmp_path):
+    import torch
+
+    a, b = vocabs["bytelevel_bpe"], vocabs["sentencepiece_bpe"]
+    built = build_cross_map(a, b, tmp_path)
+    (path,) = tmp_path.joinpath("maps").glob("*.pt")
+    # A planted file is what the next call returns: the cache is read, not rebuilt.
+    torch.save({"column": (built.column + 1).int(), "exact": ~built.exact}, path)
+    read = build_cross_map(a, b, tmp_path)
+    assert read.column.equal(built.column + 1) and read.exact.equal(~built.exact)
+    assert (read.column.dtype, read.exact.dtype) == (torch.long, torch.bool)
+    # A file needing a full unpickling is never trusted, nor one that is not a tensor file.
+    for planted in [{"column": built.column + 1, "exact": built.exact, "x": _NotATensor()}, None]:
+        if planted is None:
+            path.write_bytes(b"not a tensor file")
+        else:
+            torch.save(planted, path)
+        rebuilt = build_cross_map(a, b, tmp_path)
+        assert rebuilt.column.equal(built.column) and rebuilt.exact.equal(built.exact)
+        assert torch.load(path, weights_only=True)["column"].long().equal(built.column)
+
+
+def test_space_character_defaults_are_the_tokenizers_defaults():
+    from unite_integrations.engine.vocab import _space_replacement
+
+    assert _space_replacement({"type": "Metaspace"}) == "▁"  # Metaspace's default replacement
+    assert _space_replacement({"type": "Metaspace", "replacement": "_"}) == "_"
+    assert _space_replacement({"type": "Sequence", "decoders": [{"type": "Fuse"}]}) == "▁"

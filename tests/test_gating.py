@@ -48,6 +48,11 @@ def test_gated_members_catch_up_across_tokenizers(hetero: UniTEEngine) -> None:
     """A middle gate mixes gated and voted steps: catch-up forwards of several strings."""
     results = hetero.generate(PROMPTS, max_new_tokens=N, gate=0.3)
     shares = [r.provenance.gated_share for r in results]
+    # A token is gated only where the primary alone gave it at least the gate (its top-1
+    # probability over its own candidates).
+    primary = hetero.member_names[0]
+    gated = [t.probs[primary] for r in results for t in r.provenance.tokens if t.gated]
+    assert gated and min(gated) >= 0.3
     assert any(0 < s < 1 for s in shares), shares  # rows both gate and vote
     assert sum(s == 0 for s in shares) < len(shares)  # and some rows gate
 

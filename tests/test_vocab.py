@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import FAMILIES
@@ -103,6 +104,9 @@ def test_cross_map_reads_the_string_or_its_first_sub_token(vocabs, src, dst, tmp
     again = build_cross_map(s, d, tmp_path)  # from the disk cache
     assert again.column.equal(m.column) and again.exact.equal(m.exact)
     assert list(tmp_path.joinpath("maps").iterdir())
+    assert m.exact.dtype == again.exact.dtype == torch.bool
+    for t in s.end_ids:  # every end token of src is dst's END column, exactly
+        assert (int(m.column[t]), bool(m.exact[t])) == (d.size, True)
     for t, b in enumerate(s.canon):
         if b is None:
             continue
@@ -267,6 +271,8 @@ def test_cross_map_cache_is_read_back_and_untrusted_files_are_rebuilt(vocabs, tm
     import torch
 
     a, b = vocabs["bytelevel_bpe"], vocabs["sentencepiece_bpe"]
+    built = build_cross_map(a, b, tmp_path / "new" / "dir")  # a cache folder made as needed
+    assert list(tmp_path.joinpath("new", "dir", "maps").glob("*.pt"))
     built = build_cross_map(a, b, tmp_path)
     (path,) = tmp_path.joinpath("maps").glob("*.pt")
     # A planted file is what the next call returns: the cache is read, not rebuilt.
@@ -291,3 +297,26 @@ def test_space_character_defaults_are_the_tokenizers_defaults():
     assert _space_replacement({"type": "Metaspace"}) == "▁"  # Metaspace's default replacement
     assert _space_replacement({"type": "Metaspace", "replacement": "_"}) == "_"
     assert _space_replacement({"type": "Sequence", "decoders": [{"type": "Fuse"}]}) == "▁"
+
+
+def test_cross_map_into_a_member_missing_bytes_skips_strings_it_cannot_spell(vocabs, tmp_path):
+    """Into a WordPiece member (no byte fallback), strings with a byte it cannot spell are not
+    encoded (they are never candidates): column 0, not exact; the others are mapped as usual."""
+    from tiny_models import tiny_model_dir
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
+    dst = Vocab.from_tokenizer(tok, len(tok))
+    src = vocabs["bytelevel_bpe"]
+    unspellable = set(range(256)) - dst.spellable
+    m = build_cross_map(src, dst)
+    skipped = mapped = 0
+    for t, b in enumerate(src.canon):
+        if b is None or t in src.end_ids:
+            continue
+        if not unspellable.isdisjoint(b) and b not in dst.exact:
+            assert (int(m.column[t]), bool(m.exact[t])) == (0, False), b
+            skipped += 1
+        elif not m.exact[t]:
+            assert int(m.column[t]) == dst.encode(b)[0], b
+            mapped += 1
+    assert skipped > 50 and mapped > 10

@@ -164,17 +164,19 @@ def test_wordpiece_piece_text_is_what_the_tokenizers_decoder_writes_after_a_word
 # '▁' (through Metaspace or Replace), byte fallback or not, WordPiece with another prefix. Each
 # piece's bytes are checked against the tokenizer's own decoder after an anchor word.
 _PIECES = ["<unk>", "<s>", "</s>", "<|im_end|>", "x", "_y", "y_", "__", "_", "ab", "é", "中"]
-_PIECES += ["<0x41>", "<0x0A>", "<0x20>", "<0xE4>", "##c", "_##d", "%%e", "▁f", "Ġg"]
+_PIECES += ["<0x41>", "<0x0A>", "<0x20>", "<0xE4>", "##c", "_##d", "%%e", "▁f", "Ġg", ".", "n't"]
+_PIECES += ["##", "%%"]  # empty once their prefix goes: never a candidate
 
 
-def _hand_made(decoder, specials=("<unk>", "<s>", "</s>", "<|im_end|>")):
+def _hand_made(decoder, specials=("<unk>", "<s>", "</s>", "<|im_end|>"), eos="</s>"):
     from tokenizers import AddedToken, Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({p: i for i, p in enumerate(_PIECES)}, unk_token="<unk>"))
     tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
+    tok.add_tokens([AddedToken("<tool>", special=False)])  # an added token that is text
     tok.decoder = decoder(decoders)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token=eos)
 
 
 _DECODERS = {
@@ -194,12 +196,15 @@ _DECODERS = {
 @pytest.mark.parametrize("name", list(_DECODERS))
 def test_canonical_bytes_follow_any_decoders_own_text(name):
     tok = _hand_made(_DECODERS[name])
-    v = Vocab.from_tokenizer(tok, len(_PIECES) + 3)  # three padded rows
+    v = Vocab.from_tokenizer(tok, len(_PIECES) + 1 + 3)  # "<tool>", three padded rows
+    if "wordpiece" not in name:  # a WordPiece decoder puts a space before an added token too
+        added = tok.decode([_PIECES.index("x"), len(_PIECES)])[1:]
+        assert v.canon[len(_PIECES)] == added.encode()
     x = _PIECES.index("x")
     assert tok.decode([x]) == "x"
     special = {_PIECES.index(s) for s in ("<unk>", "<s>", "</s>", "<|im_end|>")}
     assert v.end_ids == sorted({_PIECES.index("</s>"), _PIECES.index("<|im_end|>")})
-    assert v.canon[len(_PIECES) :] == [None] * 3
+    assert v.canon[len(_PIECES) + 1 :] == [None] * 3
     checked = 0
     for t, piece in enumerate(_PIECES):
         if t in special:
@@ -208,10 +213,10 @@ def test_canonical_bytes_follow_any_decoders_own_text(name):
         text = tok.decode([x, t])[1:]
         if "\ufffd" in text or (name == "bytelevel" and not all(ord(c) < 0x100 for c in piece)):
             continue  # a partial character, or a piece outside the byte alphabet
-        assert v.canon[t] == text.encode(), (piece, text)
+        assert v.canon[t] == (text.encode() or None), (piece, text)
         checked += 1
     assert checked >= (10 if name == "bytelevel" else 14)
-    assert v.size == len(_PIECES) + 3
+    assert v.size == len(_PIECES) + 4
 
 
 def test_byte_pieces_and_exact_lookup_prefer_regular_pieces():
@@ -225,7 +230,9 @@ def test_byte_pieces_and_exact_lookup_prefer_regular_pieces():
     assert v.exact[b" "] == _PIECES.index("_")  # the regular piece, not '<0x20>'
     assert v.exact[b"\xe4"] == _PIECES.index("<0xE4>")
     assert v.byte_ids[ord("q")] == -1 and not v.byte_complete
-    no_bytes = Vocab.from_tokenizer(_hand_made(_DECODERS["replace_underscore_no_bytes"]), 21)
+    no_bytes = Vocab.from_tokenizer(
+        _hand_made(_DECODERS["replace_underscore_no_bytes"]), len(_PIECES)
+    )
     assert no_bytes.canon[_PIECES.index("<0x41>")] == b"<0x41>"  # no fallback: a literal piece
 
 
@@ -320,3 +327,14 @@ def test_cross_map_into_a_member_missing_bytes_skips_strings_it_cannot_spell(voc
             assert int(m.column[t]) == dst.encode(b)[0], b
             mapped += 1
     assert skipped > 50 and mapped > 10
+
+
+def test_end_ids_come_from_the_eos_role_end_names_and_the_callers_ids():
+    """END: the tokenizer's EOS whatever its name, special tokens with an end name, and the ids
+    the caller adds (``generation_config``'s), id 0 included, those past the logits left out."""
+    n = len(_PIECES) + 1
+    tok = _hand_made(_DECODERS["metaspace_underscore"], eos="<s>")
+    v = Vocab.from_tokenizer(tok, n, extra_end_ids=[0, _PIECES.index("x"), n, -1])
+    ends = {_PIECES.index(p) for p in ("<unk>", "<s>", "</s>", "<|im_end|>", "x")}
+    assert v.end_ids == sorted(ends)
+    assert v.canon[_PIECES.index("x")] is None and v.exact.get(b"x") is None

@@ -193,8 +193,8 @@ class Vocab:
             for i, piece in enumerate(pieces):
                 if piece is None or i in special_ids:
                     continue
-                text = piece if i in added else _wordpiece_text(piece, prefix, cleanup)
-                canon[i] = text.encode()
+                # Added tokens go through the decoder too: a space before them as well.
+                canon[i] = _wordpiece_text(piece, prefix, cleanup).encode()
         else:
             space = _space_replacement(spec.get("decoder"))
             fallback = "ByteFallback" in kinds

@@ -248,7 +248,9 @@ def test_fallback_refuses_a_grammar_the_primary_cannot_spell():
 
     ens = SimpleNamespace(members=[_member([b"a", b"zz"])])
     grammar = ByteMatcher(Constraint.regex("q"))
-    with pytest.raises(AssertionError, match="allows no byte the primary member can spell"):
+    with pytest.raises(
+        AssertionError, match=r"^the grammar allows no byte the primary member can spell$"
+    ):
         _best_allowed(ens, [_Backend([1], {0: 0.0})], 0, grammar)  # type: ignore[arg-type]
 
 
@@ -260,13 +262,13 @@ def test_a_grammar_that_allows_everything_changes_nothing_but_the_last_step(hete
 
     n = 10
     anything = Constraint.regex(r"(.|\n)*")
-    free = hetero.submit(PROMPTS[:4], max_new_tokens=n)
+    free = hetero.submit(PROMPTS[:4], max_new_tokens=n + 4)  # in flight all along
     ruled = hetero.submit(PROMPTS[:4], max_new_tokens=n, constraint=anything)
     free_results = [r for req in free for r in req.next_event().results]
     ruled_results = [r for req in ruled for r in req.next_event().results]
     shorter = hetero.generate(PROMPTS[:4], max_new_tokens=n - 1)
     assert [r.text for r in free_results] == [
-        r.text for r in hetero.generate(PROMPTS[:4], max_new_tokens=n)
+        r.text for r in hetero.generate(PROMPTS[:4], max_new_tokens=n + 4)
     ]
     assert [r.text for r in ruled_results] == [r.text for r in shorter]
     for got, want in zip(ruled_results, shorter):
@@ -297,6 +299,7 @@ def test_closing_token_takes_the_longest_forced_token_of_any_usable_member():
     assert _closing_token(_closing_ens(m0, m1), forced) == (1, 1)  # b"abc", member 1's
     assert _closing_token(_closing_ens(m0, m1, unusable=((1, 1),)), forced) == (0, 1)  # b"ab"
     assert _closing_token(_closing_ens([b"a", b"x"], [b"y"]), forced) == (0, 0)  # b"a", id 0
+    assert _closing_token(_closing_ens([b"x"], [b"y", b"a"]), forced) == (1, 1)  # one byte forced
     done = ByteMatcher(Constraint.regex("a"))
     done.consume(b"a")
     assert _closing_token(_closing_ens(m0, m1), done) == (0, 3)  # END: the primary's size
@@ -316,6 +319,7 @@ def test_closing_token_prefers_closers_in_order_then_a_finishing_byte():
     # member 1's usability does not matter for the primary's bytes
     other = _closing_ens([b"q", b"b", b"a"], [b"y", b"z", b"w"], unusable=((1, 2),))
     assert _closing_token(other, ab) == (0, 2)
+    assert _closing_token(_closing_ens([b"a", b"b"], [b"y"]), ab) == (0, 0)  # 'a' is id 0
     nothing = ByteMatcher(Constraint.regex("q"))
     assert _closing_token(_closing_ens([b"a", b"b"], [b"y"]), nothing) == (-1, -1)
 

@@ -10,6 +10,7 @@ from tiny_models import FAMILIES
 from transformers import AutoTokenizer
 
 from unite_integrations.engine.vocab import _ANCHORS, Vocab, build_cross_map
+from unite_integrations.errors import TokenizerError
 
 _SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -294,7 +295,8 @@ def test_cross_map_cache_is_read_back_and_untrusted_files_are_rebuilt(vocabs, tm
             torch.save(planted, path)
         rebuilt = build_cross_map(a, b, tmp_path)
         assert rebuilt.column.equal(built.column) and rebuilt.exact.equal(built.exact)
-        assert torch.load(path, weights_only=True)["column"].long().equal(built.column)
+        saved = torch.load(path, weights_only=True)  # rewritten, readable by the next call
+        assert saved["column"].long().equal(built.column) and saved["exact"].equal(built.exact)
 
 
 def test_space_character_defaults_are_the_tokenizers_defaults():
@@ -337,3 +339,28 @@ def test_end_ids_come_from_the_eos_role_end_names_and_the_callers_ids():
     ends = {_PIECES.index(p) for p in ("<unk>", "<s>", "</s>", "<|im_end|>", "x")}
     assert v.end_ids == sorted(ends)
     assert v.canon[_PIECES.index("x")] is None and v.exact.get(b"x") is None
+
+
+def test_bytes_outside_utf8_are_spelled_by_byte_tokens_id_0_included():
+    v = Vocab(None, [b"\xff", b"a", b"\xfe\xfe"], [], [-1] * 256, {}, "hand-made")
+    v.byte_ids[0xFF], v.byte_ids[ord("a")] = 0, 1
+    assert v.encode(b"\xff\xff") == [0, 0]
+    with pytest.raises(TokenizerError, match=r"cannot encode bytes b'\\xfe': the tokenizer has no"):
+        v.encode(b"\xfe")
+
+
+def test_retokenize_tail_starts_its_window_on_a_character_boundary(vocabs):
+    """A window whose first id is a continuation byte moves back to the character's lead byte, so
+    the character is re-tokenized whole (here into its own token)."""
+    from unite_integrations.engine.decode import retokenize_tail
+
+    v = vocabs["sentencepiece_bpe"]
+    prompt = v.encode(b"Hello")
+    char = "中".encode()
+    assert char in v.exact  # one token of this vocabulary
+    ids = prompt + v.encode(b" x") + [v.byte_ids[b] for b in char]  # spelled byte by byte
+    lead = len(ids) - 3
+    keep, new = retokenize_tail(v, ids, len(prompt), b"!", window=2)  # starts on the 2nd byte
+    assert (keep, new) == (lead, v.encode(char + b"!"))
+    assert new[0] == v.exact[char]
+    assert retokenize_tail(v, ids, len(prompt), b"!", window=3) == (keep, new)  # on the lead

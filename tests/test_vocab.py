@@ -364,3 +364,29 @@ def test_retokenize_tail_starts_its_window_on_a_character_boundary(vocabs):
     assert (keep, new) == (lead, v.encode(char + b"!"))
     assert new[0] == v.exact[char]
     assert retokenize_tail(v, ids, len(prompt), b"!", window=3) == (keep, new)  # on the lead
+
+
+def test_retokenize_tail_keeps_every_id_that_did_not_change(vocabs):
+    from unite_integrations.engine.decode import retokenize_tail
+
+    v = vocabs["bytelevel_bpe"]
+    prompt = v.encode(b"Hello")
+    ids = prompt + v.encode(b" the cat sat on the")
+    tail = v.encode(b" the cat sat on the!")
+    old = ids[len(prompt) :]
+    same = next((n for n, (a, b) in enumerate(zip(old, tail)) if a != b), min(len(old), len(tail)))
+    assert same >= 3
+    keep, new = retokenize_tail(v, ids, len(prompt), b"!", window=32)
+    assert (keep, new) == (len(prompt) + same, tail[same:])
+
+
+def test_pending_updates_compose():
+    """``_then(u, v)``: v applies to the ids after u; a None side changes nothing."""
+    from unite_integrations.engine.decode import _apply, _then
+
+    ids = [1, 2, 3, 4, 5, 6]
+    u, v = (5, [7, 8]), (6, [9])  # v keeps u's first new id
+    assert _then(u, v) == (5, [7, 9]) == (5, _apply(_apply(ids, u), v)[5:])
+    assert _then(u, None) == u and _then(None, v) == v and _then(None, None) is None
+    w = (3, [0])  # w rolls back past u's kept ids: u is undone entirely
+    assert _then(u, w) == w and _apply(_apply(ids, u), w) == _apply(ids, _then(u, w))

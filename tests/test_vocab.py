@@ -364,6 +364,7 @@ def test_retokenize_tail_starts_its_window_on_a_character_boundary(vocabs):
     assert (keep, new) == (lead, v.encode(char + b"!"))
     assert new[0] == v.exact[char]
     assert retokenize_tail(v, ids, len(prompt), b"!", window=3) == (keep, new)  # on the lead
+    assert retokenize_tail(v, ids, len(prompt), b"!", window=1) == (keep, new)  # on the 3rd byte
 
 
 def test_retokenize_tail_keeps_every_id_that_did_not_change(vocabs):

@@ -53,7 +53,7 @@ _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SURROGATES = re.compile("[\udc80-\udcff]+")
 # Anchors tried in order when tokenizing in context; one whose boundary stays clean is used.
 _ANCHORS = ("\n", ".", "x", " ", "0", "\u4e2d")
-_MAP_FORMAT = 1
+_MAP_FORMAT = 2  # 2: WordPiece pieces read through their decoder
 #: Bytes of ordinary UTF-8 text: tab, newline, CR, printable ASCII, continuation and lead bytes.
 ESSENTIAL_BYTES = frozenset([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0xC0), *range(0xC2, 0xF1)])
 

@@ -219,6 +219,8 @@ class Reference:
     proposers: list[list[int]]
     probs: list[list[float]]  # per step, each member's union probability of the chosen string
     stopped: bool
+    # Per step (the final END's too), the mixed distribution: union string (or END) -> p.
+    dists: list[dict[Any, float]] = field(default_factory=list)
 
 
 def _logits(model: Any, ids: list[int]) -> list[float]:
@@ -234,8 +236,11 @@ def reference_generate(
     k: int,
     max_new_tokens: int,
     window: int | None = 32,
+    temperature: float = 0.0,
 ) -> Reference:
-    """Greedy UniTE for one row; ``prompts[i]`` is member i's prompt ids."""
+    """Greedy UniTE for one row; ``prompts[i]`` is member i's prompt ids. ``temperature`` > 0
+    divides the scores before the softmax (step 5) and still takes the most likely string: what
+    a sampled row whose nucleus holds only its best string (a tiny ``top_p``) chooses."""
     n = len(models)
     total = sum(weights)
     w = [x / total for x in weights]
@@ -248,6 +253,8 @@ def reference_generate(
     pieces: list[bytes] = []
     proposers: list[list[int]] = []
     probs: list[list[float]] = []
+    dists: list[dict[Any, float]] = []
+    t = temperature if temperature > 0 else 1.0
     # Candidates: text tokens whose every byte all members can spell (the unsafe-byte filter).
     cands = [
         [(t, c) for t, c in enumerate(v.canon) if c is not None and set(c) <= safe] for v in vocabs
@@ -285,7 +292,7 @@ def reference_generate(
         p_i = []
         for i in range(n):
             top = max(scores[i])
-            e = [math.exp(s - top) for s in scores[i]]
+            e = [math.exp((s - top) / t) for s in scores[i]]
             p_i.append([x / sum(e) for x in e])
             for c in range(len(union)):
                 p[c] += w[i] * p_i[i][c]
@@ -293,8 +300,9 @@ def reference_generate(
         best = max(p)
         slot = max((c for c in range(len(union)) if p[c] == best), key=lambda c: (scores[0][c], -c))
         choice = union[slot]
+        dists.append(dict(zip(union, p)))
         if choice == END:
-            return Reference(text, pieces, proposers, probs, True)
+            return Reference(text, pieces, proposers, probs, True, dists)
         proposers.append([i for i in range(n) if any(s == choice for _, s, _ in props[i])])
         probs.append([p_i[i][slot] for i in range(n)])
         # 8. Feed back: (a) the id proposed or the exact token, (b) re-tokenize a tail.
@@ -313,7 +321,7 @@ def reference_generate(
         pieces.append(choice)
         for v, g in zip(vocabs, gen):
             assert v.text(g) == text
-    return Reference(text, pieces, proposers, probs, False)
+    return Reference(text, pieces, proposers, probs, False, dists)
 
 
 def transformers_greedy(member: Any, prompt: str, max_new_tokens: int) -> tuple[bytes, bool, int]:

@@ -330,11 +330,12 @@ def _post(base: str, body: object, headers: dict[str, str] | None = None, raw: b
         ({"model": "tiny", "messages": USER, "temperature": -1}, None, 400, "temperature"),
         ({"model": "tiny", "messages": USER, "n": 2}, None, 400, "n"),
         (
-            {"model": "tiny", "messages": USER, "top_logprobs": 3, "logprobs": True},
+            {"model": "tiny", "messages": USER, "top_logprobs": 21, "logprobs": True},
             None,
             400,
             "top_logprobs",
         ),
+        ({"model": "tiny", "messages": USER, "top_logprobs": 2}, None, 400, "top_logprobs"),
         ({"model": "tiny", "messages": USER, "tool_choice": "required"}, None, 400, "tool_choice"),
         ({"model": "tiny", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, None, 400, "stop"),
         ({"model": "tiny", "messages": USER, "stop": [""]}, None, 400, "stop"),
@@ -403,7 +404,7 @@ def test_body_too_large_and_api_key(base, client, hetero):
 def test_completion_refusals(base):
     for body, param in [
         ({"prompt": "x", "echo": True}, "echo"),
-        ({"prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"prompt": "x", "logprobs": 6}, "logprobs"),
         ({"prompt": ["x", "y"], "stream": True}, "prompt"),
         ({"prompt": ""}, "prompt"),
     ]:

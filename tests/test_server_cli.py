@@ -64,3 +64,45 @@ def test_serve_help_mentions_the_binding(capsys):
         cli.main(["serve", "--help"])
     out = capsys.readouterr().out
     assert "--host" in out and "127.0.0.1" in out and "--api-key" in out
+
+
+def test_serve_bounds_reach_serve_and_bad_ones_exit_2(monkeypatch, capsys):
+    from unite_integrations.engine import scheduler
+    from unite_integrations.server import cli as serve_cli
+    from unite_integrations.server import run
+
+    assert (serve_cli.MAX_BATCH_ROWS, serve_cli.MAX_QUEUE) == (
+        scheduler.MAX_BATCH_ROWS,
+        scheduler.MAX_QUEUE,
+    )
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(run, "serve", lambda members, **kw: seen.update(kw))
+    assert cli.main(["serve", "-m", "a"]) == 0
+    assert (seen["max_batch_rows"], seen["max_queue"]) == (64, 256)
+    assert cli.main(["serve", "-m", "a", "--max-batch-rows", "3", "--max-queue", "5"]) == 0
+    assert (seen["max_batch_rows"], seen["max_queue"]) == (3, 5)
+    for flag in ("--max-batch-rows", "--max-queue"):
+        seen.clear()
+        assert cli.main(["serve", "-m", "a", flag, "0"]) == 2
+        assert flag in capsys.readouterr().err and not seen  # refused before loading
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--max-queue", "many"])
+
+
+def test_served_engine_has_the_bounds(monkeypatch, tiny_dirs, cache_dir):
+    """``unite serve`` end to end (uvicorn replaced): /metrics and /health report the bounds."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    a, b = str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])
+    args = ["serve", "-m", a, "-m", b, "--cache-dir", str(cache_dir)]
+    assert cli.main([*args, "--max-batch-rows", "3", "--max-queue", "5"]) == 0
+    with TestClient(apps[0]) as client:  # leaving it runs the app's shutdown: the engine closes
+        metrics = client.get("/metrics").text
+        assert "unite_engine_max_batch_rows 3" in metrics
+        assert "unite_engine_max_queue 5" in metrics
+        health = client.get("/health").json()
+        assert (health["max_batch_rows"], health["max_queue"]) == (3, 5)
+    assert apps[0].state.unite.engine.closed

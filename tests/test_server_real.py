@@ -4,6 +4,7 @@ through real clients, greedy answers equal to the engine's, a forced tool call t
 from __future__ import annotations
 
 import json
+import math
 
 import openai
 import pytest
@@ -96,3 +97,20 @@ def test_real_framework_clients(engine, client):
     assert (
         llm.chat([ChatMessage(role="user", content=QUESTION[0]["content"])]).message.content == want
     )
+
+
+def test_real_top_logprobs(engine, client):
+    """The real pair's mixed distribution through the server: sorted alternatives, the greedy
+    choice first with the same figure, at most N, probabilities summing to at most 1."""
+    model = client.models.list().data[0].id
+    r = client.chat.completions.create(
+        model=model, messages=QUESTION, max_tokens=8, logprobs=True, top_logprobs=5
+    )
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert r.choices[0].message.content == engine.generate([QUESTION], max_new_tokens=8)[0].text
+    for t in content:
+        top = [a.logprob for a in t.top_logprobs]
+        assert 1 <= len(top) <= 5 and top == sorted(top, reverse=True)
+        assert (t.top_logprobs[0].token, t.top_logprobs[0].logprob) == (t.token, t.logprob)
+        assert sum(math.exp(x) for x in top) <= 1 + 1e-5

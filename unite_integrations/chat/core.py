@@ -24,7 +24,7 @@ from ..engine.results import GenerationResult
 from ..errors import ConfigError, InputError
 from .bridge import primed, thread_stream
 from .messages import render
-from .options import ChatDefaults, engine_options
+from .options import ChatDefaults, engine_options, keeps_tokens
 from .tools import ToolCallStream, grammar, parse_calls, response_format
 from .types import (
     ChatChunk,
@@ -54,6 +54,7 @@ class PreparedCall:
     tools: list[dict[str, Any]] | None
     constraint: Any
     parse_calls: bool
+    tokens: bool = False  # keep per-token provenance in the result
 
     def engine_kwargs(self) -> dict[str, Any]:
         return {"tools": self.tools, "constraint": self.constraint, **self.options}
@@ -117,6 +118,7 @@ class ChatCore:
             self.defaults.max_json_string_length,
         )
         options = engine_options(self.defaults, request.options, forced=g.forced)
+        tokens = keeps_tokens(self.defaults, request.options)
         prompt: Prompt
         if request.text is not None:
             if not isinstance(request.text, str) or not request.text:
@@ -124,7 +126,7 @@ class ChatCore:
             prompt = request.text
         else:
             prompt = render(request.messages, g.instruction)
-        return PreparedCall(prompt, options, g.tools, g.constraint, g.parse_calls)
+        return PreparedCall(prompt, options, g.tools, g.constraint, g.parse_calls, tokens)
 
     # -- sync -------------------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class ChatCore:
         """One complete answer."""
         call = self.prepare(request)
         result = self.engine.generate([call.prompt], **call.engine_kwargs())[0]
-        return self.result(result, call.parse_calls)
+        return self.result(result, call.parse_calls, tokens=call.tokens)
 
     def batch(self, requests: Sequence[ChatRequest], max_concurrency: int = 16) -> list[ChatResult]:
         """Answers for several requests, as concurrent engine calls: the engine's scheduler
@@ -141,7 +143,10 @@ class ChatCore:
         engine = self.engine
         with ThreadPoolExecutor(max(1, min(max_concurrency, len(calls)))) as pool:
             futures = [pool.submit(engine.generate, [c.prompt], **c.engine_kwargs()) for c in calls]
-            return [self.result(f.result()[0], c.parse_calls) for f, c in zip(futures, calls)]
+            return [
+                self.result(f.result()[0], c.parse_calls, tokens=c.tokens)
+                for f, c in zip(futures, calls)
+            ]
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         """The answer in chunks: content as it becomes safe to show, each tool call once its
@@ -168,7 +173,7 @@ class ChatCore:
                         index += len(chunk.tool_calls)
                         streamed += [c.id for c in chunk.tool_calls]
                         yield chunk
-                    result = self.result(piece.result, call.parse_calls, streamed)
+                    result = self.result(piece.result, call.parse_calls, streamed, call.tokens)
                     yield ChatChunk(finish_reason=result.finish_reason, result=result)
                     return
                 for chunk in _part_chunks(parts, index):
@@ -202,9 +207,16 @@ class ChatCore:
 
     # -- engine results -> chat results ------------------------------------------------------
 
-    def result(self, result: GenerationResult, parse: bool, ids: Sequence[str] = ()) -> ChatResult:
+    def result(
+        self,
+        result: GenerationResult,
+        parse: bool,
+        ids: Sequence[str] = (),
+        tokens: bool = False,
+    ) -> ChatResult:
         """A ``ChatResult`` from the engine's result (``parse``: split off tool calls; ``ids``:
-        the ids a stream already gave those calls, so the result's calls carry the same)."""
+        the ids a stream already gave those calls, so the result's calls carry the same;
+        ``tokens``: keep the per-token provenance)."""
         content, calls = parse_calls(result.text) if parse else (result.text, ())
         if ids and len(ids) == len(calls):
             calls = tuple(replace(c, id=i) for c, i in zip(calls, ids))
@@ -222,6 +234,7 @@ class ChatCore:
             provenance=result.provenance.summary(),
             model=self.model_name,
             text=result.text,
+            tokens=tuple(result.provenance.tokens) if tokens else (),
         )
 
 

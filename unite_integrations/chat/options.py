@@ -8,6 +8,8 @@ its ``ChatDefaults``; a call's options (``ChatOptions``) override them one by on
   because their grammar decides where the output ends.
 * ``parallel_tool_calls``: off unless asked for (small members tend to repeat a call until the
   token budget ends).
+* ``token_provenance`` keeps each token's provenance in the result (``ChatResult.tokens``);
+  ``top_logprobs`` > 0 asks the engine for that many alternatives per token and implies it.
 * a bad value is a ``ConfigError`` naming the option, raised before anything is decoded.
 """
 
@@ -24,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "ChatDefaults",
     "engine_options",
+    "keeps_tokens",
     "no_bool_for_int",
     "stop_strings",
 ]
@@ -42,6 +45,8 @@ class ChatDefaults:
     top_p: float = 1.0
     seed: int | None = None
     gate: float | None = None
+    token_provenance: bool = False
+    top_logprobs: int = 0
     stop: tuple[str, ...] = ()
     parallel_tool_calls: bool = False
     max_json_string_length: int | None = 512
@@ -67,7 +72,17 @@ class ChatDefaults:
 
 
 #: Defaults that must have a value (``None`` for them means "the default").
-_NEEDED = frozenset({"max_tokens", "min_tokens", "temperature", "top_p", "parallel_tool_calls"})
+_NEEDED = frozenset(
+    {
+        "max_tokens",
+        "min_tokens",
+        "temperature",
+        "top_p",
+        "parallel_tool_calls",
+        "token_provenance",
+        "top_logprobs",
+    }
+)
 
 
 def no_bool_for_int(value: object) -> object:
@@ -109,8 +124,22 @@ def engine_options(
     gate = _pick(options.gate, defaults.gate)
     if gate is not None:  # absent: full UniTE, as before the option existed
         resolved["gate"] = gate
-    GenerationOptions(**resolved)  # every value checked here, as the engine will
+    top = _pick(options.top_logprobs, defaults.top_logprobs)
+    GenerationOptions(**resolved, top_logprobs=top)  # every value checked, as the engine will
+    if top:  # absent: no top log-probabilities, and the call's options read as before
+        resolved["top_logprobs"] = top
     return resolved
+
+
+def keeps_tokens(defaults: ChatDefaults, options: ChatOptions) -> bool:
+    """Whether a call keeps per-token provenance in its result (``token_provenance``, or top
+    log-probabilities, which live in it); a ``ConfigError`` for a value that is not a bool."""
+    keep = _pick(options.token_provenance, defaults.token_provenance)
+    if not isinstance(keep, bool):
+        raise ConfigError(
+            f"token_provenance={keep!r}: give True or False (or None for the default)"
+        )
+    return keep or bool(_pick(options.top_logprobs, defaults.top_logprobs))
 
 
 def _pick(value: Any, default: Any) -> Any:

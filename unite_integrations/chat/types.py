@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ..engine.results import TokenProvenance
 
 __all__ = [
     "ROLES",
@@ -109,6 +112,12 @@ class ChatOptions:
     gate: float | None = None
     """Gated ensembling threshold (see ``GenerationOptions.gate``); 1.0 asks for full UniTE
     where the front end's default gates."""
+    token_provenance: bool | None = None
+    """Keep each generated token's provenance in ``ChatResult.tokens`` (its text and bytes, its
+    log-probability, who proposed it, each member's probability)."""
+    top_logprobs: int | None = None
+    """0..20: also keep, per token, that many most likely strings of the mixed distribution it
+    was chosen from (``TokenProvenance.top``); more than 0 implies ``token_provenance``."""
 
 
 @dataclass(frozen=True)
@@ -163,14 +172,21 @@ class ChatResult:
     model: str
     text: str = ""
     """The raw generated text (content and call blocks as the members wrote them)."""
+    tokens: tuple[TokenProvenance, ...] = ()
+    """Per generated token, its provenance: only when the call asked (``ChatOptions``'
+    ``token_provenance`` or ``top_logprobs``)."""
 
     def metadata(self) -> dict[str, Any]:
-        """What every front end reports as response metadata (one shape everywhere)."""
+        """What every front end reports as response metadata (one shape everywhere); the
+        provenance has ``tokens`` (as dicts) when the call kept them."""
+        provenance = dict(self.provenance)
+        if self.tokens:
+            provenance["tokens"] = [t.model_dump() for t in self.tokens]
         return {
             "model_name": self.model,
             "model_provider": "unite",
             "finish_reason": self.finish_reason,
-            "provenance": dict(self.provenance),
+            "provenance": provenance,
             "member_usage": {
                 "input_tokens": dict(self.usage.input_tokens_per_member),
                 "output_tokens": dict(self.usage.output_tokens_per_member),

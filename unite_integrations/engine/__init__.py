@@ -2,10 +2,11 @@
 
 from .config import EnsembleConfig, GenerationOptions, MemberSpec
 from .engine import EngineMetrics, UniTEEngine
-from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
+from .results import Candidate, GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
 from .scheduler import Delta, Done, Request
 
 __all__ = [
+    "Candidate",
     "Delta",
     "Done",
     "EngineMetrics",

@@ -262,6 +262,7 @@ class GenerationOptions(_Config):
         "seed": f"None or an int from 0 to 2**64 - 1 ({SEED_MAX})",
         "stop": "a string or a list of non-empty strings",
         "gate": "None (full UniTE) or a number in [0, 1], e.g. 0.9",
+        "top_logprobs": "an int from 0 to 20",
     }
 
     max_new_tokens: int = Field(default=256, ge=1, description="Union steps at most.")
@@ -287,6 +288,16 @@ class GenerationOptions(_Config):
             "Gated ensembling: where the primary member's top-1 probability over its own "
             "candidates is >= gate (and gate < 1), its token is taken without consulting the "
             "others. None (the default) and 1.0 are full UniTE."
+        ),
+    )
+    top_logprobs: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description=(
+            "Also report, for every chosen token, this many most likely strings of the mixed "
+            "distribution it was chosen from (``TokenProvenance.top``); 0: none, and no extra "
+            "work or host transfer."
         ),
     )
 

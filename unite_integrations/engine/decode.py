@@ -107,6 +107,9 @@ class RowState:
     decisions: int = 0  # decisions taken, the final END included
     voted: int = 0  # of which the members voted on (not gated)
     agreed: int = 0  # of which every member's own top-1 was the same string
+    # Per chosen string (as ``steps``), when ``opts.top_logprobs``: the most likely strings of
+    # the mixed distribution it was chosen from, (gid, probability), most likely first.
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
     owner: Any = None  # what the worker reports this row to (a scheduler request)
 
 
@@ -230,10 +233,11 @@ def step(ens: Ensemble, batch: Batch) -> None:
     vote = _votes(ens, alone, gates) if alone and gates else [True] * len(rows)  # [B], host
     batch.catch_up(vote)
     draws = _draws(rows, home)  # [B]: one per row and step, whoever decides
+    top_n = max(row.opts.top_logprobs for row in rows)  # 0: nothing more leaves the device
     sel = [r for r, v in enumerate(vote) if v]  # the voting rows, B' of them
-    picks, none_fit = _voted(ens, batch, ban, sel, draws)
+    picks, none_fit = _voted(ens, batch, ban, sel, draws, top_n)
     if alone and len(sel) < len(rows):  # gated rows take the primary's own choice
-        res = decide(alone, ens.alone, *_sampling(rows, home, draws))
+        res = decide(alone, ens.alone, *_sampling(rows, home, draws), top_n=top_n)
         mine, fit = Picks.alone(res, len(ens.members)), [False] * len(rows)
         for n, r in enumerate(sel):
             mine.put(r, picks, n)
@@ -260,7 +264,12 @@ def gather_union(
 
 
 def _voted(
-    ens: Ensemble, batch: Batch, ban: torch.Tensor | None, sel: list[int], draws: torch.Tensor
+    ens: Ensemble,
+    batch: Batch,
+    ban: torch.Tensor | None,
+    sel: list[int],
+    draws: torch.Tensor,
+    top_n: int = 0,
 ) -> tuple[Picks, list[bool]]:
     """The union's choice for rows ``sel`` (B' of them) and, per such row, whether no union
     string fits its grammar. Gated rows' candidates are computed too (from stale logits: cheap,
@@ -273,7 +282,9 @@ def _voted(
         union = _subset(union, torch.tensor(sel, device=union.gid.device))  # [N, B', C]
     allowed = _grammar_mask(ens, union, rows) if any(r.matcher for r in rows) else None
     idx = torch.tensor(sel, device=draws.device)
-    res = decide(union, ens.plan, *_sampling(rows, home, draws.index_select(0, idx)), allowed)
+    res = decide(
+        union, ens.plan, *_sampling(rows, home, draws.index_select(0, idx)), allowed, top_n
+    )
     return Picks.of(res), [False] * len(sel) if allowed is None else (~allowed).all(1).tolist()
 
 
@@ -344,10 +355,15 @@ class Picks:
     own: list[list[int]]
     prob: list[list[float]]
     gated: list[bool] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)  # [] unless asked
 
     @classmethod
     def of(cls, res: StepResult) -> Picks:
         """The one device-to-host transfer of a step."""
+        top = []
+        if res.top_gid is not None and res.top_prob is not None:
+            pairs = zip(res.top_gid.tolist(), res.top_prob.tolist())
+            top = [[(g, q) for g, q in zip(gs, qs) if g >= 0] for gs, qs in pairs]
         return cls(
             res.src.tolist(),
             res.col.tolist(),
@@ -356,6 +372,7 @@ class Picks:
             res.own_col.T.tolist(),
             res.prob.T.tolist(),
             [False] * len(res.src),
+            top,
         )
 
     @classmethod
@@ -366,12 +383,14 @@ class Picks:
         rest = n - 1
         own = [o + [-1] * rest for o in p.own]
         prob = [q + [0.0] * rest for q in p.prob]
-        return cls(p.src, p.col, p.gid, [False] * len(p.src), own, prob, [True] * len(p.src))
+        gated = [True] * len(p.src)
+        return cls(p.src, p.col, p.gid, [False] * len(p.src), own, prob, gated, p.top)
 
     def put(self, r: int, other: Picks, n: int) -> None:
         """Row r takes row n of ``other``'s picks."""
-        for f in ("src", "col", "gid", "agree", "own", "prob", "gated"):
-            getattr(self, f)[r] = getattr(other, f)[n]
+        for f in ("src", "col", "gid", "agree", "own", "prob", "gated", "top"):
+            if f != "top" or self.top:  # top: only when asked
+                getattr(self, f)[r] = getattr(other, f)[n]
 
 
 def _take(ens: Ensemble, batch: Batch, row: RowState, r: int, picks: Picks) -> list[Update]:
@@ -386,6 +405,8 @@ def _take(ens: Ensemble, batch: Batch, row: RowState, r: int, picks: Picks) -> l
         return []
     piece = ens.strings[picks.gid[r]]
     row.steps.append((picks.gid[r], picks.own[r], picks.prob[r], picks.agree[r], picks.gated[r]))
+    if row.opts.top_logprobs:
+        row.top.append(picks.top[r][: row.opts.top_logprobs])
     if row.matcher is not None:
         row.matcher.consume(piece)
     if row.text.append(piece):

@@ -10,6 +10,8 @@ thread pool, so a step costs the slowest member.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +31,14 @@ from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
 from .ray_members import RayMember, connect, describe, release, start_actor
-from .results import GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
+from .results import (
+    Candidate,
+    GenerationResult,
+    Provenance,
+    StreamChunk,
+    TokenProvenance,
+    Usage,
+)
 from .scheduler import MAX_BATCH_ROWS, MAX_QUEUE, Delta, Done, Failed, Job, Request, Scheduler
 from .text import RowText
 from .union import StepPlan
@@ -425,14 +434,26 @@ class UniTEEngine:
         tokens = []
         wins = dict.fromkeys(names, 0)
         proposed = dict.fromkeys(names, 0)
-        for gid, own, prob, _, gated in row.steps:
+        weights = self.config.weights
+        for n_step, (gid, own, prob, _, gated) in enumerate(row.steps):
             winner = names[max(range(len(names)), key=lambda i: (prob[i], -i))]
             wins[winner] += 1
             for name, o in zip(names, own):
                 proposed[name] += o >= 0
+            # The mixed probability it was chosen from (a gated row's: the primary's alone; 0
+            # where a grammar overrode the union); where it is among the top strings, the
+            # device's own figure, so that the two agree exactly.
+            top = row.top[n_step] if row.top else []
+            p = prob[0] if gated else sum(w * q for w, q in zip(weights, prob))
+            if p > 0:
+                p = next((q for g, q in top if g == gid), p)
+            data = self._ens.strings[gid]
             tokens.append(
                 TokenProvenance(
-                    text=self._ens.strings[gid].decode("utf-8", errors="replace"),
+                    text=data.decode("utf-8", errors="replace"),
+                    bytes=list(data),
+                    logprob=math.log(p) if p > 0 else None,
+                    top=[self._candidate(g, q) for g, q in top] if row.top else None,
                     proposers=[nm for nm, o in zip(names, own) if o >= 0],
                     probs=dict(zip(names[:1] if gated else names, prob)),
                     winner=winner,
@@ -462,6 +483,25 @@ class UniTEEngine:
             usage=usage,
             provenance=provenance,
         )
+
+    def _candidate(self, gid: int, p: float) -> Candidate:
+        """A string of a step's mixed distribution (``top_logprobs``) as the results show it."""
+        logprob = math.log(p) if p > 0 else -math.inf
+        if gid == END:
+            return Candidate(text=self._end_text, logprob=logprob, end=True)
+        data = self._ens.strings[gid]
+        return Candidate(
+            text=data.decode("utf-8", errors="replace"), logprob=logprob, bytes=list(data)
+        )
+
+    @functools.cached_property
+    def _end_text(self) -> str:
+        """How END shows among top log-probabilities: the primary's end-of-sequence token."""
+        primary = self._ens.members[0]
+        eos = getattr(primary.tokenizer, "eos_token", None)
+        if isinstance(eos, str) and eos:
+            return eos
+        return str(primary.tokenizer.convert_ids_to_tokens(primary.vocab.end_ids[0]))
 
 
 @dataclass(frozen=True)

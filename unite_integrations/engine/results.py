@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["GenerationResult", "Provenance", "StreamChunk", "TokenProvenance", "Usage"]
+__all__ = [
+    "Candidate",
+    "GenerationResult",
+    "Provenance",
+    "StreamChunk",
+    "TokenProvenance",
+    "Usage",
+]
 
 FinishReason = Literal["stop", "length"]
 
@@ -26,10 +33,42 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
+class Candidate(BaseModel):
+    """One string of the ensemble's mixed distribution at a step, with its log-probability."""
+
+    text: str = Field(
+        description="Its bytes, decoded with U+FFFD for partial characters; the end of the "
+        "answer (END) shows as the primary member's end-of-sequence token."
+    )
+    logprob: float = Field(
+        description="Natural log of its mixed probability (-inf where it underflows to 0)."
+    )
+    end: bool = Field(default=False, description="It is END, the end of the answer.")
+    bytes: list[int] = Field(default_factory=list, description="Its exact bytes (END: none).")
+
+
 class TokenProvenance(BaseModel):
     """One chosen string and how the members saw it."""
 
     text: str = Field(description="The chosen bytes, decoded with U+FFFD for partial characters.")
+    bytes: list[int] = Field(
+        default_factory=list, description="The chosen bytes themselves (``text`` may be lossy)."
+    )
+    logprob: float | None = Field(
+        default=None,
+        description=(
+            "Natural log of its probability under the mixed distribution it was chosen from "
+            "(the members' union probabilities, weighted; the primary's alone where ``gated``). "
+            "None where a grammar had to choose a string outside the union."
+        ),
+    )
+    top: list[Candidate] | None = Field(
+        default=None,
+        description=(
+            "Only with ``top_logprobs`` N > 0: the N most likely strings of that mixed "
+            "distribution, most likely first (fewer where the union had fewer strings)."
+        ),
+    )
     proposers: list[str] = Field(description="Members that had this string in their own top-k.")
     probs: dict[str, float] = Field(description="Each member's probability for it over the union.")
     winner: str = Field(description="The member that gave it the highest probability.")

@@ -50,6 +50,10 @@ class StepResult:
     own_col: torch.Tensor  # int64 [N, B]: column where member i proposed the choice itself, or -1
     prob: torch.Tensor  # float [N, B]: member i's union probability of the choice
     agree: torch.Tensor  # bool [B]: every member's own top-1 was the same string
+    # Only when asked (``decide``'s ``top_n``): the n most likely strings of the mixed
+    # distribution, most likely first; gid -1 where the union has fewer than n strings.
+    top_prob: torch.Tensor | None = None  # float [B, n]
+    top_gid: torch.Tensor | None = None  # int64 [B, n]
 
 
 def extend_logits(logits: torch.Tensor, end_ids: torch.Tensor) -> torch.Tensor:
@@ -168,13 +172,15 @@ def decide(
     top_p: torch.Tensor,
     uniform: torch.Tensor,
     allowed: torch.Tensor | None = None,
+    top_n: int = 0,
 ) -> StepResult:
     """Steps 5-7: softmax per member over the union, weighted average, choice.
 
     ``temperature``, ``top_p``, ``uniform``: [B], each row's own (see ``choose``).
 
     ``allowed`` [B, C] (from a grammar) removes slots before the choice; the probabilities
-    reported for provenance are those of the unconstrained union.
+    reported for provenance are those of the unconstrained union. ``top_n`` > 0 also returns
+    each row's ``top_n`` most likely strings of the mixed distribution (top log-probabilities).
     """
     n, k = union.scores.shape[0], plan.k
     home = plan.weights.device
@@ -191,6 +197,10 @@ def decide(
     ).masked_fill(~own_hit.any(-1), -1)
     cols = torch.cat([c.to(home) for c in union.top_col], dim=1)
     top1 = gid[:, [i * k for i in range(n)]]
+    top_prob = top_gid = None
+    if top_n:  # a duplicate or unchoosable slot ranks last, as -1, and is dropped by its gid
+        top_prob, at = p.masked_fill(~valid, -1.0).topk(min(top_n, p.shape[1]), dim=-1)
+        top_gid = gid.gather(1, at).masked_fill(top_prob < 0, -1)  # [B, n] each
     return StepResult(
         src=slot // k,
         col=cols.gather(1, slot[:, None]).squeeze(1),
@@ -198,6 +208,8 @@ def decide(
         own_col=own_col,
         prob=p_i.gather(2, slot[None, :, None].expand(n, -1, 1)).squeeze(2),
         agree=(top1 == top1[:, :1]).all(1),
+        top_prob=top_prob,
+        top_gid=top_gid,
     )
 
 

@@ -5,8 +5,8 @@ request body becomes a ``ChatRequest``, the ``ChatCore`` answers it (option reso
 structured output, tool-call parsing, usage and provenance all live there), and its
 ``ChatResult``/``ChatChunk``s become OpenAI's JSON and server-sent events. What is the server's
 own: HTTP (body limits, the API key, status codes and OpenAI's error body), the wire format, the
-``unite`` extension field with the ensemble's provenance, log-probabilities computed from that
-provenance, and ``/metrics``.
+``unite`` extension field with the ensemble's provenance, OpenAI's log-probability objects built
+from the per-token provenance the core keeps on request, and ``/metrics``.
 
 Concurrency comes from the engine: each request runs in a worker thread of its own (the core's
 bridge), so the event loop never blocks, and requests waiting at the same time are decoded
@@ -20,11 +20,9 @@ import asyncio
 import contextlib
 import hmac
 import json
-import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -51,7 +49,7 @@ from ..chat import (
     tool_names,
 )
 from ..engine.engine import UniTEEngine
-from ..engine.results import GenerationResult
+from ..engine.results import Candidate, TokenProvenance
 from .errors import APIError, from_exception, from_validation
 from .metrics import Metrics
 from .schemas import MAX_STOP, ChatCompletionRequest, CompletionRequest
@@ -65,16 +63,8 @@ _Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
 
-class _ServerCore(ChatCore):
-    """The chat core, keeping each token's provenance in the result (for ``logprobs`` and the
-    ``unite.tokens`` extension); the other front ends report only the summary."""
-
-    def result(
-        self, result: GenerationResult, parse: bool, *args: Any, **kwargs: Any
-    ) -> ChatResult:
-        chat = super().result(result, parse, *args, **kwargs)
-        tokens = [t.model_dump() for t in result.provenance.tokens]
-        return replace(chat, provenance={**chat.provenance, "tokens": tokens})
+#: OpenAI's log-probability for a token whose probability is 0 (or that the union did not hold).
+FLOOR_LOGPROB = -9999.0
 
 
 def create_app(
@@ -113,7 +103,7 @@ class _Server:
     ) -> None:
         self.engine = engine
         self.close_engine = close_engine
-        self.core = _ServerCore(engine, defaults=defaults, model_name=model_name)
+        self.core = ChatCore(engine, defaults=defaults, model_name=model_name)
         engine_options(self.core.defaults, ChatOptions())  # bad defaults fail now, not per request
         self.model = self.core.model_name
         self.api_key = api_key
@@ -259,7 +249,9 @@ class _Server:
                 code="invalid_value",
             )
 
-    def _options(self, body: ChatCompletionRequest | CompletionRequest) -> ChatOptions:
+    def _options(
+        self, body: ChatCompletionRequest | CompletionRequest, want: _Wants
+    ) -> ChatOptions:
         return ChatOptions(
             max_tokens=body.token_budget(),
             min_tokens=body.min_tokens,
@@ -268,12 +260,24 @@ class _Server:
             seed=body.seed,
             stop=tuple(body.stops()) if body.stop is not None else None,
             gate=body.unite.gate,
+            token_provenance=want.logprobs or want.tokens,
+            top_logprobs=want.top,
         )
 
     # -- operational endpoints ----------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model})
+        m = self.engine.metrics()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.model,
+                "queue_depth": m.queued,
+                "rows_in_flight": m.rows_in_flight,
+                "max_batch_rows": m.max_batch_rows,
+                "max_queue": m.max_queue,
+            }
+        )
 
     async def render_metrics(self, request: Request) -> Response:
         m = self.engine.metrics()
@@ -320,20 +324,20 @@ class _Server:
     async def chat(self, request: Request) -> Response:
         body: ChatCompletionRequest = await self._body(request, ChatCompletionRequest)
         self._check_common(body)
-        if body.top_logprobs:
+        if body.top_logprobs and not body.logprobs:
             raise APIError(
                 400,
-                "top_logprobs is not supported yet: the engine reports the mixed probability of "
-                "the chosen token only; send logprobs=true without top_logprobs",
+                f"top_logprobs={body.top_logprobs} needs logprobs=true: send both",
                 param="top_logprobs",
-                code="unsupported_value",
+                code="invalid_value",
             )
-        chat_request = self._chat_request(body)
         want = _Wants(
             logprobs=body.logprobs,
+            top=(body.top_logprobs or 0) if body.logprobs else 0,
             tokens=body.unite.token_provenance,
             usage=bool(body.stream_options and body.stream_options.include_usage),
         )
+        chat_request = self._chat_request(body, want)
         if body.stream:
             return await self._stream(
                 request, chat_request, want, "chat.completion.chunk", _chat_chunk, "chat"
@@ -342,14 +346,14 @@ class _Server:
         self._count(result)
         return JSONResponse(self._chat_response(result, want))
 
-    def _chat_request(self, body: ChatCompletionRequest) -> ChatRequest:
+    def _chat_request(self, body: ChatCompletionRequest, want: _Wants) -> ChatRequest:
         messages = tuple(_message(m, n) for n, m in enumerate(body.messages))
         tools = tuple(body.tools or ())
         choice = tool_choice(body.tool_choice, tool_names(tools))
         fmt: ResponseFormat | None = response_format(body.response_format)
         return ChatRequest(
             messages=messages,
-            options=self._options(body),
+            options=self._options(body, want),
             tools=tools,
             tool_choice=choice,
             parallel_tool_calls=body.parallel_tool_calls,
@@ -382,33 +386,13 @@ class _Server:
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": self._logprobs(result) if want.logprobs else None,
+                    "logprobs": _logprobs(result, want.top) if want.logprobs else None,
                     "finish_reason": result.finish_reason,
                 }
             ],
             "usage": _usage(result),
             "unite": _extension(result, want.tokens),
         }
-
-    def _logprobs(self, result: ChatResult) -> dict[str, Any]:
-        """Each generated token's log-probability under the ensemble's mixed distribution: the
-        weighted average of the members' probabilities over the union (what was sampled from)."""
-        content = []
-        for token in _tokens(result):
-            text = token["text"]
-            p = sum(
-                w * token["probs"].get(m, 0.0)
-                for m, w in zip(self.engine.member_names, self.weights)
-            )
-            content.append(
-                {
-                    "token": text,
-                    "logprob": math.log(p) if p > 0 else -9999.0,
-                    "bytes": list(text.encode()),
-                    "top_logprobs": [],
-                }
-            )
-        return {"content": content, "refusal": None}
 
     # -- completions --------------------------------------------------------------------------
 
@@ -427,23 +411,16 @@ class _Server:
                     param=field,
                     code="unsupported_value",
                 )
-        if body.logprobs:
-            raise APIError(
-                400,
-                f"logprobs={body.logprobs}: only the chosen token's probability is known; send "
-                "logprobs=0",
-                param="logprobs",
-                code="unsupported_value",
-            )
         prompts = body.prompts()
         if not prompts or any(not p for p in prompts):
             raise APIError(400, "the prompt is empty: send some text", param="prompt")
         want = _Wants(
-            logprobs=body.logprobs == 0,
+            logprobs=body.logprobs is not None,
+            top=body.logprobs or 0,
             tokens=body.unite.token_provenance,
             usage=bool(body.stream_options and body.stream_options.include_usage),
         )
-        options = self._options(body)
+        options = self._options(body, want)
         requests = [ChatRequest(text=p, options=options) for p in prompts]
         if body.stream:
             if len(requests) != 1:
@@ -460,7 +437,7 @@ class _Server:
             {
                 "index": i,
                 "text": r.text,
-                "logprobs": self._completion_logprobs(r) if want.logprobs else None,
+                "logprobs": _completion_logprobs(r, want.top) if want.logprobs else None,
                 "finish_reason": r.finish_reason,
             }
             for i, r in enumerate(results)
@@ -483,19 +460,6 @@ class _Server:
                 else _extension(results[0], want.tokens),
             }
         )
-
-    def _completion_logprobs(self, result: ChatResult) -> dict[str, Any]:
-        entries = self._logprobs(result)["content"]
-        offsets, at = [], 0
-        for e in entries:
-            offsets.append(at)
-            at += len(e["token"])
-        return {
-            "tokens": [e["token"] for e in entries],
-            "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": None,
-            "text_offset": offsets,
-        }
 
     # -- streaming ----------------------------------------------------------------------------
 
@@ -545,9 +509,9 @@ class _Server:
                     last["finish_reason"] = chunk.finish_reason
                     if want.logprobs:
                         last["logprobs"] = (
-                            self._completion_logprobs(result)
+                            _completion_logprobs(result, want.top)
                             if head["object"] == "text_completion"
-                            else self._logprobs(result)
+                            else _logprobs(result, want.top)
                         )
                     yield self._event(head, last, want, unite=_extension(result, want.tokens))
                     if want.usage:
@@ -585,10 +549,11 @@ class _Server:
 class _Wants:
     """What a request asked to get back besides the answer."""
 
-    __slots__ = ("logprobs", "tokens", "usage")
+    __slots__ = ("logprobs", "tokens", "top", "usage")
 
-    def __init__(self, *, logprobs: bool, tokens: bool, usage: bool) -> None:
+    def __init__(self, *, logprobs: bool, top: int, tokens: bool, usage: bool) -> None:
         self.logprobs = logprobs
+        self.top = top  # top log-probabilities per token (``top_logprobs``, legacy ``logprobs``)
         self.tokens = tokens
         self.usage = usage
 
@@ -663,9 +628,55 @@ def _message(m: Any, n: int) -> Message:
     )
 
 
-def _tokens(result: ChatResult) -> Sequence[Mapping[str, Any]]:
-    tokens = result.provenance.get("tokens", [])
-    return tokens if isinstance(tokens, list) else []
+def _logprob(value: float | None) -> float:
+    """A log-probability as JSON can carry it: 0 probability (or none) is OpenAI's -9999.0."""
+    return FLOOR_LOGPROB if value is None or value < FLOOR_LOGPROB else value
+
+
+def _candidate(c: Candidate) -> dict[str, Any]:
+    data = list(c.text.encode()) if c.end else c.bytes
+    return {"token": c.text, "logprob": _logprob(c.logprob), "bytes": data}
+
+
+def _logprobs(result: ChatResult, top: int) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: each generated token (a union string) with its
+    log-probability under the mixed distribution it was chosen from, and the ``top`` most
+    likely strings of that distribution, most likely first (fewer where the union had fewer)."""
+    content = [
+        {
+            "token": t.text,
+            "logprob": _logprob(t.logprob),
+            "bytes": t.bytes,
+            "top_logprobs": [_candidate(c) for c in (t.top or [])[:top]],
+        }
+        for t in result.tokens
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(result: ChatResult, top: int) -> dict[str, Any]:
+    """The legacy completions ``logprobs``: parallel lists, and per token a dict of the ``top``
+    most likely strings and the chosen one (so up to ``top`` + 1 entries, as OpenAI's)."""
+    offsets, at = [], 0
+    for t in result.tokens:
+        offsets.append(at)
+        at += len(t.text)
+    return {
+        "tokens": [t.text for t in result.tokens],
+        "token_logprobs": [_logprob(t.logprob) for t in result.tokens],
+        "top_logprobs": [_top_dict(t, top) for t in result.tokens],
+        "text_offset": offsets,
+    }
+
+
+def _top_dict(t: TokenProvenance, top: int) -> dict[str, float]:
+    """String -> log-probability; two strings shown alike (partial characters as U+FFFD) keep
+    the likelier's figure."""
+    out: dict[str, float] = {}
+    for c in (t.top or [])[:top]:
+        out.setdefault(c.text, _logprob(c.logprob))
+    out.setdefault(t.text, _logprob(t.logprob))
+    return out
 
 
 def _extension(result: ChatResult, tokens: bool) -> dict[str, Any]:
@@ -675,8 +686,8 @@ def _extension(result: ChatResult, tokens: bool) -> dict[str, Any]:
         "input_tokens": dict(result.usage.input_tokens_per_member),
         "output_tokens": dict(result.usage.output_tokens_per_member),
     }
-    if tokens:
-        out["tokens"] = list(_tokens(result))
+    if tokens:  # through JSON: a log-probability of -inf becomes null
+        out["tokens"] = [json.loads(t.model_dump_json()) for t in result.tokens]
     return out
 
 

@@ -13,6 +13,11 @@ from ..cli_members import add_member_options, member_specs
 
 __all__ = ["add_subcommands"]
 
+#: The engine's bounds (``engine.scheduler``'s ``MAX_BATCH_ROWS``/``MAX_QUEUE``), written out so
+#: that ``unite --help`` need not import the engine (and torch); a test keeps them equal.
+MAX_BATCH_ROWS = 64
+MAX_QUEUE = 256
+
 
 def add_subcommands(sub: Any) -> None:
     """Add ``serve`` to the ``unite`` command's subparsers."""
@@ -49,6 +54,20 @@ def add_subcommands(sub: Any) -> None:
         "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger request bodies get 413"
     )
     p.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=MAX_BATCH_ROWS,
+        metavar="N",
+        help=f"rows decoded together at most (default {MAX_BATCH_ROWS}); more wait in the queue",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        metavar="N",
+        help=f"requests waiting at most (default {MAX_QUEUE}); one more gets 429 at once",
+    )
+    p.add_argument(
         "--graceful-timeout",
         type=int,
         default=30,
@@ -72,6 +91,9 @@ def _serve(args: argparse.Namespace) -> int:
             'pip install "unite-integrations[server]"'
         ) from e
 
+    for flag, value in (("--max-batch-rows", args.max_batch_rows), ("--max-queue", args.max_queue)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: give a whole number >= 1")
     specs = member_specs(args)
     names = ", ".join(s.source for s in specs)
     print(f"loading {len(specs)} member(s): {names} ...", file=sys.stderr)
@@ -85,6 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         defaults=ChatDefaults(max_tokens=args.max_tokens),
         max_body_bytes=args.max_body_bytes,
+        max_batch_rows=args.max_batch_rows,
+        max_queue=args.max_queue,
         graceful_timeout=args.graceful_timeout,
         log_level=args.log_level,
     )

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..chat import ChatDefaults
 from ..engine.config import MemberSpec, ensemble_config
-from ..engine.registry import get_engine
+from ..engine.engine import UniTEEngine
+from ..engine.scheduler import MAX_BATCH_ROWS, MAX_QUEUE
 from .app import DEFAULT_MAX_BODY_BYTES, create_app
 
 __all__ = ["serve"]
@@ -32,13 +33,21 @@ def serve(
     cache_dir: str | Path | None = None,
     defaults: ChatDefaults | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_batch_rows: int = MAX_BATCH_ROWS,
+    max_queue: int = MAX_QUEUE,
     graceful_timeout: int = 30,
     log_level: str = "info",
 ) -> None:
-    """Load ``members`` as one ensemble and serve it until interrupted."""
+    """Load ``members`` as one ensemble and serve it until interrupted.
+
+    ``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting at most,
+    beyond which a request gets 429 at once (``UniTEEngine``'s bounds; >= 1, else a
+    ``ConfigError`` before anything loads). The engine is the server's own (not the process's
+    shared one, whose bounds are the defaults) and closes with it."""
     import uvicorn
 
-    engine = get_engine(ensemble_config(members, top_k=top_k, weights=weights, cache_dir=cache_dir))
+    config = ensemble_config(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    engine = UniTEEngine(config, max_batch_rows=max_batch_rows, max_queue=max_queue)
     app = create_app(
         engine,
         model_name=model_name,

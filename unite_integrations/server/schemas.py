@@ -3,8 +3,8 @@
 Only the shape is checked here (types and required fields): values (ranges of options, roles,
 tools, tool choices, schemas, empty conversations) are the chat core's to check, once for every
 front end, and its typed errors become 400s. Unknown fields are ignored, as vLLM does, so clients that send more than we read still
-work; fields we read but cannot honour (``n`` other than 1, top log-probabilities) are refused by
-the app with a message that says so.
+work; fields we read but cannot honour (``n`` other than 1, penalties) are refused by the app
+with a message that says so.
 """
 
 from __future__ import annotations

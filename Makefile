@@ -58,9 +58,12 @@ test: models lint typecheck docs
 	$(BIN)/python -m pytest -q
 
 # Mutation testing of the engine core ([tool.mutmut] in pyproject.toml); slow, so not in `test`.
-# Results (score, equivalent survivors) are recorded in docs/development.md.
+# Results (score, equivalent survivors) are recorded in docs/development.md. MUTANTS limits the run
+# to mutant-name patterns, e.g. make mutation MUTANTS='unite_integrations.engine.vocab.*'.
+MUTANTS ?=
 mutation: install
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $${MUTMUT_JOBS:-2}
+	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 \
+	  $(BIN)/mutmut run --max-children $${MUTMUT_JOBS:-2} $(foreach m,$(MUTANTS),'$(m)')
 	$(BIN)/mutmut results
 
 bench: models

@@ -109,7 +109,13 @@ def test_grammar_fallback_is_used_and_marked_in_provenance(roomy):
         ["x"], constraint=Constraint.json_schema(PERSON, max_string_length=8), max_new_tokens=120
     )[0]
     assert json.loads(r.text)
-    assert any(all(p == 0 for p in t.probs.values()) for t in r.provenance.tokens)
+    taken = [t for t in r.provenance.tokens if all(p == 0 for p in t.probs.values())]
+    assert taken
+    # A member's own token taken instead of the union's choice: it alone proposed it, and it is
+    # not a decision the members agreed on.
+    assert all(len(t.proposers) == 1 for t in taken)
+    voted = len(r.provenance.tokens) + (r.finish_reason == "stop")  # the final END is a decision
+    assert r.provenance.agreement_rate * voted <= voted - len(taken) + 1e-9
 
 
 def test_bounded_schema_adds_bounds_only_where_missing():
@@ -130,7 +136,7 @@ def test_parse_tool_calls_keeps_malformed_blocks_as_text():
     broken = "<tool_call>\n{not json}\n</tool_call>"
     assert parse_tool_calls(broken) == (broken, [])
     assert parse_tool_calls("no calls") == ("no calls", [])
-    unclosed = '<tool_call>\n{"name": "add", "arguments": {}}\n' + text[len("Sure.\n"):]
+    unclosed = '<tool_call>\n{"name": "add", "arguments": {}}\n' + text[len("Sure.\n") :]
     content, calls = parse_tool_calls(unclosed)
     assert [c.name for c in calls] == ["add"] and calls[0].arguments == {"a": 1, "b": 2}
 
@@ -175,3 +181,177 @@ def test_unicode_tool_arguments_survive_parsing():
     assert text.strip() == "Sure.  and".strip()
     assert [c.arguments["customer_name"] for c in calls] == ["你好啊集团 😀", "こんにちは株式会社"]
     assert "\\u" in escaped  # the second block really used escapes
+
+
+# -- the fallback when no union string fits (decode._best_allowed), on hand-made members ----------
+
+
+class _Backend:
+    """A member backend reduced to what the fallback reads: its ranked candidates and logits."""
+
+    def __init__(self, ranked: list[int], logits: dict[int, float]) -> None:
+        self.ranked, self.logits = ranked, logits
+
+    def candidates(self, r: int, n: int) -> list[int]:
+        return self.ranked[:n]
+
+    def logits_at(self, r: int, cols: list[int]) -> list[float]:
+        return [self.logits[c] for c in cols]
+
+
+def _member(pieces: list[bytes]):
+    from types import SimpleNamespace
+
+    from unite_integrations.engine.vocab import Vocab
+
+    byte_ids = [-1] * 256
+    for i, p in enumerate(pieces):
+        if len(p) == 1:
+            byte_ids[p[0]] = i
+    exact = {p: i for i, p in enumerate(pieces)}
+    vocab = Vocab(None, list(pieces), [], byte_ids, exact, "hand-made")
+    return SimpleNamespace(vocab=vocab)
+
+
+def test_fallback_takes_the_best_allowed_candidate_then_the_next_member_then_a_byte():
+    from types import SimpleNamespace
+
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import _best_allowed
+
+    # Member 0: id 0 spells b"a" (a byte token at id 0), id 3 b"ab", id 4 b"zz"; member 1: b"c".
+    m0 = _member([b"a", b"b", b"c", b"ab", b"zz"])
+    m1 = _member([b"zz", b"cb"])
+    ens = SimpleNamespace(members=[m0, m1])
+    grammar = ByteMatcher(Constraint.regex("ab|cb|a|c"))
+    logits0 = {0: 3.0, 1: 0.0, 2: 1.0}
+    # The primary's most likely allowed candidate; a disallowed one ranked first is skipped.
+    best = _best_allowed(ens, [_Backend([4, 3, 0], logits0), _Backend([1], {})], 0, grammar)
+    assert best == (0, 3)
+    # None of the primary's candidates fits: the next member's.
+    best = _best_allowed(ens, [_Backend([4], logits0), _Backend([0, 1], {})], 0, grammar)
+    assert best == (1, 1)
+    # No candidate fits: the primary's most likely allowed byte ('a' is id 0, 'c' is id 2).
+    assert _best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 0)
+    logits0 = {0: 1.0, 1: 9.0, 2: 3.0}  # 'b' is likelier still, but not allowed
+    assert _best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 2)
+    # The grammar accepts the text as it is: END (the primary's END column, its vocabulary size).
+    grammar.consume(b"a")
+    assert _best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 5)
+
+
+def test_fallback_refuses_a_grammar_the_primary_cannot_spell():
+    from types import SimpleNamespace
+
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import _best_allowed
+
+    ens = SimpleNamespace(members=[_member([b"a", b"zz"])])
+    grammar = ByteMatcher(Constraint.regex("q"))
+    with pytest.raises(
+        AssertionError, match=r"^the grammar allows no byte the primary member can spell$"
+    ):
+        _best_allowed(ens, [_Backend([1], {0: 0.0})], 0, grammar)  # type: ignore[arg-type]
+
+
+def test_a_grammar_that_allows_everything_changes_nothing_but_the_last_step(hetero):
+    """Rows with an allow-all grammar, decoding in one batch with rows without one, choose what
+    the union chooses; the closing rule ends them with END at their last step (the grammar
+    accepts there), so their text is the free text of one step less."""
+    from conftest import PROMPTS
+
+    n = 10
+    anything = Constraint.regex(r"(.|\n)*")
+    free = hetero.submit(PROMPTS[:4], max_new_tokens=n + 4)  # in flight all along
+    ruled = hetero.submit(PROMPTS[:4], max_new_tokens=n, constraint=anything)
+    free_results = [r for req in free for r in req.next_event().results]
+    ruled_results = [r for req in ruled for r in req.next_event().results]
+    shorter = hetero.generate(PROMPTS[:4], max_new_tokens=n - 1)
+    assert [r.text for r in free_results] == [
+        r.text for r in hetero.generate(PROMPTS[:4], max_new_tokens=n + 4)
+    ]
+    assert [r.text for r in ruled_results] == [r.text for r in shorter]
+    for got, want in zip(ruled_results, shorter):
+        assert [t.proposers for t in got.provenance.tokens] == [
+            t.proposers for t in want.provenance.tokens
+        ]
+
+
+# -- the closing rule (decode._closing_token, decode.closing_need), on hand-made members -----------
+
+
+def _closing_ens(*pieces: list[bytes], unusable: tuple[tuple[int, int], ...] = ()):
+    from types import SimpleNamespace
+
+    members = [_member(list(p)) for p in pieces]
+    usable = [[True] * len(p) for p in pieces]
+    for i, t in unusable:
+        usable[i][t] = False
+    return SimpleNamespace(members=members, usable=usable)
+
+
+def test_closing_token_takes_the_longest_forced_token_of_any_usable_member():
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import _closing_token
+
+    m0, m1 = [b"a", b"ab", b"x"], [b"y", b"abc"]
+    forced = ByteMatcher(Constraint.regex("abc"))
+    assert _closing_token(_closing_ens(m0, m1), forced) == (1, 1)  # b"abc", member 1's
+    assert _closing_token(_closing_ens(m0, m1, unusable=((1, 1),)), forced) == (0, 1)  # b"ab"
+    assert _closing_token(_closing_ens([b"a", b"x"], [b"y"]), forced) == (0, 0)  # b"a", id 0
+    assert _closing_token(_closing_ens([b"x"], [b"y", b"a"]), forced) == (1, 1)  # one byte forced
+    done = ByteMatcher(Constraint.regex("a"))
+    done.consume(b"a")
+    assert _closing_token(_closing_ens(m0, m1), done) == (0, 3)  # END: the primary's size
+
+
+def test_closing_token_prefers_closers_in_order_then_a_finishing_byte():
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import _closing_token
+
+    choice = ByteMatcher(Constraint.regex('(\\}y|"x)'))  # nothing forced: '"' before '}'
+    assert _closing_token(_closing_ens([b'"', b"}", b"q"], [b"y"]), choice) == (0, 0)
+    assert _closing_token(_closing_ens([b"q", b"}"], [b"y"]), choice) == (0, 1)  # no '"' byte
+    ab = ByteMatcher(Constraint.regex("(a|b)"))  # no closer allowed: a byte that finishes
+    assert _closing_token(_closing_ens([b"q", b"b", b"a"], [b"y"]), ab) == (0, 2)
+    unusable = _closing_ens([b"q", b"b", b"a"], [b"y", b"z", b"w"], unusable=((0, 2),))
+    assert _closing_token(unusable, ab) == (0, 1)  # 'a' may not be chosen: 'b'
+    # member 1's usability does not matter for the primary's bytes
+    other = _closing_ens([b"q", b"b", b"a"], [b"y", b"z", b"w"], unusable=((1, 2),))
+    assert _closing_token(other, ab) == (0, 2)
+    assert _closing_token(_closing_ens([b"a", b"b"], [b"y"]), ab) == (0, 0)  # 'a' is id 0
+    nothing = ByteMatcher(Constraint.regex("q"))
+    assert _closing_token(_closing_ens([b"a", b"b"], [b"y"]), nothing) == (-1, -1)
+
+
+def test_closing_need_counts_the_closing_rules_steps_after_a_piece():
+    from unite_integrations.engine.constraints import ByteMatcher
+    from unite_integrations.engine.decode import closing_need
+
+    ens = _closing_ens([b"a", b"b", b"c", b"bc"], [b"y"])
+    matcher = ByteMatcher(Constraint.regex("abc"))
+    assert closing_need(ens, matcher, b"a", 10) == 2  # b"bc", then END
+    assert closing_need(ens, matcher, b"ab", 10) == 2  # b"c", then END
+    assert closing_need(ens, matcher, b"a", 1) == 1  # at most the limit
+    assert matcher.allows(b"abc")  # the row's own matcher did not move
+    assert closing_need(ens, ByteMatcher(Constraint.regex("aq")), b"a", 7) == 7  # cannot close
+
+
+def test_the_smallest_budgets_the_engine_accepts_still_close_the_json(roomy):
+    """The closing rule counts the steps to close after each candidate: with the smallest budget
+    the engine accepts for a schema, and one or two more, the text still parses."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    constraint = Constraint.json_schema(schema)
+    budgets = []
+    for budget in range(1, 40):
+        try:
+            r = roomy.generate(["x", "A:"], constraint=constraint, max_new_tokens=budget)
+        except ConfigError:
+            assert not budgets  # once a budget is enough, every larger one is
+            continue
+        budgets.append(budget)
+        for one in r:
+            assert isinstance(json.loads(one.text)["a"], int), (budget, one.text)
+        if len(budgets) == 3:
+            break
+    assert len(budgets) == 3 and budgets[0] > 2

@@ -37,12 +37,22 @@ def test_gate_zero_is_the_primary_alone(trio: UniTEEngine) -> None:
         assert r.provenance.gated_share == 1.0
         assert all(t.gated and t.proposers == [trio.member_names[0]] for t in r.provenance.tokens)
         assert all(list(t.probs) == [trio.member_names[0]] for t in r.provenance.tokens)
+        # The others gave no probability, so the primary wins every gated token; no vote, so no
+        # agreement.
+        assert all(t.winner == trio.member_names[0] for t in r.provenance.tokens)
+        assert r.provenance.win_share[trio.member_names[0]] == (1.0 if r.provenance.tokens else 0)
+        assert r.provenance.agreement_rate == 0.0
 
 
 def test_gated_members_catch_up_across_tokenizers(hetero: UniTEEngine) -> None:
     """A middle gate mixes gated and voted steps: catch-up forwards of several strings."""
     results = hetero.generate(PROMPTS, max_new_tokens=N, gate=0.3)
     shares = [r.provenance.gated_share for r in results]
+    # A token is gated only where the primary alone gave it at least the gate (its top-1
+    # probability over its own candidates).
+    primary = hetero.member_names[0]
+    gated = [t.probs[primary] for r in results for t in r.provenance.tokens if t.gated]
+    assert gated and min(gated) >= 0.3 and max(gated) <= 1.0
     assert any(0 < s < 1 for s in shares), shares  # rows both gate and vote
     assert sum(s == 0 for s in shares) < len(shares)  # and some rows gate
 
@@ -169,3 +179,22 @@ def test_server_extension_field_gate(hetero: UniTEEngine) -> None:
         body["unite"] = {"gate": 1.5}
         bad = httpx.post(url + "/chat/completions", json=body, timeout=60)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "unite.gate"
+
+
+def test_a_row_gates_where_the_primarys_top_probability_reaches_its_gate_exactly() -> None:
+    """``_votes`` on a hand-made union: two equal candidates give the primary 0.5 each, so a
+    gate of exactly 0.5 gates (probability >= gate), a gate just above it votes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from unite_integrations.engine.decode import _votes
+    from unite_integrations.engine.union import Union
+
+    scores = torch.tensor([[[0.0, 0.0, -1e9], [2.0, 0.0, 0.0]]])  # [N=1, B=2, k=3]
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    alone = Union(torch.zeros(2, 3, dtype=torch.long), valid, scores, [])
+    ens = SimpleNamespace(alone=SimpleNamespace(weights=torch.ones(1)))
+    top = float(torch.softmax(scores[0, 1], -1).max())  # float32, as the engine computes it
+    assert _votes(ens, alone, [0.5, top]) == [False, False]  # type: ignore[arg-type]
+    assert _votes(ens, alone, [0.5001, top + 1e-6]) == [True, True]  # type: ignore[arg-type]

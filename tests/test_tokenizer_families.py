@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PROMPTS
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from reference import (
     as_engine_text,
     gpt2_byte_table,
@@ -113,7 +115,7 @@ def test_engine_vocab_agrees_with_the_oracle(make_engine, tiny_dirs, family):
 def test_a_slow_tokenizer_is_a_tokenizer_error():
     from transformers.models.byt5.tokenization_byt5 import ByT5Tokenizer
 
-    with pytest.raises(TokenizerError, match="slow tokenizer"):
+    with pytest.raises(TokenizerError, match=r"ByT5Tokenizer is a slow .* \(tokenizer.json\)"):
         Vocab.from_tokenizer(ByT5Tokenizer(), 384)
 
 
@@ -123,20 +125,42 @@ def test_a_wordpiece_member_cannot_be_ensembled(tiny_dirs, cache_dir):
             [str(tiny_dirs["bytelevel_bpe"]), str(tiny_model_dir("wordpiece"))], cache_dir=cache_dir
         )
     assert "wordpiece" in str(info.value)
+    message = str(info.value)
+    assert "Use it alone, or pick a model with a byte-complete tokenizer." in message
+    assert "neither byte-level BPE nor SentencePiece with byte fallback" in message
+    assert "(e.g. b'\\t\\n\\r !\"#$')" in message  # the first 8 bytes it cannot spell
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine bug: Vocab reads WordPiece pieces verbatim, so a WordPiece member used alone "
-    "writes '##an##an' where its tokenizer writes 'anan' (vocab.py has no WordPiece decoder)",
-)
 def test_a_wordpiece_member_alone_equals_its_generate(cache_dir):
     engine = UniTEEngine([str(tiny_model_dir("wordpiece"))], cache_dir=cache_dir)
     for prompt in PROMPTS[:4]:
         expected, _, _ = greedy(engine.members[0], prompt, 10)
         got = engine.generate([prompt], max_new_tokens=10)[0]
         assert got.text == as_engine_text(expected), prompt
+
+
+@pytest.fixture(scope="module")
+def wordpiece_vocab() -> Vocab:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
+    return Vocab.from_tokenizer(tok, len(tok))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.text(alphabet=st.sampled_from("abcdefghinorstuwyTHEP .,!?'0123\n"), max_size=40))
+def test_a_wordpiece_members_text_is_its_tokenizers_decode(wordpiece_vocab, text):
+    """For any text: the member's bytes for its tokens are what the tokenizer's own decoder
+    writes after a word (the middle of a text), and at the start of a text the same less the
+    space before the first word; encoding those bytes gives the same ids back."""
+    v = wordpiece_vocab
+    tok = v.tokenizer
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assume(ids and tok.unk_token_id not in ids)
+    anchor = tok.convert_tokens_to_ids("the")
+    assert v.bytes_of(ids).decode() == tok.decode([anchor, *ids])[len("the") :]
+    assert v.bytes_of(ids).decode() == " " + tok.decode(ids)
+    assert v.encode(v.bytes_of(ids)) == ids
 
 
 # -------------------------------------------------------------------------- padded embeddings

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import FAMILIES
 from transformers import AutoTokenizer
 
 from unite_integrations.engine.vocab import _ANCHORS, Vocab, build_cross_map
+from unite_integrations.errors import TokenizerError
 
 _SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -103,6 +105,9 @@ def test_cross_map_reads_the_string_or_its_first_sub_token(vocabs, src, dst, tmp
     again = build_cross_map(s, d, tmp_path)  # from the disk cache
     assert again.column.equal(m.column) and again.exact.equal(m.exact)
     assert list(tmp_path.joinpath("maps").iterdir())
+    assert m.exact.dtype == again.exact.dtype == torch.bool
+    for t in s.end_ids:  # every end token of src is dst's END column, exactly
+        assert (int(m.column[t]), bool(m.exact[t])) == (d.size, True)
     for t, b in enumerate(s.canon):
         if b is None:
             continue
@@ -139,3 +144,250 @@ def test_cross_maps_round_trip_random_text(vocabs, cross_maps, text):
                 assert b.startswith(d.canon[col]) and bool(m.exact[t]) == (d.canon[col] == b)
                 assert d.encode(b)[0] == col or bool(m.exact[t])
                 assert d.bytes_of(d.encode(b)) == b
+
+
+@pytest.mark.parametrize("cleanup", [True, False])
+def test_wordpiece_piece_text_is_what_the_tokenizers_decoder_writes_after_a_word(cleanup):
+    """Each WordPiece piece's mid-text bytes against ``tokenizers``' own WordPiece decoder, with
+    and without its per-token cleanup (spaces before punctuation and contractions)."""
+    from tokenizers import decoders
+
+    from unite_integrations.engine.vocab import _wordpiece_text
+
+    decoder = decoders.WordPiece(prefix="##", cleanup=cleanup)
+    pieces = ["x", "##x", "##ab", ".", "##.", "?", "!", ",", "'", "' ", "n't", "'m", "'s"]
+    pieces += ["'ve", "'re", "do not", "##do not", "a ' b", "word", "#", "##", "###x"]
+    for piece in pieces:
+        assert _wordpiece_text(piece, "##", cleanup) == decoder.decode(["w", piece])[1:], piece
+
+
+# Hand-made vocabularies with decoders the tiny families do not use: a space character other than
+# '▁' (through Metaspace or Replace), byte fallback or not, WordPiece with another prefix. Each
+# piece's bytes are checked against the tokenizer's own decoder after an anchor word.
+_PIECES = ["<unk>", "<s>", "</s>", "<|im_end|>", "x", "_y", "y_", "__", "_", "ab", "é", "中"]
+_PIECES += ["<0x41>", "<0x0A>", "<0x20>", "<0xE4>", "##c", "_##d", "%%e", "▁f", "Ġg", ".", "n't"]
+_PIECES += ["##", "%%"]  # empty once their prefix goes: never a candidate
+
+
+def _hand_made(decoder, specials=("<unk>", "<s>", "</s>", "<|im_end|>"), eos="</s>"):
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({p: i for i, p in enumerate(_PIECES)}, unk_token="<unk>"))
+    tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
+    tok.add_tokens([AddedToken("<tool>", special=False)])  # an added token that is text
+    tok.decoder = decoder(decoders)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token=eos)
+
+
+_DECODERS = {
+    "metaspace_underscore": lambda d: d.Metaspace(replacement="_", prepend_scheme="always"),
+    "replace_underscore_bytes": lambda d: d.Sequence(
+        [d.Replace("_", " "), d.ByteFallback(), d.Fuse(), d.Strip(" ", 1, 0)]
+    ),
+    "replace_underscore_no_bytes": lambda d: d.Sequence([d.Replace("_", " "), d.Fuse()]),
+    "nested_metaspace": lambda d: d.Sequence([d.ByteFallback(), d.Metaspace(replacement="_")]),
+    "wordpiece_percent": lambda d: d.WordPiece(prefix="%%", cleanup=False),
+    "wordpiece_cleanup": lambda d: d.WordPiece(prefix="##", cleanup=True),
+    "nested_wordpiece": lambda d: d.Sequence([d.Strip(" ", 0, 0), d.WordPiece(prefix="%%")]),
+    "bytelevel": lambda d: d.ByteLevel(),
+}
+
+
+@pytest.mark.parametrize("name", list(_DECODERS))
+def test_canonical_bytes_follow_any_decoders_own_text(name):
+    tok = _hand_made(_DECODERS[name])
+    v = Vocab.from_tokenizer(tok, len(_PIECES) + 1 + 3)  # "<tool>", three padded rows
+    added = tok.decode([_PIECES.index("x"), len(_PIECES)])[1:]  # WordPiece: " <tool>"
+    assert v.canon[len(_PIECES)] == added.encode()
+    x = _PIECES.index("x")
+    assert tok.decode([x]) == "x"
+    special = {_PIECES.index(s) for s in ("<unk>", "<s>", "</s>", "<|im_end|>")}
+    assert v.end_ids == sorted({_PIECES.index("</s>"), _PIECES.index("<|im_end|>")})
+    assert v.canon[len(_PIECES) + 1 :] == [None] * 3
+    checked = 0
+    for t, piece in enumerate(_PIECES):
+        if t in special:
+            assert v.canon[t] is None, piece
+            continue
+        text = tok.decode([x, t])[1:]
+        if "\ufffd" in text or (name == "bytelevel" and not all(ord(c) < 0x100 for c in piece)):
+            continue  # a partial character, or a piece outside the byte alphabet
+        assert v.canon[t] == (text.encode() or None), (piece, text)
+        checked += 1
+    assert checked >= (10 if name == "bytelevel" else 14)
+    assert v.size == len(_PIECES) + 4
+
+
+def test_byte_pieces_and_exact_lookup_prefer_regular_pieces():
+    """With byte fallback, '<0x41>' spells b'A'; the regular piece wins the exact lookup."""
+    tok = _hand_made(_DECODERS["replace_underscore_bytes"])
+    v = Vocab.from_tokenizer(tok, len(_PIECES))
+    assert v.byte_ids[0x41] == _PIECES.index("<0x41>")
+    assert v.byte_ids[0xE4] == _PIECES.index("<0xE4>")
+    assert v.byte_ids[ord("x")] == _PIECES.index("x")
+    assert v.byte_ids[0x20] == _PIECES.index("<0x20>")  # the byte piece, not the space '_'
+    assert v.exact[b" "] == _PIECES.index("_")  # the regular piece, not '<0x20>'
+    assert v.exact[b"\xe4"] == _PIECES.index("<0xE4>")
+    assert v.byte_ids[ord("q")] == -1 and not v.byte_complete
+    no_bytes = Vocab.from_tokenizer(
+        _hand_made(_DECODERS["replace_underscore_no_bytes"]), len(_PIECES)
+    )
+    assert no_bytes.canon[_PIECES.index("<0x41>")] == b"<0x41>"  # no fallback: a literal piece
+
+
+def test_decoder_kinds_and_space_character_are_read_from_nested_decoders():
+    import json
+
+    from unite_integrations.engine.vocab import _decoder_kinds, _space_replacement
+
+    spec = json.loads(_hand_made(_DECODERS["nested_metaspace"]).backend_tokenizer.to_str())
+    assert _decoder_kinds(spec["decoder"]) == ["Sequence", "ByteFallback", "Metaspace"]
+    assert _space_replacement(spec["decoder"]) == "_"
+    spec = json.loads(_hand_made(_DECODERS["replace_underscore_bytes"]).backend_tokenizer.to_str())
+    assert _decoder_kinds(spec["decoder"])[:3] == ["Sequence", "Replace", "ByteFallback"]
+    assert _space_replacement(spec["decoder"]) == "_"
+    assert _decoder_kinds(None) == [] and _space_replacement(None) == "▁"
+    assert (
+        _space_replacement({"type": "Replace", "pattern": {"String": "_"}, "content": "-"}) == "▁"
+    )
+
+
+def test_bytes_to_unicode_is_the_byte_level_alphabet():
+    from tokenizers import pre_tokenizers
+
+    from unite_integrations.engine.vocab import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    assert sorted(table) == list(range(256))
+    assert set(table.values()) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert (table[32], table[10], table[ord("A")], table[0xFF], table[0xAD]) == (
+        "Ġ",
+        "Ċ",
+        "A",
+        "ÿ",
+        "Ń",
+    )
+
+
+class _NotATensor:
+    """Something only a full unpickling can load (``weights_only`` refuses it)."""
+
+
+def test_cross_map_cache_is_read_back_and_untrusted_files_are_rebuilt(vocabs, tmp_path):
+    import torch
+
+    a, b = vocabs["bytelevel_bpe"], vocabs["sentencepiece_bpe"]
+    built = build_cross_map(a, b, tmp_path / "new" / "dir")  # a cache folder made as needed
+    assert list(tmp_path.joinpath("new", "dir", "maps").glob("*.pt"))
+    built = build_cross_map(a, b, tmp_path)
+    (path,) = tmp_path.joinpath("maps").glob("*.pt")
+    # A planted file is what the next call returns: the cache is read, not rebuilt.
+    torch.save({"column": (built.column + 1).int(), "exact": ~built.exact}, path)
+    read = build_cross_map(a, b, tmp_path)
+    assert read.column.equal(built.column + 1) and read.exact.equal(~built.exact)
+    assert (read.column.dtype, read.exact.dtype) == (torch.long, torch.bool)
+    # A file needing a full unpickling is never trusted, nor one that is not a tensor file.
+    for planted in [{"column": built.column + 1, "exact": built.exact, "x": _NotATensor()}, None]:
+        if planted is None:
+            path.write_bytes(b"not a tensor file")
+        else:
+            torch.save(planted, path)
+        rebuilt = build_cross_map(a, b, tmp_path)
+        assert rebuilt.column.equal(built.column) and rebuilt.exact.equal(built.exact)
+        saved = torch.load(path, weights_only=True)  # rewritten, readable by the next call
+        assert saved["column"].long().equal(built.column) and saved["exact"].equal(built.exact)
+
+
+def test_space_character_defaults_are_the_tokenizers_defaults():
+    from unite_integrations.engine.vocab import _space_replacement
+
+    assert _space_replacement({"type": "Metaspace"}) == "▁"  # Metaspace's default replacement
+    assert _space_replacement({"type": "Metaspace", "replacement": "_"}) == "_"
+    assert _space_replacement({"type": "Sequence", "decoders": [{"type": "Fuse"}]}) == "▁"
+
+
+def test_cross_map_into_a_member_missing_bytes_skips_strings_it_cannot_spell(vocabs, tmp_path):
+    """Into a WordPiece member (no byte fallback), strings with a byte it cannot spell are not
+    encoded (they are never candidates): column 0, not exact; the others are mapped as usual."""
+    from tiny_models import tiny_model_dir
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
+    dst = Vocab.from_tokenizer(tok, len(tok))
+    src = vocabs["bytelevel_bpe"]
+    unspellable = set(range(256)) - dst.spellable
+    m = build_cross_map(src, dst)
+    skipped = mapped = 0
+    for t, b in enumerate(src.canon):
+        if b is None or t in src.end_ids:
+            continue
+        if not unspellable.isdisjoint(b) and b not in dst.exact:
+            assert (int(m.column[t]), bool(m.exact[t])) == (0, False), b
+            skipped += 1
+        elif not m.exact[t]:
+            assert int(m.column[t]) == dst.encode(b)[0], b
+            mapped += 1
+    assert skipped > 50 and mapped > 10
+
+
+def test_end_ids_come_from_the_eos_role_end_names_and_the_callers_ids():
+    """END: the tokenizer's EOS whatever its name, special tokens with an end name, and the ids
+    the caller adds (``generation_config``'s), id 0 included, those past the logits left out."""
+    n = len(_PIECES) + 1
+    tok = _hand_made(_DECODERS["metaspace_underscore"], eos="<s>")
+    v = Vocab.from_tokenizer(tok, n, extra_end_ids=[0, _PIECES.index("x"), n, -1])
+    ends = {_PIECES.index(p) for p in ("<unk>", "<s>", "</s>", "<|im_end|>", "x")}
+    assert v.end_ids == sorted(ends)
+    assert v.canon[_PIECES.index("x")] is None and v.exact.get(b"x") is None
+
+
+def test_bytes_outside_utf8_are_spelled_by_byte_tokens_id_0_included():
+    v = Vocab(None, [b"\xff", b"a", b"\xfe\xfe"], [], [-1] * 256, {}, "hand-made")
+    v.byte_ids[0xFF], v.byte_ids[ord("a")] = 0, 1
+    assert v.encode(b"\xff\xff") == [0, 0]
+    with pytest.raises(TokenizerError, match=r"cannot encode bytes b'\\xfe': the tokenizer has no"):
+        v.encode(b"\xfe")
+
+
+def test_retokenize_tail_starts_its_window_on_a_character_boundary(vocabs):
+    """A window whose first id is a continuation byte moves back to the character's lead byte, so
+    the character is re-tokenized whole (here into its own token)."""
+    from unite_integrations.engine.decode import retokenize_tail
+
+    v = vocabs["sentencepiece_bpe"]
+    prompt = v.encode(b"Hello")
+    char = "中".encode()
+    assert char in v.exact  # one token of this vocabulary
+    ids = prompt + v.encode(b" x") + [v.byte_ids[b] for b in char]  # spelled byte by byte
+    lead = len(ids) - 3
+    keep, new = retokenize_tail(v, ids, len(prompt), b"!", window=2)  # starts on the 2nd byte
+    assert (keep, new) == (lead, v.encode(char + b"!"))
+    assert new[0] == v.exact[char]
+    assert retokenize_tail(v, ids, len(prompt), b"!", window=3) == (keep, new)  # on the lead
+    assert retokenize_tail(v, ids, len(prompt), b"!", window=1) == (keep, new)  # on the 3rd byte
+
+
+def test_retokenize_tail_keeps_every_id_that_did_not_change(vocabs):
+    from unite_integrations.engine.decode import retokenize_tail
+
+    v = vocabs["bytelevel_bpe"]
+    prompt = v.encode(b"Hello")
+    ids = prompt + v.encode(b" the cat sat on the")
+    tail = v.encode(b" the cat sat on the!")
+    old = ids[len(prompt) :]
+    same = next((n for n, (a, b) in enumerate(zip(old, tail)) if a != b), min(len(old), len(tail)))
+    assert same >= 3
+    keep, new = retokenize_tail(v, ids, len(prompt), b"!", window=32)
+    assert (keep, new) == (len(prompt) + same, tail[same:])
+
+
+def test_pending_updates_compose():
+    """``_then(u, v)``: v applies to the ids after u; a None side changes nothing."""
+    from unite_integrations.engine.decode import _apply, _then
+
+    ids = [1, 2, 3, 4, 5, 6]
+    u, v = (5, [7, 8]), (6, [9])  # v keeps u's first new id
+    assert _then(u, v) == (5, [7, 9]) == (5, _apply(_apply(ids, u), v)[5:])
+    assert _then(u, None) == u and _then(None, v) == v and _then(None, None) is None
+    w = (3, [0])  # w rolls back past u's kept ids: u is undone entirely
+    assert _then(u, w) == w and _apply(_apply(ids, u), w) == _apply(ids, _then(u, w))

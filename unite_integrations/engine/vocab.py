@@ -53,7 +53,7 @@ _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SURROGATES = re.compile("[\udc80-\udcff]+")
 # Anchors tried in order when tokenizing in context; one whose boundary stays clean is used.
 _ANCHORS = ("\n", ".", "x", " ", "0", "\u4e2d")
-_MAP_FORMAT = 1
+_MAP_FORMAT = 2  # 2: WordPiece pieces read through their decoder
 #: Bytes of ordinary UTF-8 text: tab, newline, CR, printable ASCII, continuation and lead bytes.
 ESSENTIAL_BYTES = frozenset([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0xC0), *range(0xC2, 0xF1)])
 
@@ -79,6 +79,47 @@ def _decoder_kinds(node: Any) -> list[str]:
     for child in node.get("decoders") or []:
         kinds += _decoder_kinds(child)
     return kinds
+
+
+def _find_decoder(node: Any, kind: str) -> dict[str, Any] | None:
+    """The first decoder of type ``kind`` in a decoder tree (a ``Sequence`` nests others)."""
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == kind:
+        return node
+    for child in node.get("decoders") or []:
+        found = _find_decoder(child, kind)
+        if found is not None:
+            return found
+    return None
+
+
+# What the WordPiece decoder's ``cleanup`` does to each token, in its order (tokenizers' own list).
+_WORDPIECE_CLEANUP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" do not", " don't"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
+def _wordpiece_text(piece: str, prefix: str, cleanup: bool) -> str:
+    """A WordPiece token's text in the middle of a text, as the tokenizer's decoder writes it: a
+    continuation piece (``##x``) glues to the previous one, any other piece starts a word after a
+    space; ``cleanup`` then removes the space before punctuation and contractions, token by
+    token."""
+    text = piece[len(prefix) :] if prefix and piece.startswith(prefix) else " " + piece
+    if cleanup:
+        for old, new in _WORDPIECE_CLEANUP:
+            text = text.replace(old, new)
+    return text
 
 
 def _space_replacement(node: Any) -> str:
@@ -108,6 +149,9 @@ class Vocab:
     byte_ids: list[int]
     exact: dict[bytes, int]
     fingerprint: str
+    #: Bytes the first token of a text has in ``canon`` but not in the text: 1 for WordPiece, whose
+    #: word-start pieces carry the space that separates them from the previous word.
+    lead: int = 0
 
     @property
     def size(self) -> int:
@@ -132,6 +176,7 @@ class Vocab:
         pieces = tokenizer.convert_ids_to_tokens(list(range(min(logits_size, len(tokenizer)))))
 
         canon: list[bytes | None] = [None] * logits_size
+        lead = 0
         if "ByteLevel" in kinds:
             table = {c: b for b, c in bytes_to_unicode().items()}
             for i, piece in enumerate(pieces):
@@ -141,6 +186,15 @@ class Vocab:
                     canon[i] = piece.encode()
                 elif all(c in table for c in piece):
                     canon[i] = bytes(table[c] for c in piece)
+        elif "WordPiece" in kinds:
+            wp = _find_decoder(spec.get("decoder"), "WordPiece") or {}
+            prefix, cleanup = str(wp.get("prefix", "##")), bool(wp.get("cleanup", True))
+            lead = 1
+            for i, piece in enumerate(pieces):
+                if piece is None or i in special_ids:
+                    continue
+                # Added tokens go through the decoder too: a space before them as well.
+                canon[i] = _wordpiece_text(piece, prefix, cleanup).encode()
         else:
             space = _space_replacement(spec.get("decoder"))
             fallback = "ByteFallback" in kinds
@@ -179,7 +233,7 @@ class Vocab:
         fingerprint = hashlib.sha256(
             (backend.to_str() + f"|{logits_size}|{sorted(end_ids)}").encode()
         ).hexdigest()[:24]
-        return cls(tokenizer, canon, sorted(end_ids), byte_ids, exact, fingerprint)
+        return cls(tokenizer, canon, sorted(end_ids), byte_ids, exact, fingerprint, lead)
 
     # -- encoding -------------------------------------------------------------------------------
 
@@ -261,7 +315,7 @@ class Vocab:
         for anchor in _ANCHORS:
             if not pending:
                 break
-            alen = len(anchor.encode())
+            alen = len(anchor.encode()) + self.lead  # the anchor starts the text
             batch = self.tokenizer(
                 [anchor + strings[j] for j in pending], add_special_tokens=False
             )["input_ids"]

@@ -228,6 +228,31 @@ def _logits(model: Any, ids: list[int]) -> list[float]:
         return model(torch.tensor([ids])).logits[0, -1].float().tolist()
 
 
+def reference_of(
+    engine: Any,
+    prompt: Any,
+    max_new_tokens: int,
+    *,
+    weights: list[float] | None = None,
+    k: int | None = None,
+    window: int | None = 32,
+    temperature: float = 0.0,
+) -> Reference:
+    """:func:`reference_generate` over an engine's members (their models, tokenizers and prompt
+    ids; nothing else of the engine), its weights and top-k unless given."""
+    members = engine.members
+    return reference_generate(
+        [m.model for m in members],
+        [member_oracle(m) for m in members],
+        [m.encode_prompt(prompt) for m in members],
+        list(engine.config.weights if weights is None else weights),
+        k=engine.config.top_k if k is None else k,
+        max_new_tokens=max_new_tokens,
+        window=window,
+        temperature=temperature,
+    )
+
+
 def reference_generate(
     models: list[Any],
     vocabs: list[OracleVocab],

@@ -20,7 +20,7 @@ from reference import (
     Reference,
     as_engine_text,
     member_oracle,
-    reference_generate,
+    reference_of,
     transformers_greedy,
 )
 from tiny_models import FAMILIES
@@ -94,16 +94,7 @@ def test_model_ensembled_with_itself_equals_model_alone(make_engine, tiny_dirs, 
 
 
 def _reference(engine: UniTEEngine, prompt: str, budget: int, weights, window) -> Reference:
-    members = engine.members
-    return reference_generate(
-        [m.model for m in members],
-        [member_oracle(m) for m in members],
-        [m.encode_prompt(prompt) for m in members],
-        list(weights),
-        k=5,
-        max_new_tokens=budget,
-        window=window,
-    )
+    return reference_of(engine, prompt, budget, weights=list(weights), k=5, window=window)
 
 
 def _assert_same(engine: UniTEEngine, prompt: str, budget: int, weights, window) -> Reference:

@@ -8,23 +8,14 @@ import math
 
 import pytest
 from conftest import PROMPTS
-from reference import END, member_oracle, reference_generate
+from reference import END, reference_of
 
 from unite_integrations import UniTEEngine
 from unite_integrations.errors import ConfigError
 
 
 def _reference(engine: UniTEEngine, prompt: str, budget: int, temperature: float = 0.0):
-    members = engine.members
-    return reference_generate(
-        [m.model for m in members],
-        [member_oracle(m) for m in members],
-        [m.encode_prompt(prompt) for m in members],
-        list(engine.config.weights),
-        k=engine.config.top_k,
-        max_new_tokens=budget,
-        temperature=temperature,
-    )
+    return reference_of(engine, prompt, budget, temperature=temperature)
 
 
 def _key(candidate) -> object:

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
-from reference import END, member_oracle, reference_generate
+from reference import END, reference_of
 from server_harness import running
 
 from unite_integrations.chat import ChatCore, ChatOptions, ChatRequest, Message
@@ -42,15 +42,7 @@ def client(base):
 def _dists(engine, prompt, budget):
     """The reference's mixed distribution at each step for ``prompt`` (text or messages, as the
     chat core hands it to the engine)."""
-    members = engine.members
-    return reference_generate(
-        [m.model for m in members],
-        [member_oracle(m) for m in members],
-        [m.encode_prompt(prompt) for m in members],
-        list(engine.config.weights),
-        k=engine.config.top_k,
-        max_new_tokens=budget,
-    ).dists
+    return reference_of(engine, prompt, budget).dists
 
 
 def _chat_prompt(engine):

@@ -48,7 +48,14 @@ from tokenizers import (
     processors,
     trainers,
 )
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 __all__ = ["FAMILIES", "build_tiny_model", "corpus", "tiny_model_dir"]
 
@@ -543,7 +550,7 @@ def _training_stream(tok: PreTrainedTokenizerFast) -> list[int]:
     return stream
 
 
-def _pretrain(model: LlamaForCausalLM, stream: Sequence[int]) -> None:
+def _pretrain(model: Any, stream: Sequence[int]) -> None:
     """A few dozen AdamW steps of next-token prediction on random windows of ``stream``."""
     data = torch.tensor(stream, dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=_TRAIN_LR, weight_decay=0.0)
@@ -566,6 +573,7 @@ def build_tiny_model(
     *,
     chat_template: bool = True,
     vocab_size: int | None = None,
+    sliding_window: int | None = None,
 ) -> pathlib.Path:
     """Build a tiny tokenizer + ``LlamaForCausalLM`` checkpoint of ``family`` in ``out_dir``.
 
@@ -574,7 +582,9 @@ def build_tiny_model(
     ``seed`` fixes the initial weights and the training batches; the tokenizer
     depends only on ``family``. ``vocab_size`` may exceed the tokenizer's length
     to mimic checkpoints whose embedding matrix is padded (e.g. to a multiple
-    of 64) with rows no token maps to. Returns ``out_dir``.
+    of 64) with rows no token maps to. ``sliding_window`` builds a ``Gemma3ForCausalLM`` instead,
+    Gemma-3's layout in small: a sliding layer with that window, then a full-attention layer.
+    Returns ``out_dir``.
     """
     tok = build_tokenizer(family, chat_template=chat_template)
     n_tokens = len(tok)
@@ -585,7 +595,7 @@ def build_tiny_model(
 
     eos_ids = [tok.convert_tokens_to_ids(t) for t in (tok.eos_token, *_EXTRA_EOS.get(family, ()))]
     bos_id, pad_id = tok.bos_token_id, tok.pad_token_id
-    config = LlamaConfig(
+    sizes: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=_HIDDEN,
         intermediate_size=_FFN,
@@ -600,7 +610,16 @@ def build_tiny_model(
         dtype="float32",
     )
     with _deterministic_torch(seed):
-        model = LlamaForCausalLM(config)
+        if sliding_window is None:
+            model: Any = LlamaForCausalLM(LlamaConfig(**sizes))
+        else:
+            config = Gemma3TextConfig(
+                **sizes,
+                head_dim=_HIDDEN // _HEADS,
+                sliding_window=sliding_window,
+                layer_types=["sliding_attention", "full_attention"][:_LAYERS],
+            )
+            model = Gemma3ForCausalLM(config)
         _pretrain(model, _training_stream(tok))
     model.generation_config = GenerationConfig(
         bos_token_id=bos_id,

@@ -10,6 +10,12 @@ Rows also join and leave between steps (continuous batching): ``add_rows`` prefi
 batch of their own and merges the two caches, left-padding the narrower one's time dimension with
 hole columns; ``keep_rows`` drops finished rows from the batch dimension of every cache layer and
 trims the leading columns that no remaining row uses.
+
+Sliding-window layers (Gemma-2/3, Mistral, Qwen's windowed layers) count their window in columns,
+so hole columns inside it would hide real tokens, and their caches would drop real tokens to keep
+only the last columns. A member with such layers therefore keeps every column in every layer and
+gets its attention masks from here, built from each column's position id: a key is visible when it
+is live and at most ``window - 1`` real tokens behind the query, as the model alone would see it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class MemberBatch:
         self.n_prompt = [len(p) for p in prompts]
         self.cache: Any = None
         self.mask = torch.zeros(len(prompts), 0, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros(len(prompts), 0, dtype=torch.long, device=self.device)  # [B, T]
+        self.attention = _attention_layout(model)
         self.logits: torch.Tensor | None = None  # [B, V] at each row's last id
         self.forwards = 0
         self._prompts = prompts
@@ -64,6 +72,7 @@ class MemberBatch:
         if self.n_rows == 0 or self.cache is None:
             self.ids, self.cols, self.n_prompt = new.ids, new.cols, new.n_prompt
             self.cache, self.mask, self.logits = new.cache, new.mask, new.logits
+            self.pos = new.pos
             return
         width = max(self.mask.shape[1], new.mask.shape[1])
         a, b = self._widened(width), new._widened(width)
@@ -74,6 +83,7 @@ class MemberBatch:
                 la.cumulative_length = width
         shift_a, shift_b = width - self.mask.shape[1], width - new.mask.shape[1]
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new.mask, width)])
+        self.pos = torch.cat([_pad_left(self.pos, width), _pad_left(new.pos, width)])
         self.cols = [[c + shift_a for c in cs] for cs in self.cols]
         self.cols += [[c + shift_b for c in cs] for cs in new.cols]
         self.ids += new.ids
@@ -90,10 +100,11 @@ class MemberBatch:
         self.n_prompt = [self.n_prompt[r] for r in rows]
         if not rows:
             self.cache, self.logits = None, None
-            self.mask = self.mask[:0, :0]
+            self.mask, self.pos = self.mask[:0, :0], self.pos[:0, :0]
             return
         index = torch.tensor(rows, device=self.device)
         self.mask = self.mask.index_select(0, index)
+        self.pos = self.pos.index_select(0, index)
         assert self.logits is not None
         self.logits = self.logits.index_select(0, index)
         used = self.mask.any(0).nonzero()
@@ -105,7 +116,7 @@ class MemberBatch:
             layer.keys, layer.values = keys[..., -held:, :], values[..., -held:, :]
             if hasattr(layer, "cumulative_length"):
                 layer.cumulative_length = width
-        self.mask = self.mask[:, trim:]
+        self.mask, self.pos = self.mask[:, trim:], self.pos[:, trim:]
         self.cols = [[c - trim for c in cs] for cs in self.cols]
 
     def _widened(self, width: int) -> Any:
@@ -150,15 +161,21 @@ class MemberBatch:
                 seg_mask[r, m - len(seg) :] = 1
                 pos[r, m - len(seg) :] = torch.arange(start, start + len(seg))
                 self.cols[r] += range(width + m - len(seg), width + m)
+        pos = pos.to(self.device)
         self.mask = torch.cat([self.mask, seg_mask.to(self.device)], dim=1)
+        self.pos = torch.cat([self.pos, pos], dim=1)
+        cache, mask = self.cache, self.mask
+        if self.attention is not None:  # sliding layers: own masks, caches that keep every column
+            cache = cache if cache is not None else _full_cache()
+            mask = self.attention.masks(self.mask, self.pos, pos, self.model.dtype)
         with torch.inference_mode():
             out = self.model(
                 input_ids=inp.to(self.device),
-                attention_mask=self.mask,
-                position_ids=pos.to(self.device),
+                attention_mask=mask,
+                position_ids=pos,
                 use_cache=True,
                 logits_to_keep=1,
-                **{self._cache_arg: self.cache},
+                **{self._cache_arg: cache},
             )
         self.cache = getattr(out, self._cache_arg)
         logits = out.logits[:, -1, :]
@@ -168,6 +185,61 @@ class MemberBatch:
             logits = torch.where(keep_old, self.logits.to(logits.dtype), logits)
         self.logits = logits
         self.forwards += 1
+
+
+class _Attention:
+    """A member's attention layout when some of its layers slide: the window, and the layer types
+    its model takes masks for (None: one 4-D mask serves every layer)."""
+
+    def __init__(self, window: int, types: frozenset[str] | None) -> None:
+        self.window, self.types = window, types
+
+    def masks(
+        self, live: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Additive masks [B, 1, m, T] from live columns [B, T], their position ids [B, T] and the
+        queries' position ids [B, m]: causal by position (holes hidden), and, for sliding layers,
+        no key ``window`` or more positions behind its query."""
+        k, q = keys[:, None, :], queries[:, :, None]  # [B, 1, T], [B, m, 1]
+        causal = live.bool()[:, None, :] & (k <= q)  # [B, m, T]
+        sliding = causal & (k > q - self.window)
+        low = torch.finfo(dtype).min
+
+        def additive(allowed: torch.Tensor) -> torch.Tensor:
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            return torch.where(allowed, zero, low)[:, None]  # [B, 1, m, T]
+
+        if self.types is None:
+            return additive(sliding)
+        by_type = {"full_attention": causal, "sliding_attention": sliding}
+        return {t: additive(by_type[t]) for t in self.types}
+
+
+def _attention_layout(model: Any) -> _Attention | None:
+    """The member's sliding window and layer types, or None when no layer slides (or a layer type
+    other than full and sliding attention is present: the model's own masks then apply)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if not isinstance(window, int) or window <= 0:
+        return None
+    if types is None:  # e.g. Mistral: every layer slides, the model builds one mask
+        return _Attention(window, None)
+    kinds = frozenset(types)
+    if "sliding_attention" not in kinds or not kinds <= {"full_attention", "sliding_attention"}:
+        return None
+    return _Attention(window, kinds)
+
+
+def _full_cache() -> Any:
+    """A DynamicCache whose layers all keep every column (none trims itself to a window)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
 
 
 def _layers(cache: Any) -> list[Any]:

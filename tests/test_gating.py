@@ -44,6 +44,53 @@ def test_gate_zero_is_the_primary_alone(trio: UniTEEngine) -> None:
         assert r.provenance.agreement_rate == 0.0
 
 
+def _rows_and_ids_seen(model):  # type: ignore[no-untyped-def]
+    """A hook recording (rows, ids per row) of each forward pass of ``model``, and its handle."""
+    seen: list[tuple[int, int]] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    return seen, handle
+
+
+def test_the_others_prefill_a_row_that_never_votes_by_one_id(trio: UniTEEngine) -> None:
+    """Lazy prefill: at gate 0 the members other than the primary take each row's first id in
+    one forward when the rows join, and nothing more; the prompt waits for a vote that never
+    comes. At gate 1 (full UniTE) they prefill the whole prompt."""
+    prompts = PROMPTS[:4]
+    hooks = [_rows_and_ids_seen(m.model) for m in trio.members[1:]]
+    try:
+        trio.generate(prompts, max_new_tokens=N, gate=0.0)
+        assert [seen for seen, _ in hooks] == [[(4, 1)], [(4, 1)]]
+        for seen, _ in hooks:
+            seen.clear()
+        trio.generate(prompts, max_new_tokens=N, gate=1.0)
+        for member, (seen, _) in zip(trio.members[1:], hooks):
+            longest = max(len(member.encode_prompt(p)) for p in prompts)
+            assert seen[0] == (4, longest)
+    finally:
+        for _, handle in hooks:
+            handle.remove()
+
+
+def test_a_row_prefilled_lazily_votes_later_with_its_whole_prompt(hetero: UniTEEngine) -> None:
+    """A row whose first vote comes after gated steps: the other member's first catch-up
+    carries the prompt (but its first id) and the text so far; every member's ids spell the
+    text (the engine's invariant check), and the row equals its solo run."""
+    other = hetero.members[1]
+    seen, handle = _rows_and_ids_seen(other.model)
+    try:
+        results = hetero.generate(PROMPTS[:6], max_new_tokens=N, gate=0.3)
+    finally:
+        handle.remove()
+    late = [r for r in results if r.provenance.tokens and r.provenance.tokens[0].gated]
+    assert any(not t.gated for r in late for t in r.provenance.tokens), "no late first vote"
+    longest = max(len(other.encode_prompt(p)) for p in PROMPTS[:6])
+    assert seen[0] == (6, 1) and max(n for _, n in seen[1:]) >= longest - 1
+    single = [hetero.generate([p], max_new_tokens=N, gate=0.3)[0].text for p in PROMPTS[:6]]
+    assert [r.text for r in results] == single
+
+
 def test_gated_members_catch_up_across_tokenizers(hetero: UniTEEngine) -> None:
     """A middle gate mixes gated and voted steps: catch-up forwards of several strings."""
     results = hetero.generate(PROMPTS, max_new_tokens=N, gate=0.3)

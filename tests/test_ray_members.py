@@ -73,6 +73,17 @@ def test_sampled_and_min_tokens_equal_in_process(pair):
     _same(local.generate(PROMPTS[:3], **opts), remote.generate(PROMPTS[:3], **opts))
 
 
+def test_gated_equals_in_process(pair):
+    """Gating through actors: lazy prefill (one id per row at joining) and catch-up forwards of
+    the rows that vote, as in process."""
+    local, remote = pair
+    for gate in (0.0, 0.3):
+        _same(
+            local.generate(PROMPTS, max_new_tokens=12, gate=gate),
+            remote.generate(PROMPTS, max_new_tokens=12, gate=gate),
+        )
+
+
 def test_stream_equals_in_process(pair):
     local, remote = pair
     chunks = list(remote.stream("Once upon a time", max_new_tokens=12))

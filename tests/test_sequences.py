@@ -45,7 +45,7 @@ def fresh_logits(model, ids: list[int]) -> torch.Tensor:
     """[V] logits after ``ids`` from one forward pass over them, no cache: the oracle, which shares
     no code with ``MemberBatch`` (no holes, no masks of ours, the model's own sliding window)."""
     with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        return model(torch.tensor([ids])).logits[0, -1].float()  # positional: see the hook below
 
 
 def alone_logits(model, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
@@ -185,3 +185,36 @@ def _scripted_join(model) -> None:
     check([0, 1, 2])
     run([0, 1, 2], 2)
     assert batch.forwards == 1 + 2 + 1 + 2 + 1 + 2
+
+
+def test_a_forward_runs_only_the_rows_that_take_ids(gemma3):
+    """Rows that take nothing this step (gated rows while others catch up) stay out of the forward
+    pass: the model sees only the rows with ids, the others keep their logits and columns, and
+    every row still equals a fresh forward over its ids (holes of other rows' takes included)."""
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(1, 97, (k,), generator=g).tolist() for k in (3, 8, 5)]
+    batch = MemberBatch(gemma3, prompts, 0)
+    batch.prefill()
+    seen: list[int] = []  # rows in each of the batch's forwards (it passes keywords, the oracle not)
+    hook = gemma3.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]) if kw else None, with_kwargs=True
+    )
+    t = torch.randint(1, 97, (12,), generator=g).tolist()
+    script: list[list[tuple[int, list[int]] | None]] = [
+        [(len(prompts[0]), t[:4]), None, None],  # row 0 catches up 4 ids alone
+        [None, (len(prompts[1]), t[4:5]), (len(prompts[2]), t[5:7])],
+        [(len(prompts[0]) + 2, t[7:10]), None, None],  # a rollback inside the window, alone
+        [None, None, None],  # nothing: no forward at all
+        [(len(prompts[0]) + 5, t[10:11]), None, (len(prompts[2]) + 1, t[11:12])],
+    ]
+    try:
+        for updates in script:
+            batch.advance(updates)
+            for r in range(3):
+                fresh = fresh_logits(gemma3, batch.ids[r])
+                torch.testing.assert_close(batch.next_logits()[r], fresh, rtol=1e-4, atol=1e-4)
+                assert int(batch.mask[r].sum()) == len(batch.ids[r])
+    finally:
+        hook.remove()
+    assert seen == [1, 2, 1, 2]
+    assert batch.ids[1] == prompts[1] + t[4:5]

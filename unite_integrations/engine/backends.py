@@ -8,7 +8,8 @@ answers from the logits it holds; a remote one (a Ray actor) sends O(rows x k) n
 Per step the decode loop calls, for every member: ``advance`` (feed back the chosen string's ids:
 a remote member may only *issue* the forward pass here, so all members compute concurrently),
 then ``top`` (candidates), then ``gather`` (scores at the union's columns). Rows join with
-``add_rows`` and leave with ``keep_rows``. ``ids``/``n_prompt`` mirror the ids each row holds,
+``add_rows`` and leave with ``keep_rows``. ``ids``/``n_prompt`` mirror the ids each row holds
+(a row prefilled in part holds fewer ids than its prompt until its first ``advance``),
 which the driver needs for re-tokenization.
 """
 
@@ -36,8 +37,9 @@ class MemberBackend(Protocol):
         """[r]: how many of row r's ids are its prompt."""
         ...
 
-    def add_rows(self, prompts: list[list[int]]) -> None:
-        """Prefill ``prompts`` and append their rows."""
+    def add_rows(self, prompts: list[list[int]], now: list[int] | None = None) -> None:
+        """Prefill ``prompts`` and append their rows; with ``now``, only the first ``now[r]``
+        ids of prompt r (the row's first ``advance`` appends the rest)."""
 
     def keep_rows(self, rows: list[int]) -> None:
         """Keep only these rows, in this order."""
@@ -78,8 +80,8 @@ class LocalMember:
     def n_prompt(self) -> list[int]:
         return self.batch.n_prompt
 
-    def add_rows(self, prompts: list[list[int]]) -> None:
-        self.batch.add_rows(prompts)
+    def add_rows(self, prompts: list[list[int]], now: list[int] | None = None) -> None:
+        self.batch.add_rows(prompts, now)
 
     def keep_rows(self, rows: list[int]) -> None:
         self.batch.keep_rows(rows)

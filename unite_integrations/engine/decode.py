@@ -126,13 +126,23 @@ class Batch:
         self.updates: list[list[Update]] = [[] for _ in ens.members]
 
     def add(self, prompts: list[list[list[int]]], rows: list[RowState]) -> None:
-        """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them."""
+        """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them.
+
+        The members other than the primary prefill a row that may gate lazily: its first id now,
+        the rest as pending ids of its first catch-up, so a row that never votes costs them one
+        id instead of its prompt (a prefill-bound request at gate 0 costs the primary alone)."""
         if not rows:
             return
-        _run(self.ens, [partial(b.add_rows, p) for b, p in zip(self.members, prompts)])
+        lazy = [_may_gate(row) for row in rows]
+        calls = [partial(self.members[0].add_rows, prompts[0])]
+        for b, ps in zip(self.members[1:], prompts[1:]):
+            now = [1 if g else len(p) for g, p in zip(lazy, ps)] if any(lazy) else None
+            calls.append(partial(b.add_rows, ps, now))
+        _run(self.ens, calls)
         self.rows += rows
-        for u in self.updates:
-            u += [None] * len(rows)
+        self.updates[0] += [None] * len(rows)
+        for us, ps in zip(self.updates[1:], prompts[1:]):
+            us += [(1, p[1:]) if g and len(p) > 1 else None for g, p in zip(lazy, ps)]
 
     def keep(self, keep: list[int]) -> None:
         """Keep only rows ``keep`` (finished and cancelled rows leave)."""
@@ -309,11 +319,13 @@ def _sampling(
 def _gates(rows: list[RowState]) -> list[float] | None:
     """[B] each row's gate (2.0: never gates: no gate, gate 1, or a grammar); None if no row
     may gate, so that full UniTE costs no extra work or host transfer."""
-    gates = [
-        r.opts.gate if r.opts.gate is not None and r.opts.gate < 1 and r.matcher is None else 2.0
-        for r in rows
-    ]
+    gates = [r.opts.gate if _may_gate(r) and r.opts.gate is not None else 2.0 for r in rows]
     return None if all(g > 1 for g in gates) else gates
+
+
+def _may_gate(row: RowState) -> bool:
+    """Whether the row can ever take the primary's token alone (a gate below 1, no grammar)."""
+    return row.opts.gate is not None and row.opts.gate < 1 and row.matcher is None
 
 
 def _votes(ens: Ensemble, alone: Union, gates: list[float]) -> list[bool]:

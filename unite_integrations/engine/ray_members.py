@@ -116,10 +116,10 @@ class _MemberActor:
         batch = MemberBatch(self.model, [], self.pad)
         self.local = LocalMember(batch, self.end_ids.to(device), self.bias.to(device))
 
-    def add_rows(self, prompts: list[list[int]], fresh: bool) -> None:
+    def add_rows(self, prompts: list[list[int]], fresh: bool, now: list[int] | None) -> None:
         if fresh:
             self.reset()
-        self.local.add_rows(prompts)
+        self.local.add_rows(prompts, now)
 
     def keep_rows(self, rows: list[int]) -> None:
         self.local.keep_rows(rows)
@@ -205,13 +205,13 @@ class RayMember:
     def _send(self, *args: Any) -> None:
         self.counter["bytes"] += _nbytes(list(args))
 
-    def add_rows(self, prompts: list[list[int]]) -> None:
+    def add_rows(self, prompts: list[list[int]], now: list[int] | None = None) -> None:
         self._send(prompts)
         self._fresh = self._fresh or not self.ids  # an empty batch may meet a restarted actor
         deadline = time.monotonic() + TIMEOUT_S
         while True:  # a fresh batch may wait for a restarting actor: (re)starting is idempotent
             try:
-                self._get(self.actor.add_rows.remote(prompts, self._fresh))
+                self._get(self.actor.add_rows.remote(prompts, self._fresh, now))
                 break
             except MemberUnavailableError as e:
                 restarting = isinstance(e.__cause__, _ray().exceptions.ActorUnavailableError)
@@ -219,7 +219,8 @@ class RayMember:
                     raise
                 time.sleep(0.2)
         self._fresh = False
-        self.ids += [list(p) for p in prompts]
+        heads = prompts if now is None else [p[:n] for p, n in zip(prompts, now)]
+        self.ids += [list(p) for p in heads]
         self.n_prompt += [len(p) for p in prompts]
 
     def keep_rows(self, rows: list[int]) -> None:

@@ -64,10 +64,16 @@ class MemberBatch:
     def n_rows(self) -> int:
         return len(self.ids)
 
-    def add_rows(self, prompts: list[list[int]]) -> None:
-        """Prefill ``prompts`` as a batch of their own and append their rows to this one."""
-        new = type(self)(self.model, prompts, self.pad_id)
+    def add_rows(self, prompts: list[list[int]], now: list[int] | None = None) -> None:
+        """Prefill ``prompts`` as a batch of their own and append their rows to this one.
+
+        ``now[r]`` (default: all) is how many of prompt r's ids go through the model now; the
+        rest wait for the row's first ``advance``, which keeps those ``now[r]`` and appends the
+        others (a gated row whose other members may never vote costs them one id)."""
+        heads = prompts if now is None else [p[:n] for p, n in zip(prompts, now)]
+        new = type(self)(self.model, heads, self.pad_id)
         new.prefill()
+        new.n_prompt = [len(p) for p in prompts]
         self.forwards += new.forwards
         if self.n_rows == 0 or self.cache is None:
             self.ids, self.cols, self.n_prompt = new.ids, new.cols, new.n_prompt
@@ -164,27 +170,55 @@ class MemberBatch:
         pos = pos.to(self.device)
         self.mask = torch.cat([self.mask, seg_mask.to(self.device)], dim=1)
         self.pos = torch.cat([self.pos, pos], dim=1)
-        cache, mask = self.cache, self.mask
+        active = [r for r, seg in enumerate(segs) if seg]
+        rows = active if len(active) < len(segs) and _subsettable(self.cache) else None
+        logits = self._forward(inp.to(self.device), pos, rows)  # [B or B', V]
+        if rows is not None:  # only the rows that took ids ran: the others keep their logits
+            assert self.logits is not None
+            index = torch.tensor(rows, device=logits.device)
+            logits = self.logits.to(logits.dtype).index_copy(0, index, logits)
+        elif len(active) < len(segs) and self.logits is not None:
+            keep_old = torch.tensor([not seg for seg in segs], device=logits.device)[:, None]
+            logits = torch.where(keep_old, self.logits.to(logits.dtype), logits)
+        self.logits = logits
+        self.forwards += 1
+
+    def _forward(
+        self, inp: torch.Tensor, pos: torch.Tensor, rows: list[int] | None
+    ) -> torch.Tensor:
+        """One forward pass of ``inp``/``pos`` [B, m] over the cache; returns [B, V] logits at each
+        row's last column. With ``rows``, only those rows run (the others took no ids): their
+        cache slices go through the model and come back into the full cache, whose other rows
+        get m hole columns, so a catch-up of a few rows costs those rows, not the batch."""
+        mask, keys = self.mask, self.pos  # [B, T + m] each, the new columns included
+        cache, saved = self.cache, None
+        if rows is not None:
+            index = torch.tensor(rows, device=self.device)
+            inp, pos = inp.index_select(0, index), pos.index_select(0, index)
+            mask, keys = mask.index_select(0, index), keys.index_select(0, index)
+            saved = [(la.keys, la.values) for la in _layers(cache)]
+            for la, (k, v) in zip(_layers(cache), saved):
+                la.keys, la.values = k.index_select(0, index), v.index_select(0, index)
+        attention_mask: Any = mask
         if self.attention is not None:  # sliding layers: own masks, caches that keep every column
             cache = cache if cache is not None else _full_cache()
-            mask = self.attention.masks(self.mask, self.pos, pos, self.model.dtype)
+            attention_mask = self.attention.masks(mask, keys, pos, self.model.dtype)
         with torch.inference_mode():
             out = self.model(
-                input_ids=inp.to(self.device),
-                attention_mask=mask,
+                input_ids=inp,
+                attention_mask=attention_mask,
                 position_ids=pos,
                 use_cache=True,
                 logits_to_keep=1,
                 **{self._cache_arg: cache},
             )
         self.cache = getattr(out, self._cache_arg)
-        logits = out.logits[:, -1, :]
-        idle = [not seg for seg in segs]
-        if any(idle) and self.logits is not None:  # a row that took nothing keeps its logits
-            keep_old = torch.tensor(idle, device=logits.device)[:, None]
-            logits = torch.where(keep_old, self.logits.to(logits.dtype), logits)
-        self.logits = logits
-        self.forwards += 1
+        if saved is not None:
+            for la, (k, v) in zip(_layers(self.cache), saved):
+                la.keys = _pad_right(k, la.keys.shape[-2]).index_copy(0, index, la.keys)
+                la.values = _pad_right(v, la.values.shape[-2]).index_copy(0, index, la.values)
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
 
 
 class _Attention:
@@ -242,6 +276,18 @@ def _full_cache() -> Any:
     return DynamicCache()
 
 
+def _subsettable(cache: Any) -> bool:
+    """Whether a forward pass may run on some rows of ``cache`` only: every layer a plain one
+    (a layer that trims itself to a window would come back narrower than its rows' columns)."""
+    layers: list[Any] = getattr(cache, "layers", None) or []
+    return bool(layers) and all(
+        not getattr(la, "is_sliding", False)
+        and isinstance(getattr(la, "keys", None), torch.Tensor)
+        and la.keys.dim() == 4
+        for la in layers
+    )
+
+
 def _layers(cache: Any) -> list[Any]:
     """The cache's per-layer key/value holders (transformers 5.x ``DynamicCache.layers``)."""
     layers = getattr(cache, "layers", None)
@@ -254,6 +300,11 @@ def _layers(cache: Any) -> list[Any]:
 
 def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
+
+
+def _pad_right(t: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, H, T, D] -> [B, H, length, D]: hole columns (zeros) on the right."""
+    return torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[-2]))
 
 
 def _pad_time(t: torch.Tensor, length: int) -> torch.Tensor:

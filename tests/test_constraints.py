@@ -355,3 +355,97 @@ def test_the_smallest_budgets_the_engine_accepts_still_close_the_json(roomy):
         if len(budgets) == 3:
             break
     assert len(budgets) == 3 and budgets[0] > 2
+
+
+def _accepts(constraint: Constraint, text: str) -> bool:
+    """Whether the constraint's grammar accepts ``text`` as a whole (its bytes, then END)."""
+    from unite_integrations.engine.constraints import ByteMatcher
+
+    m, data = ByteMatcher(constraint), text.encode()
+    if not m.allows(data):
+        return False
+    m.consume(data)
+    return m.allows(b"")
+
+
+def _call(name: str, arguments: str) -> str:
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+
+WEATHER = _call("get_weather", '{"city": "Paris", "days": 2}')
+ADD = _call("add", '{"a": 1, "b": 2.5}')
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "text", "ok"),
+    [
+        ("required", True, WEATHER, True),
+        ("required", True, ADD, True),
+        ("required", True, WEATHER + "\n" + ADD, True),  # parallel calls, one per line
+        ("required", False, WEATHER + "\n" + ADD, False),
+        ("required", False, WEATHER, True),
+        ("required", True, "It is sunny.", False),  # required: no plain text
+        ("required", True, "", False),
+        ("any", True, ADD, True),
+        ("add", True, ADD, True),  # a forced tool: that one only
+        ("add", True, WEATHER, False),
+        ("get_weather", True, WEATHER + "\n" + WEATHER, True),
+        ("auto", True, "It is sunny.", True),  # auto: text or calls
+        ("auto", True, WEATHER, True),
+        ("auto", True, "<b>sunny</b>", False),  # text may not start with "<"
+        ("required", True, _call("get_time", '{"city": "Paris", "days": 2}'), False),
+        ("required", True, _call("get_weather", '{"city": "Paris"}'), False),  # required args
+        ("required", True, _call("get_weather", '{"city": "Paris", "days": 2, "x": 1}'), False),
+        ("required", True, _call("get_weather", '{"city": "Paris", "days": "2"}'), False),
+        ("required", True, _call("get_weather", '{"city": "' + "P" * 25 + '", "days": 2}'), False),
+        ("required", True, _call("get_weather", '{"city": "' + "P" * 24 + '", "days": 2}'), True),
+        ("required", True, WEATHER.replace('"arguments"', '"args"'), False),
+        ("required", True, WEATHER.replace("</tool_call>", "</tool>"), False),
+    ],
+)
+def test_tool_call_grammar_accepts_exactly_the_calls_it_should(choice, parallel, text, ok):
+    constraint = Constraint.tool_calls(TOOLS, choice, parallel=parallel, max_string_length=24)
+    assert _accepts(constraint, text) is ok
+
+
+def test_tool_schema_takes_bare_and_parameterless_tools():
+    """A tool given as the function itself, and one without parameters (its arguments: {})."""
+    from unite_integrations.engine.constraints import tool_schema
+
+    bare = {"name": "ping", "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}}}
+    assert tool_schema(bare) == ("ping", bare["parameters"])
+    empty = {"type": "function", "function": {"name": "now"}}
+    assert tool_schema(empty) == ("now", {"type": "object", "properties": {}})
+    c = Constraint.tool_calls([bare, empty])
+    assert _accepts(c, _call("now", "{}")) and _accepts(c, _call("ping", '{"n": 3}'))
+    assert not _accepts(c, _call("now", '{"n": 3}'))
+    for nameless in ({"type": "function", "function": {"name": ""}}, {"name": 3}):
+        with pytest.raises(ConfigError, match="no name"):
+            tool_schema(nameless)
+
+
+def test_constraint_kinds_and_the_default_string_bound():
+    """Each constructor names its kind (error messages quote it); JSON strings are bounded at
+    512 characters unless told otherwise."""
+    schema = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    c = Constraint.json_schema(schema)
+    assert c.kind == "json_schema" and Constraint.regex("a+").kind == "regex"
+    assert Constraint.tool_calls(TOOLS).kind == "tool_calls"
+    assert _accepts(c, '{"s": "' + "x" * 512 + '"}')
+    assert not _accepts(c, '{"s": "' + "x" * 513 + '"}')
+
+
+def test_byte_matcher_finishing_and_allowed_bytes():
+    """``finishing_byte`` prefers an allowed byte that completes the text over a lower one that
+    does not, else the lowest allowed; ``allowed_bytes`` lists bytes only (never END)."""
+    from unite_integrations.engine.constraints import ByteMatcher, _ByteTokenizer
+
+    every = [True] * 256
+    m = ByteMatcher(Constraint.regex("[0-9]+x|x"))
+    assert m.finishing_byte(every) == ord("x")
+    m = ByteMatcher(Constraint.regex("[bc]d"))
+    assert m.finishing_byte(every) == ord("b")
+    assert m.finishing_byte([b != ord("b") for b in range(256)]) == ord("c")
+    m = ByteMatcher(Constraint.regex("a?"))
+    assert m.allows(b"") and m.allowed_bytes() == [ord("a")]
+    assert _ByteTokenizer()("é") == [0xC3, 0xA9] and _ByteTokenizer()(b"\xff") == [255]

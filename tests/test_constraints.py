@@ -142,7 +142,7 @@ def test_parse_tool_calls_keeps_malformed_blocks_as_text():
 
 
 def test_bad_tool_choice_and_tools():
-    with pytest.raises(ConfigError, match="tool_choice"):
+    with pytest.raises(ConfigError, match=r"tool_choice 'nope' .*\(get_weather, add\)"):
         Constraint.tool_calls(TOOLS, "nope")
     with pytest.raises(ConfigError, match="at least one tool"):
         Constraint.tool_calls([])
@@ -449,3 +449,64 @@ def test_byte_matcher_finishing_and_allowed_bytes():
     m = ByteMatcher(Constraint.regex("a?"))
     assert m.allows(b"") and m.allowed_bytes() == [ord("a")]
     assert _ByteTokenizer()("é") == [0xC3, 0xA9] and _ByteTokenizer()(b"\xff") == [255]
+
+
+@pytest.mark.parametrize("key", ["properties", "$defs", "definitions", "patternProperties"])
+def test_bounded_schema_reads_name_maps_as_names(key):
+    """Under ``properties``, ``$defs``, ``definitions`` and ``patternProperties`` the keys are
+    names, not keywords: a property called "properties" is bounded as a property and gets no
+    ``additionalProperties`` beside it."""
+    s = bounded_schema({key: {"properties": {"type": "string"}}}, 7)
+    assert s[key] == {"properties": {"type": "string", "maxLength": 7}}
+
+
+@pytest.mark.parametrize("bound", ["maxLength", "enum", "const", "pattern", "format"])
+def test_bounded_schema_keeps_strings_that_are_bounded_already(bound):
+    value = {"maxLength": 3, "enum": ["a"], "const": "a", "pattern": "^a$", "format": "date"}[bound]
+    s = bounded_schema({"type": "string", bound: value}, 7)
+    assert s == {"type": "string", bound: value}
+
+
+def test_bounded_schema_bounds_strings_inside_lists_of_schemas():
+    s = bounded_schema({"anyOf": [{"type": "string"}, {"type": "integer"}]}, 7)
+    assert s == {"anyOf": [{"type": "string", "maxLength": 7}, {"type": "integer"}]}
+    assert bounded_schema({"type": "string"}, None) == {"type": "string"}
+
+
+@pytest.mark.parametrize(
+    ("text", "calls", "content"),
+    [
+        # a malformed block, then good ones: the good ones still parse, the bad one stays text
+        ("<tool_call>\n{oops}\n</tool_call> " + ADD, [("add", {"a": 1, "b": 2.5})], "<tool_call>\n{oops}\n</tool_call>"),
+        ("<tool_call>\n[1, 2]\n</tool_call>" + ADD, [("add", {"a": 1, "b": 2.5})], "<tool_call>\n[1, 2]\n</tool_call>"),
+        (_call("x", "{}").replace('"name": "x", ', "") + ADD, [("add", {"a": 1, "b": 2.5})], _call("x", "{}").replace('"name": "x", ', "")),
+        # arguments under "parameters", as a JSON string, as plain text, of the wrong type, absent
+        ('<tool_call>{"name": "f", "parameters": {"k": 1}}</tool_call>', [("f", {"k": 1})], ""),
+        ('<tool_call>{"name": "f", "arguments": "{\\"k\\": 2}"}</tool_call>', [("f", {"k": 2})], ""),
+        ('<tool_call>{"name": "f", "arguments": "Paris"}</tool_call>', [("f", {"input": "Paris"})], ""),
+        ('<tool_call>{"name": "f", "arguments": [1]}</tool_call>', [("f", {})], ""),
+        ('<tool_call>{"name": "f"}</tool_call>', [("f", {})], ""),
+        ("  no calls here  ", [], "  no calls here  "),  # nothing parsed: the text as it was
+    ],
+)
+def test_parse_tool_calls_cases(text, calls, content):
+    import re
+
+    got_content, got = parse_tool_calls(text)
+    assert [(c.name, c.arguments) for c in got] == calls
+    assert got_content == content
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", c.id) for c in got)
+    assert len({c.id for c in got}) == len(got)
+
+
+def test_tool_call_grammar_defaults_and_its_object_shape():
+    """Defaults: ``required``, parallel calls, strings bounded at 512; a call object holds a name
+    and its arguments, both required, and nothing else."""
+    c = Constraint.tool_calls(TOOLS)
+    assert _accepts(c, WEATHER + "\n" + ADD) and not _accepts(c, "It is sunny.")
+    assert _accepts(c, _call("get_weather", '{"city": "' + "P" * 512 + '", "days": 2}'))
+    assert not _accepts(c, _call("get_weather", '{"city": "' + "P" * 513 + '", "days": 2}'))
+    assert not _accepts(c, '<tool_call>\n{"name": "add"}\n</tool_call>')
+    assert not _accepts(c, ADD.replace('"name"', '"id": "1", "name"'))
+    one = Constraint.tool_calls(TOOLS[1:])  # a single tool: no anyOf
+    assert _accepts(one, ADD) and not _accepts(one, WEATHER)

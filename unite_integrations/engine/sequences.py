@@ -4,7 +4,9 @@ Rows of a batch change by different amounts each step: most append one id, some 
 ids and append several (re-tokenization), finished rows append nothing. ``advance`` does all of it
 in one forward pass: rolled-back ids are masked out of the attention (their cache columns stay, as
 holes), each row's new ids are left-padded to a common length, and position ids count each row's
-real tokens, so a row's numbers depend neither on its neighbours nor on the holes.
+real tokens, so a row's numbers depend neither on its neighbours nor on the holes. Rows that take
+nothing stay out of that forward (only the others' cache rows go through the model), so a gated
+row costs nothing while its voting neighbours catch up.
 
 Rows also join and leave between steps (continuous batching): ``add_rows`` prefills newcomers as a
 batch of their own and merges the two caches, left-padding the narrower one's time dimension with

@@ -44,7 +44,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", help="mutant names (default: mutmut's survivors)")
     p.add_argument("--match", default="", help="only survivors whose name contains this")
-    p.add_argument("--tests", nargs="*", default=None, help="test files (default: mutmut's stats)")
+    p.add_argument("--tests", help="comma-separated test files (default: mutmut's stats)")
     p.add_argument("--copy-tests", action="store_true", help="copy tests/ into mutants/ first")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant")
     p.add_argument("--json", help="write {mutant: status} here")
@@ -60,8 +60,12 @@ def main() -> int:
     names = a.names or survivors(a.match)
     status: dict[str, str] = {}
     for name in names:
-        files = a.tests or sorted(
-            {t.split("::")[0] for t in stats.get(re.sub(r"__mutmut_\d+$", "", name), [])}
+        files = (
+            a.tests.split(",")
+            if a.tests
+            else sorted(
+                {t.split("::")[0] for t in stats.get(re.sub(r"__mutmut_\d+$", "", name), [])}
+            )
         )
         env = dict(os.environ, MUTANT_UNDER_TEST=name, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
         env["PYTHONPATH"] = str(mutants)

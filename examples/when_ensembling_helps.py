@@ -13,7 +13,7 @@ directory like the real models), and measures on every fact:
 
 For each case: accuracy with Wilson 95% intervals, the ensemble against each member paired on the
 same facts (Newcombe interval of the difference, exact McNemar p-value), and ``check_compatibility``
-on a mixed sample of 60 facts. See docs/when_ensembling_helps.md.
+on the facts, both halves alike. See docs/when_ensembling_helps.md.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from unite_integrations.compat.evaluate import ENSEMBLE
 from unite_integrations.compat.synthetic import (
     ATTRIBUTES,
     Demonstration,
+    _balanced_sample,
     fact_task,
     make_facts,
     run_demonstration,
@@ -45,6 +46,19 @@ def test_facts_are_seeded_split_in_halves_and_scored_as_short_answers() -> None:
         make_facts(1)
     with pytest.raises(ConfigError, match="no facts"):
         fact_task([])
+
+
+def test_the_calibration_sample_takes_as_many_facts_from_each_half() -> None:
+    # A sample that favours one half favours its expert: the check's gap would measure the sample.
+    facts = make_facts(30, seed=1)
+    every = _balanced_sample(facts, None, seed=0)
+    assert every == list(range(len(facts)))
+    some = _balanced_sample(facts, 20, seed=0)
+    assert len(some) == 20 and some == sorted(set(some))
+    assert sum(facts[i].half == 0 for i in some) == 10
+    assert some == _balanced_sample(facts, 20, seed=0) != _balanced_sample(facts, 20, seed=1)
+    with pytest.raises(ConfigError, match="calibration_items"):
+        _balanced_sample(facts, 1, seed=0)
 
 
 def test_train_member_validates_and_caches(tmp_path: Path) -> None:

@@ -459,12 +459,22 @@ def _train_wordpiece() -> tuple[Tokenizer, dict[str, Any]]:
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=600,
-        special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus(), trainer)
+    # Built here rather than by ``WordPieceTrainer``, whose merges of equal count come in hash
+    # order: which of them made the cut, every id, and so the model and the text it writes,
+    # changed from one process to the next (a test of this member failed at random). Every
+    # character seen, alone and as a ``##`` continuation, then the 300 most frequent words (ties
+    # by spelling): the same vocabulary and ids on every run.
+    counts: collections.Counter[str] = collections.Counter()
+    for doc in corpus():
+        norm = tok.normalizer.normalize_str(doc)
+        counts.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(norm))
+    chars = sorted({c for w in counts for c in w})
+    pieces = specials + chars + ["##" + c for c in chars]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    pieces += words[:300]
+    tok.model = models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]")
+    for t in specials:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     roles = {
         "bos_token": "[CLS]",

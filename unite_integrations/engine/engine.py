@@ -468,8 +468,14 @@ class UniTEEngine:
             win_share={k: v / n for k, v in wins.items()},
             proposal_share={k: v / n for k, v in proposed.items()},
         )
+        # Each member's tokens for the returned text; a member alone whose tokenizer cannot
+        # spell every byte (WordPiece: its decoder's spaces do not tokenize back) counts the
+        # tokens it generated instead.
         text = row.text.text.encode()
-        out_ids = {m.name: len(m.vocab.encode(text)) if text else 0 for m in self._ens.members}
+        out_ids = {
+            m.name: len(m.vocab.encode(text)) if text and m.vocab.byte_complete else len(row.steps)
+            for m in self._ens.members
+        }
         usage = Usage(
             input_tokens=n_in[0],
             output_tokens=len(row.steps),

@@ -20,17 +20,26 @@ WINDOW = 4
 N = 16
 
 
-@pytest.fixture(scope="module")
-def windowed(make_engine, tiny_dirs) -> UniTEEngine:  # type: ignore[no-untyped-def]
-    gemma = tiny_model_dir("sentencepiece_bpe", sliding_window=WINDOW)
-    engine: UniTEEngine = make_engine(tiny_dirs["bytelevel_bpe"], gemma)
+@pytest.fixture(scope="module", params=["gemma3", "mistral"])
+def windowed(request, make_engine, tiny_dirs) -> UniTEEngine:  # type: ignore[no-untyped-def]
+    # Gemma-3: a sliding layer then a full one, a mask per layer type; Mistral: every layer
+    # slides and its config names no layer types, so one mask serves them all.
+    member = tiny_model_dir(
+        "sentencepiece_bpe", sliding_window=WINDOW, sliding_layout=request.param
+    )
+    engine: UniTEEngine = make_engine(tiny_dirs["bytelevel_bpe"], member)
     assert engine.members[1].model.config.sliding_window == WINDOW
     return engine
 
 
 def test_the_tiny_member_has_a_sliding_layer_that_prompts_pass(windowed: UniTEEngine) -> None:
     member = windowed.members[1]
-    assert member.model.config.layer_types[0] == "sliding_attention"
+    config = member.model.config
+    if config.model_type == "mistral":
+        assert getattr(config, "layer_types", None) is None
+    else:
+        assert config.model_type == "gemma3_text"
+        assert config.layer_types[0] == "sliding_attention"
     assert all(len(member.encode_prompt(p)) > WINDOW for p in PROMPTS[:8])
 
 

@@ -54,6 +54,8 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedTokenizerFast,
 )
 
@@ -584,6 +586,7 @@ def build_tiny_model(
     chat_template: bool = True,
     vocab_size: int | None = None,
     sliding_window: int | None = None,
+    sliding_layout: str = "gemma3",
 ) -> pathlib.Path:
     """Build a tiny tokenizer + ``LlamaForCausalLM`` checkpoint of ``family`` in ``out_dir``.
 
@@ -593,8 +596,9 @@ def build_tiny_model(
     depends only on ``family``. ``vocab_size`` may exceed the tokenizer's length
     to mimic checkpoints whose embedding matrix is padded (e.g. to a multiple
     of 64) with rows no token maps to. ``sliding_window`` builds a ``Gemma3ForCausalLM`` instead,
-    Gemma-3's layout in small: a sliding layer with that window, then a full-attention layer.
-    Returns ``out_dir``.
+    Gemma-3's layout in small: a sliding layer with that window, then a full-attention layer; with
+    ``sliding_layout="mistral"`` a ``MistralForCausalLM`` whose every layer slides (its config has
+    no ``layer_types``: one mask serves all layers). Returns ``out_dir``.
     """
     tok = build_tokenizer(family, chat_template=chat_template)
     n_tokens = len(tok)
@@ -622,6 +626,14 @@ def build_tiny_model(
     with _deterministic_torch(seed):
         if sliding_window is None:
             model: Any = LlamaForCausalLM(LlamaConfig(**sizes))
+        elif sliding_layout == "mistral":
+            model = MistralForCausalLM(
+                MistralConfig(**sizes, head_dim=_HIDDEN // _HEADS, sliding_window=sliding_window)
+            )
+        elif sliding_layout != "gemma3":
+            raise ValueError(
+                f"sliding_layout must be 'gemma3' or 'mistral', not {sliding_layout!r}"
+            )
         else:
             config = Gemma3TextConfig(
                 **sizes,

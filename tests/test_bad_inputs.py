@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from unite_integrations import (
     ConfigError,
@@ -328,11 +327,6 @@ def lc_tool_turns(result: str) -> list[Any]:
     ]
 
 
-def _adapter_fails_first(error: type[BaseException], why: str) -> Any:
-    return pytest.mark.xfail(strict=True, raises=error, reason=f"adapter, before the engine: {why}")
-
-
-
 LANGCHAIN_CASES: list[Any] = [
     ("lc-surrogate-prompt", lambda c: c.invoke(f"a{SUR}"), InputError),
     ("lc-surrogate-tuple-message", lambda c: c.invoke([("user", f"a{SUR}")]), InputError),
@@ -474,18 +468,16 @@ LLAMA_INDEX_CASES: list[Any] = [
     ("li-new-top-k-zero", lambda m: type(m)(members=m.members, top_k=0), ConfigError),
     ("li-new-stop-surrogate", lambda m: type(m)(members=m.members, stop=[SUR]), InputError),
     ("li-stop-int", lambda m: m.complete("hi", stop=5), ConfigError),
-    # These fail in the adapter (or LlamaIndex) before the engine sees them.
+    # These fail in the adapter before the engine sees them, and before LlamaIndex's chat
+    # callback, whose start event would raise a pydantic error of its own.
+    pytest.param(lambda m: m.chat("hi"), InputError, id="li-chat-string"),
+    pytest.param(lambda m: m.chat([1]), InputError, id="li-chat-int-message"),
+    pytest.param(lambda m: m.stream_chat("hi"), InputError, id="li-stream-chat-string"),
+    pytest.param(lambda m: asyncio.run(m.achat(["hi"])), InputError, id="li-achat-str-message"),
     pytest.param(
-        lambda m: m.chat("hi"),
+        lambda m: asyncio.run(m.astream_chat(li_user("hi")[0])),
         InputError,
-        id="li-chat-string",
-        marks=_adapter_fails_first(ValidationError, "LlamaIndex's LLMChatStartEvent"),
-    ),
-    pytest.param(
-        lambda m: m.chat([1]),
-        InputError,
-        id="li-chat-int-message",
-        marks=_adapter_fails_first(ValidationError, "LlamaIndex's LLMChatStartEvent"),
+        id="li-astream-chat-one-message",
     ),
     pytest.param(
         lambda m: type(m)(members=None),

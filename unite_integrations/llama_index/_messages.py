@@ -79,14 +79,21 @@ def call_options(kw: Mapping[str, Any]) -> ChatOptions:
     return ChatOptions(**{CALL_OPTIONS[k]: v for k, v in kw.items()})
 
 
-def to_core_messages(messages: Sequence[ChatMessage]) -> tuple[Message, ...]:
-    """The conversation as the core's ``Message``s; ``InputError`` names what is wrong."""
+def check_messages(messages: Any) -> None:
+    """``InputError`` unless ``messages`` is a list of ``ChatMessage``. Run before LlamaIndex's
+    chat callback, whose start event would otherwise fail first with a pydantic error."""
     if isinstance(messages, (str, ChatMessage)) or not isinstance(messages, Sequence):
         raise InputError("chat() takes a list of ChatMessage; wrap a single message in a list")
-    out = []
     for n, message in enumerate(messages):
         if not isinstance(message, ChatMessage):
             raise InputError(f"message {n} is a {type(message).__name__}, not a ChatMessage")
+
+
+def to_core_messages(messages: Sequence[ChatMessage]) -> tuple[Message, ...]:
+    """The conversation as the core's ``Message``s; ``InputError`` names what is wrong."""
+    check_messages(messages)
+    out = []
+    for n, message in enumerate(messages):
         role = message.role.value if isinstance(message.role, MessageRole) else message.role
         where = f"message {n} ({role})"
         texts, calls = _read_blocks(where, message)

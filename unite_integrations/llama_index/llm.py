@@ -9,8 +9,10 @@ LangChain ``UniTEChatModel`` with the same members uses the same engine.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -50,6 +52,7 @@ from ._messages import (
     astream_responses,
     call_options,
     chat_response,
+    check_messages,
     completion_response,
     stream_responses,
     to_core_messages,
@@ -60,6 +63,30 @@ if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
 __all__ = ["UniTELLM"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _messages_checked(f: _F) -> _F:
+    """Check ``messages`` before LlamaIndex's chat callback (the decorator under this one) sees
+    them: its start event validates them with pydantic, so ``chat("hi")`` would raise a
+    ``ValidationError`` from LlamaIndex instead of our ``InputError`` naming the fix."""
+    if inspect.iscoroutinefunction(f):
+
+        @functools.wraps(f)
+        async def checked_async(self: Any, messages: Any, **kwargs: Any) -> Any:
+            check_messages(messages)
+            return await f(self, messages, **kwargs)
+
+        return cast(_F, checked_async)
+
+    @functools.wraps(f)
+    def checked(self: Any, messages: Any, **kwargs: Any) -> Any:
+        check_messages(messages)
+        return f(self, messages, **kwargs)
+
+    return cast(_F, checked)
+
 
 #: Conversations whose rendered length is what templates add around the text; see ``metadata``.
 #: Both: some templates (SmolLM2's) add a default system prompt when there is none.
@@ -313,6 +340,7 @@ class UniTELLM(FunctionCallingLLM):
 
     # -- chat -----------------------------------------------------------------------------------
 
+    @_messages_checked
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat: each member renders ``messages`` with its own chat template. With ``tools``
@@ -320,16 +348,19 @@ class UniTELLM(FunctionCallingLLM):
         ``tool_choice`` is ``"auto"`` (default), ``"required"``, ``"none"`` or a tool name."""
         return chat_response(self.core.invoke(self._chat_request(messages, kwargs)))
 
+    @_messages_checked
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Stream chat; each tool call appears (whole) in the chunk where its block closes, and
         the last chunk has every call. Closing or dropping the stream stops the decoding."""
         return stream_responses(self.core.stream(self._chat_request(messages, kwargs)), Responses())
 
+    @_messages_checked
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         return chat_response(await self.core.ainvoke(self._chat_request(messages, kwargs)))
 
+    @_messages_checked
     @llm_chat_callback()
     async def astream_chat(
         self, messages: Sequence[ChatMessage], **kwargs: Any

@@ -112,9 +112,11 @@ def test_seeded_sampled_rows_are_the_same_alone_and_in_any_batch(engine):
     with ThreadPoolExecutor(6) as pool:
         mixed = list(
             pool.map(
-                lambda n: engine.generate([PROMPTS[n]], seed=5, **kw)[0].text
-                if n % 2
-                else "".join(c.text for c in engine.stream(PROMPTS[n], seed=5, **kw)),
+                lambda n: (
+                    engine.generate([PROMPTS[n]], seed=5, **kw)[0].text
+                    if n % 2
+                    else "".join(c.text for c in engine.stream(PROMPTS[n], seed=5, **kw))
+                ),
                 range(6),
             )
         )
@@ -131,8 +133,9 @@ def test_overload_fails_at_once_and_the_engine_goes_on(make_engine, tiny_dirs):
         max_batch_rows=1,
         max_queue=2,
     )
-    [running] = small.submit(["Once upon a time"], stream=True, max_new_tokens=450,
-                             min_new_tokens=450)
+    [running] = small.submit(
+        ["Once upon a time"], stream=True, max_new_tokens=450, min_new_tokens=450
+    )
     assert isinstance(running.next_event(), Delta)  # admitted: the one row is taken
     waiting = small.submit(["Hello world", "x"], max_new_tokens=4)  # two requests of one row
     assert len(waiting) == 2 and small.metrics().queued == 2
@@ -146,8 +149,9 @@ def test_overload_fails_at_once_and_the_engine_goes_on(make_engine, tiny_dirs):
 
 
 def test_more_prompts_than_rows_are_split_and_still_exact(make_engine, tiny_dirs):
-    small = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=4,
-                        max_batch_rows=3)
+    small = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=4, max_batch_rows=3
+    )
     alone = [small.generate([p], max_new_tokens=6)[0].text for p in PROMPTS[:8]]
     assert [r.text for r in small.generate(PROMPTS[:8], max_new_tokens=6)] == alone
 
@@ -296,5 +300,78 @@ def test_a_request_that_cannot_start_fails_alone(engine, monkeypatch):
     with pytest.raises(RuntimeError, match="no generator today"):
         engine.generate(["Hello"], temperature=1.0, seed=13, max_new_tokens=4)
     rest = "".join(c.text for c in running)
-    assert first + rest == engine.generate(["Once upon a time"], max_new_tokens=40,
-                                           min_new_tokens=40)[0].text
+    assert (
+        first + rest
+        == engine.generate(["Once upon a time"], max_new_tokens=40, min_new_tokens=40)[0].text
+    )
+
+
+def _two_member_engine(tiny_dirs: Any, cache_dir: Any) -> UniTEEngine:
+    return UniTEEngine(
+        [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])],
+        top_k=3,
+        cache_dir=cache_dir,
+    )
+
+
+def test_a_batch_that_cannot_open_fails_its_requests_and_the_next_one_runs(tiny_dirs, cache_dir):
+    """Opening the members' backends (a Ray actor, a device) may fail: the requests that came
+    for it fail with the error, the worker lives on, the next request gets a batch."""
+    with _two_member_engine(tiny_dirs, cache_dir) as engine:
+        ens, opened = engine._ens, []
+
+        def flaky(i: int) -> Any:
+            opened.append(i)
+            if len(opened) == 1:
+                raise RuntimeError("no device today")
+            ens.open_member = None
+            return ens.backend(i)
+
+        ens.open_member = flaky
+        done: list[Any] = []
+        caller = threading.Thread(
+            target=lambda: done.append(_outcome(engine, "Hello")), daemon=True
+        )
+        caller.start()
+        caller.join(120)  # a guard against a hang, not a speed bound
+        assert done and isinstance(done[0], RuntimeError), done
+        assert "no device today" in str(done[0])
+        assert engine.generate(["Hello"], max_new_tokens=4)[0].usage.output_tokens > 0
+        assert opened[:2] == [0, 0]
+
+
+class _Broken(BaseException):
+    """Stands for what no ``except Exception`` catches (a bug, a KeyboardInterrupt)."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_that_dies_fails_who_waits_and_refuses_later_calls(tiny_dirs, cache_dir):
+    with _two_member_engine(tiny_dirs, cache_dir) as engine:
+        from unite_integrations.engine import decode
+
+        real = decode.Batch.forward
+
+        def broken(self: Any) -> None:
+            raise _Broken("the loop itself broke")
+
+        decode.Batch.forward = broken  # type: ignore[method-assign]
+        try:
+            done: list[Any] = []
+            caller = threading.Thread(
+                target=lambda: done.append(_outcome(engine, "Hello")), daemon=True
+            )
+            caller.start()
+            caller.join(120)  # a guard against a hang, not a speed bound
+        finally:
+            decode.Batch.forward = real  # type: ignore[method-assign]
+        assert done and isinstance(done[0], EngineClosedError), done
+        assert "worker stopped (_Broken: the loop itself broke)" in str(done[0])
+        with pytest.raises(EngineClosedError):
+            engine.generate(["Hello"], max_new_tokens=2)
+
+
+def _outcome(engine: UniTEEngine, prompt: str) -> Any:
+    try:
+        return engine.generate([prompt], max_new_tokens=4)
+    except Exception as e:
+        return e

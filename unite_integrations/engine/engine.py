@@ -401,31 +401,46 @@ class UniTEEngine:
     def _serve(self, scheduler: Scheduler) -> None:
         """The worker's decode loop: admit newcomers, one union step for every row in flight,
         report to each request, retire the rows that finished (or whose caller went away)."""
-        batch, live = Batch(self._ens), _Live()
-        while (arrivals := scheduler.admit(len(batch.rows))) is not None:
-            try:
-                if arrivals:
-                    batch.add(*live.admit(self._ens, arrivals))
-                    self.stats["requests"] += len(arrivals)
-                    self.stats["batches"] += 1
-                if batch.rows:
-                    step(self._ens, batch)
-                    self.stats["steps"] += 1
-                    live.report(self._result)
-                    batch.keep(
-                        [
-                            r
-                            for r, row in enumerate(batch.rows)
-                            if row.finish_reason is None and not row.owner.cancelled
-                        ]
-                    )
-                    batch.forward()
-            except Exception as e:  # the requests in flight fail; the engine goes on
-                live.fail(e)
-                batch = Batch(self._ens)
-            self.stats["rows"] = len(batch.rows)
-        live.fail(EngineClosedError("the engine was closed while this call was decoding"))
-        self.stats["rows"] = 0
+        batch: Batch | None = None  # opened with the first arrivals, again after a failure
+        live = _Live()
+        try:
+            while (arrivals := scheduler.admit(len(batch.rows) if batch else 0)) is not None:
+                batch = self._step(batch, live, arrivals)
+        except BaseException as e:  # the loop itself broke: no caller may wait forever
+            live.fail(EngineClosedError(f"the engine's worker stopped ({type(e).__name__}: {e})"))
+            raise  # the scheduler closes itself: later calls are refused, not left waiting
+        else:
+            live.fail(EngineClosedError("the engine was closed while this call was decoding"))
+        finally:
+            self.stats["rows"] = 0
+
+    def _step(self, batch: Batch | None, live: _Live, arrivals: list[Request]) -> Batch | None:
+        """Admit ``arrivals`` and decode one step; the batch to go on with (None after a failure:
+        the requests in flight fail, the engine goes on with a new batch)."""
+        try:
+            if arrivals:
+                prompts, rows = live.admit(self._ens, arrivals)  # failures now reach them
+                batch = batch or Batch(self._ens)
+                batch.add(prompts, rows)
+                self.stats["requests"] += len(arrivals)
+                self.stats["batches"] += 1
+            if batch is not None and batch.rows:
+                step(self._ens, batch)
+                self.stats["steps"] += 1
+                live.report(self._result)
+                batch.keep(
+                    [
+                        r
+                        for r, row in enumerate(batch.rows)
+                        if row.finish_reason is None and not row.owner.cancelled
+                    ]
+                )
+                batch.forward()
+        except Exception as e:  # the requests in flight fail; the engine goes on
+            live.fail(e)
+            batch = None
+        self.stats["rows"] = len(batch.rows) if batch else 0
+        return batch
 
     def _result(self, row: RowState) -> GenerationResult:
         n_in = row.n_in

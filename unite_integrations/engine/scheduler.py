@@ -192,7 +192,11 @@ class Scheduler:
             worker.join(timeout)
 
     def _run(self) -> None:
-        self._serve(self)
+        try:
+            self._serve(self)
+        except BaseException:  # the worker is gone: fail who waits, refuse later calls
+            self.close(timeout=0)
+            raise
 
 
 _live: weakref.WeakSet[Scheduler] = weakref.WeakSet()

@@ -44,6 +44,25 @@ def test_gate_zero_is_the_primary_alone(trio: UniTEEngine) -> None:
         assert r.provenance.agreement_rate == 0.0
 
 
+def test_gated_tokens_report_the_primarys_own_top_logprobs(trio: UniTEEngine) -> None:
+    """A gated token's top strings are the primary's distribution alone, as its one-member
+    engine reports them."""
+    alone = trio.member_engine(0)
+    prompts = PROMPTS[:4]
+    gated = trio.generate(prompts, max_new_tokens=N, gate=0.0, top_logprobs=3)
+    for g, a in zip(gated, alone.generate(prompts, max_new_tokens=N, top_logprobs=3)):
+        assert g.text == a.text
+        assert [t.logprob for t in g.provenance.tokens] == pytest.approx(
+            [t.logprob for t in a.provenance.tokens], abs=1e-6
+        )
+        for tg, ta in zip(g.provenance.tokens, a.provenance.tokens):
+            assert tg.top is not None and ta.top is not None and len(tg.top) == 3
+            assert [c.text for c in tg.top] == [c.text for c in ta.top]
+            assert [c.logprob for c in tg.top] == pytest.approx(
+                [c.logprob for c in ta.top], abs=1e-6
+            )
+
+
 def _rows_and_ids_seen(model):  # type: ignore[no-untyped-def]
     """A hook recording (rows, ids per row) of each forward pass of ``model``, and its handle."""
     seen: list[tuple[int, int]] = []

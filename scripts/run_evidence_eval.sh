@@ -9,7 +9,9 @@
 # TriviaQA; the multiple-choice sets in both answer modes (free-form and letters-only). Each data
 # set's JSON goes to $OUT (default: evidence/), then scripts/evidence_tables.py renders the table
 # between the markers in docs/eval.md and the plot docs/img/eval_real_pair.png. Hours on a 2-core
-# CPU; minutes on a GPU (DEVICE=cuda:0). Rerunning skips data sets whose JSON already exists.
+# CPU; minutes on a GPU (DEVICE=cuda:0). Rerunning skips data sets whose JSON already exists; a
+# multiple-choice set whose constrained half is in NAME_constrained.json (a run of
+# `unite eval -d NAME --constrained` on its own, e.g. in parallel) gets its free-form half only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,15 @@ run() {  # run NAME LIMIT [extra args...]
   mv "$OUT/$name.json.tmp" "$OUT/$name.json"
 }
 
+run_mc() {  # run_mc NAME LIMIT: a multiple-choice set in both modes, unless one mode is in hand
+  local name=$1 limit=$2
+  if [ ! -s "$OUT/$name.json" ] && [ -s "$OUT/${name}_constrained.json" ]; then
+    run "$name" "$limit"  # the free-form half; the constrained half ran on its own
+  else
+    run "$name" "$limit" --both-modes
+  fi
+}
+
 if [ "${1:-}" = "--smoke" ]; then
   OUT=${OUT_SMOKE:-/tmp/unite-evidence-smoke}
   rm -f "$OUT/arc.json"
@@ -44,9 +55,9 @@ if [ "${1:-}" = "--smoke" ]; then
   exit 0
 fi
 
-run piqa "$CLOSE" --both-modes
+run_mc piqa "$CLOSE"
 run nq "$CLOSE"
-run arc "$OTHER" --both-modes
-run mmlu "$OTHER" --both-modes
+run_mc arc "$OTHER"
+run_mc mmlu "$OTHER"
 run triviaqa "$OTHER"
 "$PY" scripts/evidence_tables.py "$OUT" --doc docs/eval.md --plot docs/img/eval_real_pair.png

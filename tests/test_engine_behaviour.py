@@ -168,3 +168,22 @@ def test_an_abandoned_stream_stops_and_the_engine_goes_on(hetero):
     after = hetero.generate(["Hello world"], max_new_tokens=5)[0]
     assert (after.text, after.finish_reason) == (before.text, before.finish_reason)
     # The steps decoded after the close are counted in test_cancellation.py.
+
+
+def test_the_invariant_check_catches_a_member_whose_ids_do_not_spell_the_text(hetero, monkeypatch):
+    """Every engine in the tests checks, after each step, that each member's ids spell the shared
+    text; that check must be able to fail. A feed-back that gives the second member one id too
+    many breaks the invariant: the call fails naming the member and both spellings."""
+    from unite_integrations.engine import decode
+
+    real = decode._feed_back
+
+    def one_too_many(ens, i, *args):  # type: ignore[no-untyped-def]
+        keep, new = real(ens, i, *args)
+        return (keep, new + new[-1:]) if i == 1 and new else (keep, new)
+
+    monkeypatch.setattr(decode, "_feed_back", one_too_many)
+    with pytest.raises(AssertionError, match=r"member '.+' row 0: ids spell b'.*', text is b'"):
+        hetero.generate([PROMPTS[0]], max_new_tokens=4)
+    monkeypatch.undo()
+    assert hetero.generate([PROMPTS[0]], max_new_tokens=4)[0].usage.output_tokens > 0

@@ -487,9 +487,10 @@ class UniTEEngine:
         # spell every byte (WordPiece: its decoder's spaces do not tokenize back) counts the
         # tokens it generated instead.
         text = row.text.text.encode()
+        spelled = [m.vocab.byte_complete for m in self._ens.members]
         out_ids = {
-            m.name: len(m.vocab.encode(text)) if text and m.vocab.byte_complete else len(row.steps)
-            for m in self._ens.members
+            m.name: (len(m.vocab.encode(text)) if ok else len(row.steps)) if text else 0
+            for m, ok in zip(self._ens.members, spelled)
         }
         usage = Usage(
             input_tokens=n_in[0],

@@ -176,12 +176,16 @@ def test_a_cancelled_request_frees_its_row_at_the_next_step(engine, how):
     assert engine.stats["steps"] - steps == 3  # nothing else decodes any more
 
 
-def test_close_fails_calls_in_flight_and_later_ones(tiny_dirs, cache_dir):
-    with UniTEEngine(
+def _two_member_engine(tiny_dirs: Any, cache_dir: Any) -> UniTEEngine:
+    return UniTEEngine(
         [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])],
         top_k=3,
         cache_dir=cache_dir,
-    ) as engine:
+    )
+
+
+def test_close_fails_calls_in_flight_and_later_ones(tiny_dirs, cache_dir):
+    with _two_member_engine(tiny_dirs, cache_dir) as engine:
         it = engine.stream("Once upon a time", max_new_tokens=300, min_new_tokens=300)
         next(it)
         waiting = engine.submit(["Hello"] * 2, max_new_tokens=4)
@@ -306,14 +310,6 @@ def test_a_request_that_cannot_start_fails_alone(engine, monkeypatch):
     )
 
 
-def _two_member_engine(tiny_dirs: Any, cache_dir: Any) -> UniTEEngine:
-    return UniTEEngine(
-        [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])],
-        top_k=3,
-        cache_dir=cache_dir,
-    )
-
-
 def test_a_batch_that_cannot_open_fails_its_requests_and_the_next_one_runs(tiny_dirs, cache_dir):
     """Opening the members' backends (a Ray actor, a device) may fail: the requests that came
     for it fail with the error, the worker lives on, the next request gets a batch."""
@@ -328,14 +324,9 @@ def test_a_batch_that_cannot_open_fails_its_requests_and_the_next_one_runs(tiny_
             return ens.backend(i)
 
         ens.open_member = flaky
-        done: list[Any] = []
-        caller = threading.Thread(
-            target=lambda: done.append(_outcome(engine, "Hello")), daemon=True
-        )
-        caller.start()
-        caller.join(120)  # a guard against a hang, not a speed bound
-        assert done and isinstance(done[0], RuntimeError), done
-        assert "no device today" in str(done[0])
+        outcome = _outcome_unless_it_hangs(engine)
+        assert isinstance(outcome, RuntimeError), outcome
+        assert "no device today" in str(outcome)
         assert engine.generate(["Hello"], max_new_tokens=4)[0].usage.output_tokens > 0
         assert opened[:2] == [0, 0]
 
@@ -356,22 +347,28 @@ def test_a_worker_that_dies_fails_who_waits_and_refuses_later_calls(tiny_dirs, c
 
         decode.Batch.forward = broken  # type: ignore[method-assign]
         try:
-            done: list[Any] = []
-            caller = threading.Thread(
-                target=lambda: done.append(_outcome(engine, "Hello")), daemon=True
-            )
-            caller.start()
-            caller.join(120)  # a guard against a hang, not a speed bound
+            outcome = _outcome_unless_it_hangs(engine)
         finally:
             decode.Batch.forward = real  # type: ignore[method-assign]
-        assert done and isinstance(done[0], EngineClosedError), done
-        assert "worker stopped (_Broken: the loop itself broke)" in str(done[0])
+        assert isinstance(outcome, EngineClosedError), outcome
+        assert "worker stopped (_Broken: the loop itself broke)" in str(outcome)
         with pytest.raises(EngineClosedError):
             engine.generate(["Hello"], max_new_tokens=2)
 
 
-def _outcome(engine: UniTEEngine, prompt: str) -> Any:
-    try:
-        return engine.generate([prompt], max_new_tokens=4)
-    except Exception as e:
-        return e
+def _outcome_unless_it_hangs(engine: UniTEEngine) -> Any:
+    """A short call's results or error, from a thread given 120 s (a guard against a caller
+    left waiting forever, not a speed bound)."""
+    done: list[Any] = []
+
+    def call() -> None:
+        try:
+            done.append(engine.generate(["Hello"], max_new_tokens=4))
+        except Exception as e:
+            done.append(e)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(120)
+    assert done, "the call is still waiting: a caller was left hanging"
+    return done[0]

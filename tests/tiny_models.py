@@ -630,11 +630,7 @@ def build_tiny_model(
             model = MistralForCausalLM(
                 MistralConfig(**sizes, head_dim=_HIDDEN // _HEADS, sliding_window=sliding_window)
             )
-        elif sliding_layout != "gemma3":
-            raise ValueError(
-                f"sliding_layout must be 'gemma3' or 'mistral', not {sliding_layout!r}"
-            )
-        else:
+        elif sliding_layout == "gemma3":
             config = Gemma3TextConfig(
                 **sizes,
                 head_dim=_HIDDEN // _HEADS,
@@ -642,6 +638,10 @@ def build_tiny_model(
                 layer_types=["sliding_attention", "full_attention"][:_LAYERS],
             )
             model = Gemma3ForCausalLM(config)
+        else:
+            raise ValueError(
+                f"sliding_layout must be 'gemma3' or 'mistral', not {sliding_layout!r}"
+            )
         _pretrain(model, _training_stream(tok))
     model.generation_config = GenerationConfig(
         bos_token_id=bos_id,

@@ -487,10 +487,10 @@ class UniTEEngine:
         # spell every byte (WordPiece: its decoder's spaces do not tokenize back) counts the
         # tokens it generated instead.
         text = row.text.text.encode()
-        spelled = [m.vocab.byte_complete for m in self._ens.members]
+        n_steps = len(row.steps)
         out_ids = {
-            m.name: (len(m.vocab.encode(text)) if ok else len(row.steps)) if text else 0
-            for m, ok in zip(self._ens.members, spelled)
+            m.name: (len(m.vocab.encode(text)) if m.vocab.byte_complete else n_steps) if text else 0
+            for m in self._ens.members
         }
         usage = Usage(
             input_tokens=n_in[0],

@@ -4,6 +4,8 @@ row the logits it gets alone, for full-attention and sliding-window layers (Gemm
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 
 from unite_integrations.engine.sequences import MemberBatch
@@ -218,3 +220,82 @@ def test_a_forward_runs_only_the_rows_that_take_ids(gemma3):
         hook.remove()
     assert seen == [1, 2, 1, 2]
     assert batch.ids[1] == prompts[1] + t[4:5]
+
+
+@pytest.fixture(scope="module")
+def llama() -> torch.nn.Module:
+    """Full attention only: the model builds its own masks from the 2-D one."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_a_long_take_beside_one_id_takes_runs_in_a_forward_of_its_own(name, request):
+    """A row catching up on many ids (a gated row's lazily prefilled prompt) beside rows taking
+    one id each: the long take runs apart, so the others are not padded to its length; every
+    row still equals a fresh forward over its ids, through more cache growth than the buffer's
+    spare room (40 ids at once, then one at a time)."""
+    model = request.getfixturevalue(name)
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(1, 97, (k,), generator=g).tolist() for k in (1, 6, 4)]
+    batch = MemberBatch(model, prompts, 0)
+    batch.prefill()
+    seen: list[int] = []  # (rows, ids) of each forward, as rows * 1000 + ids
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0] * 1000 + kw["input_ids"].shape[1])
+        if kw
+        else None,
+        with_kwargs=True,
+    )
+    t = torch.randint(1, 97, (120,), generator=g).tolist()
+    try:
+        batch.advance([(1, t[:80]), (6, t[80:81]), (4, t[81:82])])
+        for n in range(3):  # then everyone one id at a time (the buffer grows on the way)
+            batch.advance([(len(ids), [t[90 + 3 * n + r]]) for r, ids in enumerate(batch.ids)])
+        for r in range(3):
+            fresh = fresh_logits(model, batch.ids[r])
+            torch.testing.assert_close(batch.next_logits()[r], fresh, rtol=1e-4, atol=1e-4)
+            assert int(batch.mask[r].sum()) == len(batch.ids[r])
+    finally:
+        hook.remove()
+    assert seen == [1080, 2001, 3001, 3001, 3001]
+    assert batch.ids[0] == prompts[0] + t[:80] + [t[90], t[93], t[96]]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "groups"),
+    [
+        ([1, 1, 1], [[0, 1, 2]]),  # a decode step: one forward
+        ([0, 0], []),  # nothing to take: no forward
+        ([200, 1, 0, 2], [[0], [3, 1]]),  # a prompt's catch-up apart
+        ([30, 1], [[0, 1]]),  # 29 padded tokens: not worth a forward
+        ([300, 290, 5, 1], [[0, 1], [2, 3]]),
+    ],
+)
+def test_rows_are_grouped_where_padding_costs_more_than_a_forward(lengths, groups):
+    from unite_integrations.engine.sequences import _groups
+
+    assert _groups(lengths) == groups
+
+
+@given(st.lists(st.integers(0, 400), max_size=24))
+def test_groups_take_every_row_once_and_pad_no_more_than_one_forward(lengths):
+    from unite_integrations.engine.sequences import SPLIT_TOKENS, _groups
+
+    groups = _groups(lengths)
+    taken = sorted(r for g in groups for r in g)
+    assert taken == [r for r, n in enumerate(lengths) if n > 0]
+    padded = sum(len(g) * max(lengths[r] for r in g) for g in groups)
+    one = len(taken) * max(lengths, default=0)
+    assert padded + SPLIT_TOKENS * (len(groups) - 1) <= one

@@ -18,10 +18,17 @@ so hole columns inside it would hide real tokens, and their caches would drop re
 only the last columns. A member with such layers therefore keeps every column in every layer and
 gets its attention masks from here, built from each column's position id: a key is visible when it
 is live and at most ``window - 1`` real tokens behind the query, as the model alone would see it.
+
+The cache itself is gpt-fast's layout, not transformers' ``DynamicLayer``: each layer's columns
+live in a buffer with room to spare (``ColumnLayer``), so a step writes its new columns in place
+instead of concatenating them to a copy of the whole cache (at batch 16 and 600 columns that copy
+was about a quarter of a decode step on a CPU), and a forward over some rows writes and reads
+those rows only.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -142,7 +149,10 @@ class MemberBatch:
         return pad
 
     def advance(self, updates: list[Update]) -> None:
-        width = self.mask.shape[1]
+        """Row r keeps ``updates[r][0]`` ids and appends ``updates[r][1]`` (None: unchanged), in
+        one forward pass, or in one per group of rows (``_groups``) where rows take very
+        different numbers of ids (a catch-up of a whole prompt beside one-token steps) and the
+        cache lets some rows run alone: padding every row to the longest would cost more."""
         # 1. Rolled-back ids leave holes: their columns are masked out, never cropped, so no row
         #    re-feeds anything because of another, and sliding-window caches need no rollback.
         segs: list[list[int]] = []
@@ -154,7 +164,14 @@ class MemberBatch:
             self.ids[r] = self.ids[r][:keep] + new
             self.cols[r] = self.cols[r][:keep]
             segs.append(new)
-        m = max(len(s) for s in segs)
+        groups = _groups([len(s) for s in segs]) if _subsettable(self.cache) else [range(len(segs))]
+        for group in groups:
+            mine = set(group)
+            self._append([s if r in mine else [] for r, s in enumerate(segs)])
+
+    def _append(self, segs: list[list[int]]) -> None:
+        """One forward pass taking ``segs[r]``, the ids row r appends (already in ``ids``)."""
+        width, m = self.mask.shape[1], max(len(s) for s in segs)
         if m == 0:
             return
         # 2. Left-pad the new ids to m; row r's take columns width+m-len .. width+m-1, and its
@@ -189,38 +206,62 @@ class MemberBatch:
         self, inp: torch.Tensor, pos: torch.Tensor, rows: list[int] | None
     ) -> torch.Tensor:
         """One forward pass of ``inp``/``pos`` [B, m] over the cache; returns [B, V] logits at each
-        row's last column. With ``rows``, only those rows run (the others took no ids): their
-        cache slices go through the model and come back into the full cache, whose other rows
-        get m hole columns, so a catch-up of a few rows costs those rows, not the batch."""
+        row's last column. With ``rows``, only those rows run (the others took no ids): the cache
+        layers write those rows' new columns in place and the other rows' stay holes, so a
+        catch-up of a few rows costs those rows, not the batch."""
         mask, keys = self.mask, self.pos  # [B, T + m] each, the new columns included
-        cache, saved = self.cache, None
+        cache = self.cache if self.cache is not None else _new_cache(self.model, self.attention)
+        index = None
         if rows is not None:
             index = torch.tensor(rows, device=self.device)
             inp, pos = inp.index_select(0, index), pos.index_select(0, index)
             mask, keys = mask.index_select(0, index), keys.index_select(0, index)
-            saved = [(la.keys, la.values) for la in _layers(cache)]
-            for la, (k, v) in zip(_layers(cache), saved):
-                la.keys, la.values = k.index_select(0, index), v.index_select(0, index)
         attention_mask: Any = mask
-        if self.attention is not None:  # sliding layers: own masks, caches that keep every column
-            cache = cache if cache is not None else _full_cache()
+        if self.attention is not None:  # sliding layers: own masks over caches keeping every column
             attention_mask = self.attention.masks(mask, keys, pos, self.model.dtype)
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=inp,
-                attention_mask=attention_mask,
-                position_ids=pos,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_arg: cache},
-            )
+        layers = _layers(cache) if index is not None else []
+        for la in layers:
+            la.rows = index
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=inp,
+                    attention_mask=attention_mask,
+                    position_ids=pos,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_arg: cache},
+                )
+        finally:  # a forward that raises leaves no layer writing some rows only
+            for la in layers:
+                la.rows = None
         self.cache = getattr(out, self._cache_arg)
-        if saved is not None:
-            for la, (k, v) in zip(_layers(self.cache), saved):
-                la.keys = _pad_right(k, la.keys.shape[-2]).index_copy(0, index, la.keys)
-                la.values = _pad_right(v, la.values.shape[-2]).index_copy(0, index, la.values)
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
+
+
+#: What one more forward pass costs, in padded tokens: ``advance`` runs the rows with the most
+#: ids apart from the others when that pads more than this many fewer tokens (e.g. a gated row
+#: catching up on its whole prompt beside rows taking one id). On a CPU a forward costs about
+#: its tokens, padded ones included, plus a fixed part of a few dozen tokens of a small member.
+SPLIT_TOKENS = 64
+
+
+def _groups(lengths: list[int]) -> list[list[int]]:
+    """Rows with ids to take (``lengths[r] > 0``), in groups of one forward pass each: longest
+    first, the longest cut off from the rest wherever that saves more than ``SPLIT_TOKENS``
+    padded tokens (the rest padded to its own longest)."""
+    order = sorted((r for r, n in enumerate(lengths) if n), key=lambda r: -lengths[r])
+    groups: list[list[int]] = []
+    while order:
+        cut, best = len(order), SPLIT_TOKENS
+        for k in range(1, len(order)):
+            saved = (len(order) - k) * (lengths[order[0]] - lengths[order[k]])
+            if saved > best:
+                cut, best = k, saved
+        groups.append(order[:cut])
+        order = order[cut:]
+    return groups
 
 
 class _Attention:
@@ -254,11 +295,9 @@ class _Attention:
 def _attention_layout(model: Any) -> _Attention | None:
     """The member's sliding window and layer types, or None when no layer slides (or a layer type
     other than full and sliding attention is present: the model's own masks then apply)."""
-    config = getattr(model, "config", None)
+    config = _text_config(model)
     if config is None:
         return None
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config(decoder=True)
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
     if not isinstance(window, int) or window <= 0:
@@ -271,23 +310,126 @@ def _attention_layout(model: Any) -> _Attention | None:
     return _Attention(window, kinds)
 
 
-def _full_cache() -> Any:
-    """A DynamicCache whose layers all keep every column (none trims itself to a window)."""
+def _text_config(model: Any) -> Any:
+    """The model's (decoder) text config, or None for a model without one."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    return config
+
+
+def _new_cache(model: Any, attention: _Attention | None) -> Any:
+    """A cache of ``ColumnLayer``s for the first forward, or None (the model builds its own) when
+    some layer is of a kind the masks here do not handle (e.g. chunked attention): those keep the
+    model's own layers, run whole-batch and pay a copy per step."""
     from transformers import DynamicCache
 
-    return DynamicCache()
+    if attention is None and _special_layers(model):
+        return None
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _column_layer()  # layers are made on first update
+    return cache
+
+
+def _special_layers(model: Any) -> bool:
+    """Whether the model declares layers other than full attention (sliding ones included; a
+    member whose sliding layers are handled here has ``attention`` set and never asks)."""
+    config = _text_config(model)
+    if config is None:
+        return False
+    types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    return any(t != "full_attention" for t in types) or (isinstance(window, int) and window > 0)
+
+
+@functools.cache
+def _column_layer() -> type:
+    """The ``ColumnLayer`` class (built on first use: transformers loads only when a model does)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ColumnLayer(DynamicLayer):  # type: ignore[misc]
+        """A cache layer whose columns live in a buffer with room to spare (gpt-fast's layout).
+
+        ``DynamicLayer`` concatenates each step's columns to the whole cache, a copy of every
+        row's every column per step and layer; here a step writes its m new columns in place
+        and the buffer grows by half when full. With ``rows`` (an index tensor) set, only those
+        rows run: their new columns are written, the other rows' stay holes (zeros, masked
+        out), and attention reads a copy of those rows only. ``keys``/``values`` are the live
+        view [B, H, n, D]; assigning them (rows joining or leaving) replaces the buffer."""
+
+        rows: torch.Tensor | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._k: torch.Tensor | None = None  # [B, H, room, D], keys in the first n_k
+            self._v: torch.Tensor | None = None
+            self._n_k = self._n_v = 0
+            super().__init__(*args, **kwargs)
+
+        @property
+        def keys(self) -> torch.Tensor | None:
+            return None if self._k is None else self._k[:, :, : self._n_k]
+
+        @keys.setter
+        def keys(self, t: torch.Tensor | None) -> None:
+            self._k, self._n_k = t, _width(t)
+
+        @property
+        def values(self) -> torch.Tensor | None:
+            return None if self._v is None else self._v[:, :, : self._n_v]
+
+        @values.setter
+        def values(self, t: torch.Tensor | None) -> None:
+            self._v, self._n_v = t, _width(t)
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.device, self.dtype = key_states.device, key_states.dtype
+            b, h = key_states.shape[:2]
+            self.keys = key_states.new_zeros(b, h, 0, key_states.shape[-1])
+            self.values = value_states.new_zeros(b, h, 0, value_states.shape[-1])
+            self.is_initialized = True
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            assert self._k is not None and self._v is not None
+            n, m = self._n_k, key_states.shape[-2]
+            assert self._n_v == n, "keys and values of different widths"
+            if n + m > self._k.shape[-2]:
+                room = n + m + max(n // 2, 64)
+                self._k, self._v = _with_room(self._k, n, room), _with_room(self._v, n, room)
+            self._n_k = self._n_v = n + m
+            if self.rows is None:
+                self._k[:, :, n : n + m] = key_states
+                self._v[:, :, n : n + m] = value_states
+                return self._k[:, :, : n + m], self._v[:, :, : n + m]
+            self._k.narrow(2, n, m).index_copy_(0, self.rows, key_states)
+            self._v.narrow(2, n, m).index_copy_(0, self.rows, value_states)
+            k = self._k[:, :, : n + m].index_select(0, self.rows)  # [B', H, n + m, D]
+            return k, self._v[:, :, : n + m].index_select(0, self.rows)
+
+    return ColumnLayer
+
+
+def _width(t: torch.Tensor | None) -> int:
+    """Columns of a [B, H, T, D] cache tensor (0 for none, or transformers' empty placeholder)."""
+    return 0 if t is None or t.dim() < 4 else t.shape[-2]
+
+
+def _with_room(t: torch.Tensor, n: int, room: int) -> torch.Tensor:
+    """[B, H, *, D] -> [B, H, room, D]: the first n columns of ``t``, then zeros."""
+    out = t.new_zeros(*t.shape[:2], room, t.shape[-1])
+    out[:, :, :n] = t[:, :, :n]
+    return out
 
 
 def _subsettable(cache: Any) -> bool:
-    """Whether a forward pass may run on some rows of ``cache`` only: every layer a plain one
-    (a layer that trims itself to a window would come back narrower than its rows' columns)."""
+    """Whether a forward pass may run on some rows of ``cache`` only: every layer a
+    ``ColumnLayer`` (a model's own layers copy the cache anyway, and a layer that trims itself
+    to a window would come back narrower than its rows' columns)."""
     layers: list[Any] = getattr(cache, "layers", None) or []
-    return bool(layers) and all(
-        not getattr(la, "is_sliding", False)
-        and isinstance(getattr(la, "keys", None), torch.Tensor)
-        and la.keys.dim() == 4
-        for la in layers
-    )
+    return bool(layers) and all(isinstance(la, _column_layer()) for la in layers)
 
 
 def _layers(cache: Any) -> list[Any]:
@@ -302,11 +444,6 @@ def _layers(cache: Any) -> list[Any]:
 
 def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
-
-
-def _pad_right(t: torch.Tensor, length: int) -> torch.Tensor:
-    """[B, H, T, D] -> [B, H, length, D]: hole columns (zeros) on the right."""
-    return torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[-2]))
 
 
 def _pad_time(t: torch.Tensor, length: int) -> torch.Tensor:

@@ -3,10 +3,12 @@ row the logits it gets alone, for full-attention and sliding-window layers (Gemm
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
-import torch
 
 from unite_integrations.engine.sequences import MemberBatch
 
@@ -27,20 +29,29 @@ def gemma3_wide() -> torch.nn.Module:
 def _gemma3(window: int) -> torch.nn.Module:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
+    return _tiny(
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
         head_dim=16,
         sliding_window=window,
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        max_position_embeddings=256,
     )
-    return Gemma3ForCausalLM(config).eval()
+
+
+def _tiny(model_class: Any, config_class: Any, **layout: Any) -> torch.nn.Module:
+    """A seeded random model of 97 ids, width 32, two heads sharing one key/value head."""
+    torch.manual_seed(0)
+    config = config_class(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        **layout,
+    )
+    return model_class(config).eval()
 
 
 def fresh_logits(model, ids: list[int]) -> torch.Tensor:
@@ -197,7 +208,9 @@ def test_a_forward_runs_only_the_rows_that_take_ids(gemma3):
     prompts = [torch.randint(1, 97, (k,), generator=g).tolist() for k in (3, 8, 5)]
     batch = MemberBatch(gemma3, prompts, 0)
     batch.prefill()
-    seen: list[int] = []  # rows in each of the batch's forwards (it passes keywords, the oracle not)
+    seen: list[
+        int
+    ] = []  # rows in each of the batch's forwards (it passes keywords, the oracle not)
     hook = gemma3.register_forward_pre_hook(
         lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]) if kw else None, with_kwargs=True
     )
@@ -227,17 +240,7 @@ def llama() -> torch.nn.Module:
     """Full attention only: the model builds its own masks from the 2-D one."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return _tiny(LlamaForCausalLM, LlamaConfig, num_hidden_layers=2)
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
@@ -253,9 +256,9 @@ def test_a_long_take_beside_one_id_takes_runs_in_a_forward_of_its_own(name, requ
     batch.prefill()
     seen: list[int] = []  # (rows, ids) of each forward, as rows * 1000 + ids
     hook = model.register_forward_pre_hook(
-        lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0] * 1000 + kw["input_ids"].shape[1])
-        if kw
-        else None,
+        lambda _m, _a, kw: (
+            seen.append(kw["input_ids"].shape[0] * 1000 + kw["input_ids"].shape[1]) if kw else None
+        ),
         with_kwargs=True,
     )
     t = torch.randint(1, 97, (120,), generator=g).tolist()

@@ -136,12 +136,27 @@ def _facts(r):  # type: ignore[no-untyped-def]
 
 
 def test_rows_with_and_without_gate_share_a_batch(hetero: UniTEEngine) -> None:
-    """Requests with different gates decode in one batch; each equals its own solo run."""
-    full = hetero.submit(PROMPTS[:4], max_new_tokens=N)
-    gated = hetero.submit(PROMPTS[4:8], max_new_tokens=N, gate=0.3)
+    """Requests with different gates join in one prefill and decode in one batch; each equals
+    its own solo run (the rows without a gate are prefilled whole by every member, the others
+    lazily, in the same forward)."""
+    joins = hetero.stats["batches"]
+    with hetero._scheduler._cond:  # the worker admits both requests at once
+        full = hetero.submit(PROMPTS[:4], max_new_tokens=N)
+        gated = hetero.submit(PROMPTS[4:8], max_new_tokens=N, gate=0.3)
     texts = [r.text for req in full + gated for r in _done(req)]
+    assert hetero.stats["batches"] == joins + 1
     assert texts[:4] == _texts(hetero, PROMPTS[:4])
     assert texts[4:] == _texts(hetero, PROMPTS[4:8], gate=0.3)
+
+
+def test_a_lazily_prefilled_prompt_of_two_ids_reaches_every_member(hetero: UniTEEngine) -> None:
+    """The shortest prompt a lazy prefill splits: the other member takes its first id when the
+    row joins and its second as pending text; the invariant check fails if that id is lost."""
+    other = hetero.members[1]
+    prompt = next(w for w in ("a", "I", "The", "Hi", "Once") if len(other.encode_prompt(w)) == 2)
+    gated = hetero.generate([prompt], max_new_tokens=N, gate=0.9)[0]
+    assert any(not t.gated for t in gated.provenance.tokens)  # it voted: the id was consumed
+    assert _texts(hetero, [prompt, *PROMPTS[:3]], gate=0.9)[0] == gated.text
 
 
 def _done(request):  # type: ignore[no-untyped-def]

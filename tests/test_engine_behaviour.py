@@ -187,3 +187,19 @@ def test_the_invariant_check_catches_a_member_whose_ids_do_not_spell_the_text(he
         hetero.generate([PROMPTS[0]], max_new_tokens=4)
     monkeypatch.undo()
     assert hetero.generate([PROMPTS[0]], max_new_tokens=4)[0].usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("gate", [None, 0.0])
+def test_min_new_tokens_holds_the_end_back(hetero, gate):
+    """END may not win before ``min_new_tokens``, in the union's choice and in the primary's own
+    choice for a gated row (gate 0: every row): the tiny members end early on several prompts,
+    and with ``min_new_tokens`` write at least that many tokens, the same text up to where they
+    stopped."""
+    least, early = 8, 0
+    for prompt in PROMPTS[:12]:
+        free = hetero.generate([prompt], max_new_tokens=16, gate=gate)[0]
+        held = hetero.generate([prompt], max_new_tokens=16, min_new_tokens=least, gate=gate)[0]
+        early += free.finish_reason == "stop" and len(free.provenance.tokens) < least
+        assert len(held.provenance.tokens) >= least, prompt
+        assert held.text.startswith(free.text), prompt
+    assert early >= 3, "the tiny members must end early on several prompts"

@@ -54,6 +54,15 @@ def _tiny(model_class: Any, config_class: Any, **layout: Any) -> torch.nn.Module
     return model_class(config).eval()
 
 
+def _assert_rows_as_alone(batch: MemberBatch, model: torch.nn.Module) -> None:
+    """Each row's next logits are a fresh forward's over its ids alone, and its mask counts
+    exactly its ids (the holes left by rollbacks and other rows' takes are masked out)."""
+    for r, ids in enumerate(batch.ids):
+        fresh = fresh_logits(model, ids)
+        torch.testing.assert_close(batch.next_logits()[r], fresh, rtol=1e-4, atol=1e-4)
+        assert int(batch.mask[r].sum()) == len(ids)
+
+
 def fresh_logits(model, ids: list[int]) -> torch.Tensor:
     """[V] logits after ``ids`` from one forward pass over them, no cache: the oracle, which shares
     no code with ``MemberBatch`` (no holes, no masks of ours, the model's own sliding window)."""
@@ -225,10 +234,7 @@ def test_a_forward_runs_only_the_rows_that_take_ids(gemma3):
     try:
         for updates in script:
             batch.advance(updates)
-            for r in range(3):
-                fresh = fresh_logits(gemma3, batch.ids[r])
-                torch.testing.assert_close(batch.next_logits()[r], fresh, rtol=1e-4, atol=1e-4)
-                assert int(batch.mask[r].sum()) == len(batch.ids[r])
+            _assert_rows_as_alone(batch, gemma3)
     finally:
         hook.remove()
     assert seen == [1, 2, 1, 2]
@@ -266,10 +272,7 @@ def test_a_long_take_beside_one_id_takes_runs_in_a_forward_of_its_own(name, requ
         batch.advance([(1, t[:80]), (6, t[80:81]), (4, t[81:82])])
         for n in range(3):  # then everyone one id at a time (the buffer grows on the way)
             batch.advance([(len(ids), [t[90 + 3 * n + r]]) for r, ids in enumerate(batch.ids)])
-        for r in range(3):
-            fresh = fresh_logits(model, batch.ids[r])
-            torch.testing.assert_close(batch.next_logits()[r], fresh, rtol=1e-4, atol=1e-4)
-            assert int(batch.mask[r].sum()) == len(batch.ids[r])
+        _assert_rows_as_alone(batch, model)
     finally:
         hook.remove()
     assert seen == [1080, 2001, 3001, 3001, 3001]

@@ -217,9 +217,8 @@ def test_a_forward_runs_only_the_rows_that_take_ids(gemma3):
     prompts = [torch.randint(1, 97, (k,), generator=g).tolist() for k in (3, 8, 5)]
     batch = MemberBatch(gemma3, prompts, 0)
     batch.prefill()
-    seen: list[
-        int
-    ] = []  # rows in each of the batch's forwards (it passes keywords, the oracle not)
+    # Rows in each of the batch's forwards (it passes keywords, the oracle not).
+    seen: list[int] = []
     hook = gemma3.register_forward_pre_hook(
         lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]) if kw else None, with_kwargs=True
     )

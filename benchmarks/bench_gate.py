@@ -129,6 +129,9 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=None, help="override the task's few-shot count")
     ap.add_argument("--constrained", action="store_true", help="multiple choice: letters only")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--prefix-cache", type=int, default=0, help="prompt ids each member keeps (0: none)"
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
@@ -139,7 +142,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads"
     )
-    engine = UniTEEngine(list(DEFAULT_MEMBERS))
+    engine = UniTEEngine(list(DEFAULT_MEMBERS), prefix_cache=args.prefix_cache)
     pooled: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {"datasets": {}, "machine": platform.platform()}
     for name in args.dataset.split(","):
@@ -157,6 +160,10 @@ def main() -> None:
     for p in pooled.values():
         p["gated_share"] = sum(s * n for s, n in p["w"]) / sum(n for _, n in p["w"])
     report["pooled"] = summarize("All data sets pooled", pooled)
+    stores = engine._ens.stores
+    if stores:
+        report["prefix_cache"] = [{"stored": s.stored, "reused": s.reused} for s in stores]
+        print("prefix cache (ids per member):", report["prefix_cache"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -67,28 +67,34 @@ def _rows_and_ids_seen(model):  # type: ignore[no-untyped-def]
     """A hook recording (rows, ids per row) of each forward pass of ``model``, and its handle."""
     seen: list[tuple[int, int]] = []
     handle = model.register_forward_pre_hook(
-        lambda _m, _a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+        lambda _m, a, kw: seen.append(tuple((kw.get("input_ids") if kw else a[0]).shape[:2])),
+        with_kwargs=True,
     )
     return seen, handle
 
 
 def test_the_others_prefill_a_row_that_never_votes_by_one_id(trio: UniTEEngine) -> None:
     """Lazy prefill: at gate 0 the members other than the primary take each row's first id in
-    one forward when the rows join, and nothing more; the prompt waits for a vote that never
-    comes. At gate 1 (full UniTE) they prefill the whole prompt."""
+    one forward when the rows join, without their output layer (nobody reads those logits),
+    and nothing more; the prompt waits for a vote that never comes. At gate 1 (full UniTE)
+    they prefill the whole prompt."""
     prompts = PROMPTS[:4]
-    hooks = [_rows_and_ids_seen(m.model) for m in trio.members[1:]]
+    others = [m.model for m in trio.members[1:]]
+    hooks = [_rows_and_ids_seen(m.get_decoder()) for m in others]
+    heads = [_rows_and_ids_seen(m.get_output_embeddings()) for m in others]
     try:
         trio.generate(prompts, max_new_tokens=N, gate=0.0)
         assert [seen for seen, _ in hooks] == [[(4, 1)], [(4, 1)]]
+        assert [seen for seen, _ in heads] == [[], []]
         for seen, _ in hooks:
             seen.clear()
         trio.generate(prompts, max_new_tokens=N, gate=1.0)
         for member, (seen, _) in zip(trio.members[1:], hooks):
             longest = max(len(member.encode_prompt(p)) for p in prompts)
             assert seen[0] == (4, longest)
+        assert all(seen for seen, _ in heads)
     finally:
-        for _, handle in hooks:
+        for _, handle in hooks + heads:
             handle.remove()
 
 
@@ -97,7 +103,7 @@ def test_a_row_prefilled_lazily_votes_later_with_its_whole_prompt(hetero: UniTEE
     carries the prompt (but its first id) and the text so far; every member's ids spell the
     text (the engine's invariant check), and the row equals its solo run."""
     other = hetero.members[1]
-    seen, handle = _rows_and_ids_seen(other.model)
+    seen, handle = _rows_and_ids_seen(other.model.get_decoder())
     try:
         results = hetero.generate(PROMPTS[:6], max_new_tokens=N, gate=0.3)
     finally:

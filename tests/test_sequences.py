@@ -278,6 +278,36 @@ def test_a_long_take_beside_one_id_takes_runs_in_a_forward_of_its_own(name, requ
     assert batch.ids[0] == prompts[0] + t[:80] + [t[90], t[93], t[96]]
 
 
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_rows_whose_ids_wait_skip_the_output_layer(name, request):
+    """Rows joining with ids still pending (a gated row's lazy prefill) run the decoder only:
+    nobody reads their logits before they take the rest, which then equals a fresh forward. A
+    batch with one row that takes its whole prompt runs the output layer for all of them."""
+    model = request.getfixturevalue(name)
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(1, 97, (k,), generator=g).tolist() for k in (5, 9)]
+    head_calls: list[int] = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _m, a: head_calls.append(a[0].shape[0])
+    )
+    try:
+        batch = MemberBatch(model, [], 0)
+        batch.add_rows(prompts, now=[1, 2])
+        assert head_calls == [] and batch.ids == [prompts[0][:1], prompts[1][:2]]
+        assert not batch.next_logits().any()
+        batch.advance([(1, prompts[0][1:]), (2, prompts[1][2:])])
+        assert head_calls == [2]
+        _assert_rows_as_alone(batch, model)  # the oracle's forwards run the output layer too
+        head_calls.clear()
+        batch.add_rows(prompts, now=[1, len(prompts[1])])  # one row whole: logits for both
+        assert head_calls == [2]
+        torch.testing.assert_close(
+            batch.next_logits()[3], fresh_logits(model, prompts[1]), rtol=1e-4, atol=1e-4
+        )
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize(
     ("lengths", "groups"),
     [

@@ -197,6 +197,7 @@ class EnsembleConfig(_Config):
         "members": "a non-empty list of aliases, paths or MemberSpec",
         "top_k": "an int >= 1 (the paper uses 10)",
         "retokenize_window": "an int >= 1",
+        "prefix_cache": "an int >= 0 (ids per member; 0 keeps no prefix)",
         "cache_dir": "a directory path (str), or None for the default cache",
         "backend": "'local' or 'ray' (every member in a Ray actor)",
         "ray_address": "None (start or join a local Ray), 'auto', 'local' or 'ray://host:port'",
@@ -208,6 +209,14 @@ class EnsembleConfig(_Config):
         default=32,
         ge=1,
         description="Tokens re-tokenized at the tail when a member cannot append one token.",
+    )
+    prefix_cache: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Prompt ids whose KV-cache columns each member keeps for later prompts that begin "
+            "alike (few-shot examples, a system prompt); 0 keeps none."
+        ),
     )
     cache_dir: str | None = Field(
         default=None, description="Where converted GGUF models and vocabulary maps are cached."
@@ -370,6 +379,7 @@ def ensemble_config(
     cache_dir: str | Path | None = None,
     backend: Literal["local", "ray"] = "local",
     ray_address: str | None = None,
+    prefix_cache: int = 0,
 ) -> EnsembleConfig:
     """The configuration for these arguments; equal arguments give equal (shareable) configs."""
     specs = member_specs(members)
@@ -387,6 +397,7 @@ def ensemble_config(
         members=tuple(specs),
         top_k=top_k,
         retokenize_window=retokenize_window,
+        prefix_cache=prefix_cache,
         cache_dir=_fspath(cache_dir),
         backend=backend,
         ray_address=ray_address,

@@ -28,6 +28,7 @@ from .backends import LocalMember, MemberBackend
 from .config import GenerationOptions
 from .constraints import ByteMatcher
 from .members import LoadedMember
+from .prefix import PrefixStore
 from .sequences import MemberBatch, Update
 from .text import RowText
 from .union import (
@@ -67,6 +68,8 @@ class Ensemble:
     pool: ThreadPoolExecutor | None = None  # set when members live on different devices
     check_invariants: bool = False
     usable: list[list[bool]] = field(default_factory=list)  # [i][t]: token t may be chosen
+    #: Member i's stored prompt prefixes (``prefix_cache``), kept across batches; [] keeps none.
+    stores: list[PrefixStore] = field(default_factory=list)
     #: Opens member i's backend for a new batch (default: in process, ``LocalMember``).
     open_member: Callable[[int], MemberBackend] | None = None
     alone: StepPlan = field(init=False)  # the primary member as a one-member ensemble
@@ -87,8 +90,9 @@ class Ensemble:
         if self.open_member is not None:
             return self.open_member(i)
         m = self.members[i]
+        store = self.stores[i] if self.stores else None
         return LocalMember(
-            MemberBatch(m.model, [], m.pad_id), self.plan.end_ids[i], self.plan.bias[i]
+            MemberBatch(m.model, [], m.pad_id, store), self.plan.end_ids[i], self.plan.bias[i]
         )
 
 

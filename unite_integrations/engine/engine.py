@@ -30,6 +30,7 @@ from .decode import Batch, Ensemble, RowState, closing_need, step
 from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
+from .prefix import PrefixStore
 from .ray_members import RayMember, connect, describe, release, start_actor
 from .results import (
     Candidate,
@@ -69,9 +70,11 @@ class UniTEEngine:
         max_queue: int = MAX_QUEUE,
         backend: Literal["local", "ray"] = "local",
         ray_address: str | None = None,
+        prefix_cache: int = 0,
     ) -> None:
         """``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting
-        at most, beyond which a call fails at once with ``OverloadedError``."""
+        at most, beyond which a call fails at once with ``OverloadedError``; ``prefix_cache``:
+        prompt ids each member keeps the KV columns of, for prompts that begin alike."""
         if isinstance(members, EnsembleConfig):
             config = members
         else:
@@ -83,6 +86,7 @@ class UniTEEngine:
                 cache_dir=cache_dir,
                 backend=backend,
                 ray_address=ray_address,
+                prefix_cache=prefix_cache,
             )
         self.config: EnsembleConfig = config
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -151,12 +155,17 @@ class UniTEEngine:
             pool=ThreadPoolExecutor(len(members)) if len(devices) > 1 else None,
             check_invariants=check_invariants,
             usable=[b[:-1].isfinite().tolist() for b in plan.bias],
+            stores=[PrefixStore(self.config.prefix_cache) for _ in members]
+            if self.config.prefix_cache
+            else [],
         )
         specs = self.config.members
         if any(self._remote(spec) for spec in specs):
             connect(self.config.ray_address)
             actors = {
-                i: start_actor(spec, self.cache_dir, m.vocab.end_ids, plan.bias[i])
+                i: start_actor(
+                    spec, self.cache_dir, m.vocab.end_ids, plan.bias[i], self.config.prefix_cache
+                )
                 for i, (spec, m) in enumerate(zip(specs, members))
                 if self._remote(spec)
             }

@@ -24,6 +24,7 @@ import torch
 from ..errors import MemberUnavailableError, ModelLoadError
 from .backends import LocalMember
 from .config import MemberSpec
+from .prefix import PrefixStore
 from .sequences import MemberBatch, Update
 
 __all__ = ["RayMember", "connect", "describe", "on_ray", "release", "start_actor"]
@@ -102,9 +103,16 @@ class _MemberActor:
     """The remote side: one member's weights and its ``LocalMember`` for the rows in flight."""
 
     def __init__(
-        self, spec: MemberSpec, cache_dir: str | None, end_ids: list[int], bias: Any
+        self,
+        spec: MemberSpec,
+        cache_dir: str | None,
+        end_ids: list[int],
+        bias: Any,
+        prefix_cache: int = 0,
     ) -> None:
         from .loading import load_member
+
+        self.store = PrefixStore(prefix_cache) if prefix_cache else None  # outlives batches
 
         self.model, tok = load_member(spec, Path(cache_dir) if cache_dir else None)
         pad = tok.pad_token_id if tok.pad_token_id is not None else end_ids[0]
@@ -113,7 +121,7 @@ class _MemberActor:
 
     def reset(self) -> None:
         device = next(self.model.parameters()).device
-        batch = MemberBatch(self.model, [], self.pad)
+        batch = MemberBatch(self.model, [], self.pad, self.store)
         self.local = LocalMember(batch, self.end_ids.to(device), self.bias.to(device))
 
     def add_rows(self, prompts: list[list[int]], fresh: bool, now: list[int] | None) -> None:
@@ -142,7 +150,11 @@ class _MemberActor:
 
 
 def start_actor(
-    spec: MemberSpec, cache_dir: Path | None, end_ids: list[int], bias: torch.Tensor
+    spec: MemberSpec,
+    cache_dir: Path | None,
+    end_ids: list[int],
+    bias: torch.Tensor,
+    prefix_cache: int = 0,
 ) -> Any:
     """One member's actor (loads the weights once; Ray restarts it after a crash)."""
     ray = _ray()
@@ -153,7 +165,9 @@ def start_actor(
     if spec.resources:
         options["resources"] = dict(spec.resources)
     cls = ray.remote(_MemberActor).options(**options)
-    return cls.remote(spec, str(cache_dir) if cache_dir else None, end_ids, bias.cpu())
+    return cls.remote(
+        spec, str(cache_dir) if cache_dir else None, end_ids, bias.cpu(), prefix_cache
+    )
 
 
 def release(actors: Iterable[Any]) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from .prefix import BLOCK, PrefixStore
+
 __all__ = ["MemberBatch", "Update"]
 
 #: (ids to keep, ids to append) for one row; None leaves the row as it is.
@@ -43,8 +45,11 @@ Update = tuple[int, list[int]] | None
 class MemberBatch:
     """One member's KV cache, attention mask and ids for the rows in flight (row r is index r)."""
 
-    def __init__(self, model: Any, prompts: list[list[int]], pad_id: int) -> None:
+    def __init__(
+        self, model: Any, prompts: list[list[int]], pad_id: int, store: PrefixStore | None = None
+    ) -> None:
         self.model = model
+        self.store = store  # the member's stored prompt prefixes (None: none kept)
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
         self.ids: list[list[int]] = [[] for _ in prompts]
@@ -66,8 +71,10 @@ class MemberBatch:
         assert self.logits is not None, "prefill() first"
         return self.logits.float()
 
-    def prefill(self) -> None:
-        self.advance([(0, list(p)) for p in self._prompts])
+    def prefill(self, logits: bool = True) -> None:
+        """Run the prompts; without ``logits`` the output layer is skipped and the rows' logits
+        are zeros (rows whose next ids are pending: they take those before anyone reads them)."""
+        self.advance([(0, list(p)) for p in self._prompts], logits)
 
     @property
     def n_rows(self) -> int:
@@ -80,8 +87,8 @@ class MemberBatch:
         rest wait for the row's first ``advance``, which keeps those ``now[r]`` and appends the
         others (a gated row whose other members may never vote costs them one id)."""
         heads = prompts if now is None else [p[:n] for p, n in zip(prompts, now)]
-        new = type(self)(self.model, heads, self.pad_id)
-        new.prefill()
+        new = type(self)(self.model, heads, self.pad_id, self.store)
+        new.prefill(logits=any(len(h) == len(p) for h, p in zip(heads, prompts)))
         new.n_prompt = [len(p) for p in prompts]
         self.forwards += new.forwards
         if self.n_rows == 0 or self.cache is None:
@@ -148,7 +155,7 @@ class MemberBatch:
 
         return pad
 
-    def advance(self, updates: list[Update]) -> None:
+    def advance(self, updates: list[Update], logits: bool = True) -> None:
         """Row r keeps ``updates[r][0]`` ids and appends ``updates[r][1]`` (None: unchanged), in
         one forward pass, or in one per group of rows (``_groups``) where rows take very
         different numbers of ids (a catch-up of a whole prompt beside one-token steps) and the
@@ -167,10 +174,14 @@ class MemberBatch:
         groups = _groups([len(s) for s in segs]) if _subsettable(self.cache) else [range(len(segs))]
         for group in groups:
             mine = set(group)
-            self._append([s if r in mine else [] for r, s in enumerate(segs)])
+            self._append([s if r in mine else [] for r, s in enumerate(segs)], logits)
 
-    def _append(self, segs: list[list[int]]) -> None:
-        """One forward pass taking ``segs[r]``, the ids row r appends (already in ``ids``)."""
+    def _append(self, segs: list[list[int]], logits: bool = True) -> None:
+        """One forward pass taking ``segs[r]``, the ids row r appends (already in ``ids``);
+        without ``logits`` it skips the output layer (see ``prefill``)."""
+        taken = segs
+        if self.store is not None and any(segs):
+            segs = self._reuse(segs)
         width, m = self.mask.shape[1], max(len(s) for s in segs)
         if m == 0:
             return
@@ -191,24 +202,84 @@ class MemberBatch:
         self.pos = torch.cat([self.pos, pos], dim=1)
         active = [r for r, seg in enumerate(segs) if seg]
         rows = active if len(active) < len(segs) and _subsettable(self.cache) else None
-        logits = self._forward(inp.to(self.device), pos, rows)  # [B or B', V]
+        out = self._forward(inp.to(self.device), pos, rows, logits)  # [B or B', V]
         if rows is not None:  # only the rows that took ids ran: the others keep their logits
             assert self.logits is not None
-            index = torch.tensor(rows, device=logits.device)
-            logits = self.logits.to(logits.dtype).index_copy(0, index, logits)
+            index = torch.tensor(rows, device=out.device)
+            out = self.logits.to(out.dtype).index_copy(0, index, out)
         elif len(active) < len(segs) and self.logits is not None:
-            keep_old = torch.tensor([not seg for seg in segs], device=logits.device)[:, None]
-            logits = torch.where(keep_old, self.logits.to(logits.dtype), logits)
-        self.logits = logits
+            keep_old = torch.tensor([not seg for seg in segs], device=out.device)[:, None]
+            out = torch.where(keep_old, self.logits.to(out.dtype), out)
+        self.logits = out
         self.forwards += 1
+        if self.store is not None:
+            self._store_prompts([r for r, seg in enumerate(taken) if seg])
+
+    def _reuse(self, segs: list[list[int]]) -> list[list[int]]:
+        """Rows whose new ids begin with a stored prompt prefix (in whole blocks, the row's last
+        id excepted) write those columns into the cache from the store, left-padded to a common
+        count as ``_append`` pads ids; returns the ids each row still has to run."""
+        assert self.store is not None
+        cache = self.cache if self.cache is not None else _new_cache(self.model, self.attention)
+        fresh = cache is not None and not cache.layers
+        if cache is None or not (fresh or _subsettable(cache)):
+            return segs  # layers of the model's own kind: the store's columns cannot go in
+        hits: dict[int, tuple[int, list[torch.Tensor], list[torch.Tensor]]] = {}
+        for r, seg in enumerate(segs):
+            start = len(self.ids[r]) - len(seg)
+            blocks = self.store.match(self.ids[r], len(self.ids[r]) - 1) if seg else []
+            if len(blocks) * BLOCK > start:
+                hits[r] = (start, *self.store.columns(blocks, start))
+        if not hits:
+            return segs
+        width, n = self.mask.shape[1], {r: h[1][0].shape[1] for r, h in hits.items()}
+        q = max(n.values())
+        seg_mask = torch.zeros(len(segs), q, dtype=torch.long, device=self.device)
+        pos = torch.zeros(len(segs), q, dtype=torch.long, device=self.device)
+        for r, (start, _, _) in hits.items():
+            seg_mask[r, q - n[r] :] = 1
+            pos[r, q - n[r] :] = torch.arange(start, start + n[r])
+            self.cols[r] += range(width + q - n[r], width + q)
+        _, k0, v0 = next(iter(hits.values()))
+        for layer in range(len(k0)):  # [B, H, q, D] per layer: hole columns where a row has none
+            keys = k0[layer].new_zeros(len(segs), k0[layer].shape[0], q, k0[layer].shape[-1])
+            values = v0[layer].new_zeros(len(segs), v0[layer].shape[0], q, v0[layer].shape[-1])
+            for r, (_, ks, vs) in hits.items():
+                keys[r, :, q - n[r] :] = ks[layer]
+                values[r, :, q - n[r] :] = vs[layer]
+            with torch.inference_mode():  # the forward passes' tensors are inference tensors
+                cache.update(keys, values, layer)
+        self.cache = cache
+        self.mask = torch.cat([self.mask, seg_mask], dim=1)
+        self.pos = torch.cat([self.pos, pos], dim=1)
+        return [seg[n[r] :] if r in hits else seg for r, seg in enumerate(segs)]
+
+    def _store_prompts(self, rows: list[int]) -> None:
+        """Keep the whole blocks of these rows' prompt ids that the store does not hold yet."""
+        assert self.store is not None
+        if not _subsettable(self.cache):
+            return
+        for r in rows:
+            n = min(len(self.ids[r]), self.n_prompt[r]) // BLOCK * BLOCK
+            blocks = self.store.match(self.ids[r], n)
+            known = len(blocks) * BLOCK
+            if known >= n:
+                continue
+            index = torch.tensor(self.cols[r][known:n], device=self.device)
+            layers = _layers(self.cache)
+            keys = [la.keys[r].index_select(1, index) for la in layers]  # [H, n - known, D]
+            values = [la.values[r].index_select(1, index) for la in layers]
+            self.store.extend(blocks, self.ids[r][:n], keys, values)
 
     def _forward(
-        self, inp: torch.Tensor, pos: torch.Tensor, rows: list[int] | None
+        self, inp: torch.Tensor, pos: torch.Tensor, rows: list[int] | None, logits: bool = True
     ) -> torch.Tensor:
         """One forward pass of ``inp``/``pos`` [B, m] over the cache; returns [B, V] logits at each
         row's last column. With ``rows``, only those rows run (the others took no ids): the cache
         layers write those rows' new columns in place and the other rows' stay holes, so a
-        catch-up of a few rows costs those rows, not the batch."""
+        catch-up of a few rows costs those rows, not the batch. Without ``logits`` only the
+        decoder runs (a member's output layer can be most of its work: Gemma-3's is 262k wide)
+        and the logits are zeros."""
         mask, keys = self.mask, self.pos  # [B, T + m] each, the new columns included
         cache = self.cache if self.cache is not None else _new_cache(self.model, self.attention)
         index = None
@@ -222,22 +293,35 @@ class MemberBatch:
         layers = _layers(cache) if index is not None else []
         for la in layers:
             la.rows = index
+        decoder = None if logits else _decoder(self.model)
         try:
             with torch.inference_mode():
-                out = self.model(
-                    input_ids=inp,
-                    attention_mask=attention_mask,
-                    position_ids=pos,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **{self._cache_arg: cache},
-                )
+                if decoder is None:
+                    out = self.model(
+                        input_ids=inp,
+                        attention_mask=attention_mask,
+                        position_ids=pos,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **{self._cache_arg: cache},
+                    )
+                else:
+                    out = decoder(
+                        input_ids=inp,
+                        attention_mask=attention_mask,
+                        position_ids=pos,
+                        use_cache=True,
+                        **{self._cache_arg: cache},
+                    )
         finally:  # a forward that raises leaves no layer writing some rows only
             for la in layers:
                 la.rows = None
         self.cache = getattr(out, self._cache_arg)
-        logits: torch.Tensor = out.logits[:, -1, :]
-        return logits
+        if decoder is not None:
+            head = self.model.get_output_embeddings().weight  # [V, hidden]
+            return head.new_zeros(inp.shape[0], head.shape[0])
+        result: torch.Tensor = out.logits[:, -1, :]
+        return result
 
 
 #: What one more forward pass costs, in padded tokens: ``advance`` runs the rows with the most
@@ -245,6 +329,16 @@ class MemberBatch:
 #: catching up on its whole prompt beside rows taking one id). On a CPU a forward costs about
 #: its tokens, padded ones included, plus a fixed part of a few dozen tokens of a small member.
 SPLIT_TOKENS = 64
+
+
+def _decoder(model: Any) -> Any:
+    """The model without its output layer (transformers' ``get_decoder``), or None where it has
+    none that takes the same arguments (the caller then runs the whole model)."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    if decoder is None or decoder is model or model.get_output_embeddings() is None:
+        return None
+    return decoder
 
 
 def _groups(lengths: list[int]) -> list[list[int]]:

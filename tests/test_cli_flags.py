@@ -143,3 +143,25 @@ def test_eval_members_only_ensemble_only_and_split(pair, cache_dir, data_dir, tm
     ]
     # The small data folder: ARC's test file has 6 items, its dev split (train file) 3.
     assert (dev["available"], runs["--members-only"]["available"]) == (3, 6)
+
+
+def test_generate_and_eval_prefix_cache(pair, make_engine, cache_dir, data_dir, tmp_path, capsys):  # noqa: F811
+    """``--prefix-cache`` reaches the engine (generate, eval) and changes no answer."""
+    prompt = PROMPTS[7]
+    want = make_engine(*pair, top_k=5).generate([prompt], max_new_tokens=12)[0].text
+    assert main(_generate(pair, cache_dir, prompt, "--prefix-cache", "64")) == 0
+    assert capsys.readouterr().out == want + "\n"
+    runs = {}
+    for extra in ([], ["--prefix-cache", "512"]):
+        path = tmp_path / f"eval{len(extra)}.json"
+        assert (
+            main(_eval(pair, cache_dir, data_dir, "--ensemble-only", "--json", str(path), *extra))
+            == 0
+        )
+        runs[len(extra)] = json.loads(path.read_text())["datasets"][0]["results"][0]
+    assert runs[0]["correct"] == runs[2]["correct"] and runs[0]["n"] == runs[2]["n"] == 3
+
+
+def test_prefix_cache_is_refused_where_it_means_nothing(pair, cache_dir):
+    with pytest.raises(SystemExit):
+        main(_check(pair, cache_dir, "--quick", "--prefix-cache", "64"))

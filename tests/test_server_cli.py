@@ -106,3 +106,36 @@ def test_served_engine_has_the_bounds(monkeypatch, tiny_dirs, cache_dir):
         health = client.get("/health").json()
         assert (health["max_batch_rows"], health["max_queue"]) == (3, 5)
     assert apps[0].state.unite.engine.closed
+
+
+def test_served_prefix_cache_reuses_a_shared_system_prompt(monkeypatch, tiny_dirs, cache_dir):
+    """``unite serve --prefix-cache``: a second request with the same long system prompt takes
+    its columns from the members' stores, which /metrics counts; the answer is the same."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    a, b = str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])
+    args = ["serve", "-m", a, "-m", b, "--cache-dir", str(cache_dir), "--prefix-cache", "4096"]
+    assert cli.main(args) == 0
+    system = "You are a careful assistant. " * 12
+    body: dict[str, object] = {
+        "max_tokens": 6,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
+    }
+
+    def reused(client: TestClient) -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith("unite_engine_prefix_ids_reused_total "):
+                return float(line.split()[1])
+        raise AssertionError("no prefix cache counter in /metrics")
+
+    with TestClient(apps[0]) as client:
+        body["model"] = client.get("/v1/models").json()["data"][0]["id"]
+        first = client.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200 and reused(client) == 0
+        second = client.post("/v1/chat/completions", json=body)
+        assert second.status_code == 200 and reused(client) > 0
+    first, second = first.json(), second.json()
+    assert second["choices"][0]["message"] == first["choices"][0]["message"]

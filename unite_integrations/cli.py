@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         help="treat the prompt as a user message; each member applies its template",
     )
     gen.add_argument("--system", default=None, help="a system message (implies --chat)")
-    add_member_options(gen)
+    add_member_options(gen, prefix_cache=True)
     gen.add_argument("-n", "--max-new-tokens", type=int, default=128)
     gen.add_argument("-t", "--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
@@ -90,7 +90,9 @@ def _generate(args: argparse.Namespace) -> int:
     specs = member_specs(args)
     names = ", ".join(s.source for s in specs)
     print(f"loading {len(specs)} member(s): {names} ...", file=sys.stderr)
-    engine = UniTEEngine(specs, top_k=args.top_k, cache_dir=args.cache_dir)
+    engine = UniTEEngine(
+        specs, top_k=args.top_k, cache_dir=args.cache_dir, prefix_cache=args.prefix_cache
+    )
     if args.chat or args.system:
         messages = [{"role": "system", "content": args.system}] if args.system else []
         prompt: object = [*messages, {"role": "user", "content": args.prompt}]

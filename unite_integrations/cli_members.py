@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 __all__ = ["add_member_options", "member_specs"]
 
 
-def add_member_options(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
-    """Add the ensemble options to a subcommand (``weights=False``: no ``-w``)."""
+def add_member_options(
+    p: argparse.ArgumentParser, *, weights: bool = True, prefix_cache: bool = False
+) -> None:
+    """Add the ensemble options to a subcommand (``weights=False``: no ``-w``;
+    ``prefix_cache``: ``--prefix-cache``, for the commands that decode many prompts)."""
     from .engine.loading import BUILTIN_ALIASES
 
     p.add_argument(
@@ -43,6 +46,15 @@ def add_member_options(p: argparse.ArgumentParser, *, weights: bool = True) -> N
     p.add_argument("--device", default="cpu", help="device for every member (cpu, cuda:0 ...)")
     p.add_argument("-k", "--top-k", type=int, default=10, help="candidates per member per step")
     p.add_argument("--cache-dir", default=None, help="cache for converted models and maps")
+    if prefix_cache:
+        p.add_argument(
+            "--prefix-cache",
+            type=int,
+            default=0,
+            metavar="IDS",
+            help="prompt ids whose KV columns each member keeps for later prompts that begin "
+            "alike (few-shot examples, a system prompt); default 0, none",
+        )
     p.add_argument(
         "--ray-address",
         default=None,

@@ -22,8 +22,10 @@ from ..cli_members import add_member_options, member_specs
 __all__ = ["add_subcommands"]
 
 
-def _member_options(p: argparse.ArgumentParser, *, weights: bool = False) -> None:
-    add_member_options(p, weights=weights)
+def _member_options(
+    p: argparse.ArgumentParser, *, weights: bool = False, prefix_cache: bool = False
+) -> None:
+    add_member_options(p, weights=weights, prefix_cache=prefix_cache)
     p.add_argument(
         "--data-dir",
         default=None,
@@ -122,7 +124,7 @@ def add_subcommands(subparsers: Any) -> None:
         "with the number of items, as a table, JSON and a plot. Data sets: arc, piqa, mmlu, "
         "gsm8k, triviaqa, nq (the UniTE paper's data folder layout).",
     )
-    _member_options(ev, weights=True)
+    _member_options(ev, weights=True, prefix_cache=True)
     ev.add_argument(
         "-d",
         "--dataset",
@@ -241,7 +243,9 @@ def run_eval(args: argparse.Namespace) -> int:
     _setup(args)
     specs = member_specs(args)
     names = [n.strip() for d in args.datasets for n in d.split(",") if n.strip()]
-    config = ensemble_config(specs, top_k=args.top_k, cache_dir=args.cache_dir)
+    config = ensemble_config(
+        specs, top_k=args.top_k, cache_dir=args.cache_dir, prefix_cache=args.prefix_cache
+    )
     print(
         f"loading {len(specs)} member(s): {', '.join(s.source for s in specs)} ...", file=sys.stderr
     )

@@ -343,6 +343,8 @@ class UniTEEngine:
             steps=self.stats["steps"],
             max_batch_rows=self._scheduler.max_rows,
             max_queue=self._scheduler.max_queue,
+            prefix_ids_reused=sum(s.reused for s in self._ens.stores),
+            prefix_ids_stored=sum(s.stored for s in self._ens.stores),
         )
 
     def member_engine(self, member: int | str) -> UniTEEngine:
@@ -369,6 +371,7 @@ class UniTEEngine:
                 cache_dir=self.config.cache_dir,
                 backend=self.config.backend,  # a member on Ray: the view gets an actor of its own
                 ray_address=self.config.ray_address,
+                prefix_cache=self.config.prefix_cache,  # a store of its own: its own thread
             )
             view.cache_dir = self.cache_dir
             view._setup(
@@ -545,6 +548,10 @@ class EngineMetrics:
     steps: int  # union steps decoded so far
     max_batch_rows: int
     max_queue: int
+    # ``prefix_cache``, all in-process members together: prompt ids taken from the stores
+    # instead of a forward pass, and ids written into them (0 without a prefix cache)
+    prefix_ids_reused: int = 0
+    prefix_ids_stored: int = 0
 
 
 class _Live:

@@ -289,6 +289,8 @@ class _Server:
             "requests": m.requests,
             "steps": m.steps,
             "batches": self.engine.stats.get("batches", 0),
+            "prefix_ids_reused": m.prefix_ids_reused,
+            "prefix_ids_stored": m.prefix_ids_stored,
         }
         return PlainTextResponse(self.metrics.render(stats), media_type="text/plain; version=0.0.4")
 

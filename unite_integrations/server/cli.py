@@ -27,7 +27,7 @@ def add_subcommands(sub: Any) -> None:
         description="Serve an ensemble over HTTP with OpenAI's API: point the openai client, "
         "LangChain's ChatOpenAI or LlamaIndex's OpenAILike at http://HOST:PORT/v1.",
     )
-    add_member_options(p)
+    add_member_options(p, prefix_cache=True)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -109,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_batch_rows=args.max_batch_rows,
         max_queue=args.max_queue,
+        prefix_cache=args.prefix_cache,
         graceful_timeout=args.graceful_timeout,
         log_level=args.log_level,
     )

@@ -102,7 +102,7 @@ class Metrics:
 
 
 #: Engine figures that only grow; the others (queue depth, rows in flight, limits) are gauges.
-_COUNTERS = frozenset({"requests", "batches", "steps"})
+_COUNTERS = frozenset({"requests", "batches", "steps", "prefix_ids_reused", "prefix_ids_stored"})
 
 
 _ENGINE_HELP = {
@@ -113,6 +113,8 @@ _ENGINE_HELP = {
     "requests": "Requests the engine admitted.",
     "steps": "Union steps decoded.",
     "batches": "Admissions (requests joining at one step share one).",
+    "prefix_ids_reused": "Prompt ids the members took from their prefix caches (no forward).",
+    "prefix_ids_stored": "Prompt ids written into the members' prefix caches.",
 }
 
 

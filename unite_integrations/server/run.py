@@ -35,6 +35,7 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_batch_rows: int = MAX_BATCH_ROWS,
     max_queue: int = MAX_QUEUE,
+    prefix_cache: int = 0,
     graceful_timeout: int = 30,
     log_level: str = "info",
 ) -> None:
@@ -42,11 +43,14 @@ def serve(
 
     ``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting at most,
     beyond which a request gets 429 at once (``UniTEEngine``'s bounds; >= 1, else a
-    ``ConfigError`` before anything loads). The engine is the server's own (not the process's
-    shared one, whose bounds are the defaults) and closes with it."""
+    ``ConfigError`` before anything loads); ``prefix_cache``: prompt ids each member keeps the
+    KV columns of (a shared system prompt runs once). The engine is the server's own (not the
+    process's shared one, whose bounds are the defaults) and closes with it."""
     import uvicorn
 
-    config = ensemble_config(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    config = ensemble_config(
+        members, top_k=top_k, weights=weights, cache_dir=cache_dir, prefix_cache=prefix_cache
+    )
     engine = UniTEEngine(config, max_batch_rows=max_batch_rows, max_queue=max_queue)
     app = create_app(
         engine,

@@ -179,9 +179,13 @@ class MemberBatch:
     def _append(self, segs: list[list[int]], logits: bool = True) -> None:
         """One forward pass taking ``segs[r]``, the ids row r appends (already in ``ids``);
         without ``logits`` it skips the output layer (see ``prefill``)."""
-        taken = segs
-        if self.store is not None and any(segs):
-            segs = self._reuse(segs)
+        # Rows whose new ids begin inside their prompt (prefills, a gated row's catch-up): only
+        # those can take columns from the store or give it some.
+        prompt_rows = [
+            r for r, s in enumerate(segs) if s and len(self.ids[r]) - len(s) < self.n_prompt[r]
+        ]
+        if self.store is not None and prompt_rows:
+            segs = self._reuse(segs, prompt_rows)
         width, m = self.mask.shape[1], max(len(s) for s in segs)
         if m == 0:
             return
@@ -212,22 +216,22 @@ class MemberBatch:
             out = torch.where(keep_old, self.logits.to(out.dtype), out)
         self.logits = out
         self.forwards += 1
-        if self.store is not None:
-            self._store_prompts([r for r, seg in enumerate(taken) if seg])
+        if self.store is not None and prompt_rows:
+            self._store_prompts(prompt_rows)
 
-    def _reuse(self, segs: list[list[int]]) -> list[list[int]]:
-        """Rows whose new ids begin with a stored prompt prefix (in whole blocks, the row's last
-        id excepted) write those columns into the cache from the store, left-padded to a common
-        count as ``_append`` pads ids; returns the ids each row still has to run."""
+    def _reuse(self, segs: list[list[int]], rows: list[int]) -> list[list[int]]:
+        """Those of ``rows`` whose new ids begin with a stored prompt prefix (in whole blocks, the
+        row's last id excepted) write those columns into the cache from the store, left-padded
+        to a common count as ``_append`` pads ids; returns the ids each row still has to run."""
         assert self.store is not None
         cache = self.cache if self.cache is not None else _new_cache(self.model, self.attention)
         fresh = cache is not None and not cache.layers
         if cache is None or not (fresh or _subsettable(cache)):
             return segs  # layers of the model's own kind: the store's columns cannot go in
         hits: dict[int, tuple[int, list[torch.Tensor], list[torch.Tensor]]] = {}
-        for r, seg in enumerate(segs):
-            start = len(self.ids[r]) - len(seg)
-            blocks = self.store.match(self.ids[r], len(self.ids[r]) - 1) if seg else []
+        for r in rows:
+            start = len(self.ids[r]) - len(segs[r])
+            blocks = self.store.match(self.ids[r], len(self.ids[r]) - 1)
             if len(blocks) * BLOCK > start:
                 hits[r] = (start, *self.store.columns(blocks, start))
         if not hits:

@@ -234,3 +234,18 @@ def test_an_engine_with_a_prefix_cache_writes_the_same_texts(
 def test_prefix_cache_is_a_count_of_ids() -> None:
     with pytest.raises(ConfigError, match="prefix_cache"):
         UniTEEngine(["unused"], prefix_cache=-1)
+
+
+def test_reset_prefix_cache_empties_the_stores(make_engine: Any, tiny_dirs: Any) -> None:
+    cached = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefix_cache=1024
+    )
+    cached.generate(PROMPTS_SHARING[:1], max_new_tokens=2)
+    assert all(len(s) > 0 for s in cached._ens.stores)
+    reused = cached.metrics().prefix_ids_reused
+    cached.reset_prefix_cache()
+    assert all(len(s) == 0 for s in cached._ens.stores)
+    cached.generate(PROMPTS_SHARING[:1], max_new_tokens=2)  # the same prompt runs whole again
+    assert cached.metrics().prefix_ids_reused == reused
+    cached.generate(PROMPTS_SHARING[:1], max_new_tokens=2)
+    assert cached.metrics().prefix_ids_reused > reused

@@ -347,6 +347,13 @@ class UniTEEngine:
             prefix_ids_stored=sum(s.stored for s in self._ens.stores),
         )
 
+    def reset_prefix_cache(self) -> None:
+        """Empty the members' prefix caches (``prefix_cache``; in-process members): later prompts
+        run whole until they fill again. Calls in flight are unaffected (a lookup under way keeps
+        the blocks it found)."""
+        for store in self._ens.stores:
+            store.clear()
+
     def member_engine(self, member: int | str) -> UniTEEngine:
         """One member of this ensemble as an engine of its own, sharing the loaded model (no
         reload). A one-member engine decodes exactly like the model's own greedy ``generate``,

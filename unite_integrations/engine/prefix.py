@@ -49,6 +49,10 @@ class PrefixStore:
         self.reused = 0  # ids taken from the store instead of a forward pass
         self.stored = 0  # ids written into it
 
+    def clear(self) -> None:
+        """Drop every stored block (the counts stay)."""
+        self._blocks = OrderedDict()
+
     def __len__(self) -> int:
         """Ids held."""
         return len(self._blocks) * BLOCK

@@ -79,6 +79,41 @@ def test_the_least_recently_used_blocks_leave_first_and_parents_outlive_children
     assert len(store.match(b, len(b))) == 2
 
 
+def test_stored_columns_read_back_from_any_start_and_after_known_blocks() -> None:
+    """Blocks written after a known prefix hold their own ids' columns; ``columns`` reads from
+    any start, inside a later block too; a partial block at the end is never stored."""
+    store = PrefixStore(10 * BLOCK)
+    first = list(range(1, BLOCK + 1))
+    _stored(store, first)
+    longer = first + list(range(200, 200 + 2 * BLOCK + BLOCK - 1))  # 2 new blocks and 15 ids
+    _stored(store, longer)
+    assert len(store) == 3 * BLOCK and store.stored == 3 * BLOCK
+    blocks = store.match(longer, len(longer))
+    assert len(blocks) == 3
+    for start in (0, 3, BLOCK, BLOCK + 5, 2 * BLOCK + 1):
+        keys, values = store.columns(blocks, start)
+        assert keys[0][0, :, 0].tolist() == [float(i) for i in longer[start : 3 * BLOCK]]
+        assert values[1][0, :, 0].tolist() == [-1000.0 - i for i in longer[start : 3 * BLOCK]]
+
+
+def test_a_prompt_stored_twice_keeps_one_copy_and_its_children() -> None:
+    """Two equal prompts in one batch both reach ``extend`` with nothing known: the second
+    writes nothing, and blocks already hanging under the first stay reachable."""
+    store = PrefixStore(10 * BLOCK)
+    a = list(range(1, 2 * BLOCK + 1))
+    _stored(store, a + [9] * BLOCK)
+    keys, values = _columns(a)
+    store.extend([], a, keys, values)
+    assert store.stored == 3 * BLOCK and len(store) == 3 * BLOCK
+    assert len(store.match(a + [9] * BLOCK, 3 * BLOCK)) == 3
+
+
+def test_a_store_of_exactly_one_block_keeps_one() -> None:
+    store = PrefixStore(BLOCK)
+    _stored(store, list(range(1, 3 * BLOCK)))
+    assert len(store) == BLOCK and len(store.match(list(range(1, 3 * BLOCK)), 99)) == 1
+
+
 def test_a_store_too_small_for_a_block_keeps_nothing() -> None:
     store = PrefixStore(BLOCK - 1)
     _stored(store, list(range(1, 3 * BLOCK)))
@@ -178,6 +213,20 @@ def test_a_prompt_of_whole_blocks_runs_its_last_id(model: torch.nn.Module) -> No
     again.add_rows([prompt])  # the same prompt: the first block comes from the store, not both
     assert store.reused == BLOCK
     _assert_rows_as_alone(again, model)
+    longer = MemberBatch(model, [], 0, store)
+    longer.add_rows([[*prompt, 5]])  # one id more: both blocks come from the store
+    assert store.reused == 3 * BLOCK
+    _assert_rows_as_alone(longer, model)
+
+
+def test_every_new_prompt_of_a_batch_is_stored(model: torch.nn.Module) -> None:
+    """A row whose prompt the store holds already does not keep the next row's from being
+    stored."""
+    known, new = _random(BLOCK + 2, 10), _random(BLOCK + 3, 11)
+    store = PrefixStore(64 * BLOCK)
+    MemberBatch(model, [], 0, store).add_rows([known])
+    MemberBatch(model, [], 0, store).add_rows([known, new])
+    assert store.stored == 2 * BLOCK and len(store.match(new, len(new))) == 1
 
 
 @settings(max_examples=12, deadline=None)

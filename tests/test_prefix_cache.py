@@ -12,6 +12,7 @@ import torch
 from conftest import PROMPTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_sequences import _assert_rows_as_alone, _gemma3, _tiny
 
 from unite_integrations import UniTEEngine
 from unite_integrations.engine.prefix import BLOCK, PrefixStore
@@ -123,58 +124,23 @@ def test_a_store_too_small_for_a_block_keeps_nothing() -> None:
 # -- a member's rows ------------------------------------------------------------------------------
 
 
-def _tiny(model_class: Any, config_class: Any, **layout: Any) -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = config_class(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        **layout,
-    )
-    return model_class(config).eval()
-
-
 @pytest.fixture(scope="module", params=["llama", "gemma3"])
 def model(request: pytest.FixtureRequest) -> torch.nn.Module:
     """A full-attention member and one with sliding layers (a window of 6, which prompts pass)."""
     if request.param == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        return _tiny(LlamaForCausalLM, LlamaConfig, num_hidden_layers=2)
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    return _tiny(
-        Gemma3ForCausalLM,
-        Gemma3TextConfig,
-        num_hidden_layers=3,
-        head_dim=16,
-        sliding_window=6,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-    )
+        return _llama()
+    return _gemma3(6)
 
 
 @pytest.fixture(scope="module")
 def llama() -> torch.nn.Module:
+    return _llama()
+
+
+def _llama() -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return _tiny(LlamaForCausalLM, LlamaConfig, num_hidden_layers=2)
-
-
-def _fresh_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
-    """The oracle: one forward over the ids, no cache, none of this package's code."""
-    with torch.inference_mode():
-        return model(torch.tensor([ids])).logits[0, -1].float()
-
-
-def _assert_rows_as_alone(batch: MemberBatch, model: torch.nn.Module) -> None:
-    for r, ids in enumerate(batch.ids):
-        torch.testing.assert_close(
-            batch.next_logits()[r], _fresh_logits(model, ids), rtol=1e-4, atol=1e-4
-        )
-        assert int(batch.mask[r].sum()) == len(ids)
 
 
 def _random(n: int, seed: int) -> list[int]:

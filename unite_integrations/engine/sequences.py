@@ -263,6 +263,7 @@ class MemberBatch:
         assert self.store is not None
         if not _subsettable(self.cache):
             return
+        layers = _layers(self.cache)
         for r in rows:
             n = min(len(self.ids[r]), self.n_prompt[r]) // BLOCK * BLOCK
             blocks = self.store.match(self.ids[r], n)
@@ -270,7 +271,6 @@ class MemberBatch:
             if known >= n:
                 continue
             index = torch.tensor(self.cols[r][known:n], device=self.device)
-            layers = _layers(self.cache)
             keys = [la.keys[r].index_select(1, index) for la in layers]  # [H, n - known, D]
             values = [la.values[r].index_select(1, index) for la in layers]
             self.store.extend(blocks, self.ids[r][:n], keys, values)
@@ -298,25 +298,17 @@ class MemberBatch:
         for la in layers:
             la.rows = index
         decoder = None if logits else _decoder(self.model)
+        run, extra = (self.model, {"logits_to_keep": 1}) if decoder is None else (decoder, {})
         try:
             with torch.inference_mode():
-                if decoder is None:
-                    out = self.model(
-                        input_ids=inp,
-                        attention_mask=attention_mask,
-                        position_ids=pos,
-                        use_cache=True,
-                        logits_to_keep=1,
-                        **{self._cache_arg: cache},
-                    )
-                else:
-                    out = decoder(
-                        input_ids=inp,
-                        attention_mask=attention_mask,
-                        position_ids=pos,
-                        use_cache=True,
-                        **{self._cache_arg: cache},
-                    )
+                out = run(
+                    input_ids=inp,
+                    attention_mask=attention_mask,
+                    position_ids=pos,
+                    use_cache=True,
+                    **extra,
+                    **{self._cache_arg: cache},
+                )
         finally:  # a forward that raises leaves no layer writing some rows only
             for la in layers:
                 la.rows = None

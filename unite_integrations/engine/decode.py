@@ -29,6 +29,7 @@ from .config import GenerationOptions
 from .constraints import ByteMatcher
 from .members import LoadedMember
 from .prefix import PrefixStore
+from .results import FinishReason
 from .sequences import MemberBatch, Update
 from .text import RowText
 from .union import (
@@ -105,7 +106,7 @@ class RowState:
     matcher: ByteMatcher | None = None
     generator: torch.Generator | None = None  # a sampled row's own: same seed, same text
     n_in: list[int] = field(default_factory=list)  # prompt tokens per member
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None  # set once, when the row is done
     # One entry per chosen string: (gid, own_col per member, prob per member, agree, gated).
     steps: list[tuple[int, list[int], list[float], bool, bool]] = field(default_factory=list)
     decisions: int = 0  # decisions taken, the final END included

@@ -517,10 +517,10 @@ class UniTEEngine:
             input_tokens_per_member=dict(zip(names, n_in)),
             output_tokens_per_member=out_ids,
         )
-        reason = row.finish_reason if row.finish_reason in ("stop", "length") else "length"
+        assert row.finish_reason is not None, "a result is built for finished rows only"
         return GenerationResult(
             text=row.text.text,
-            finish_reason=reason,  # type: ignore[arg-type]
+            finish_reason=row.finish_reason,
             usage=usage,
             provenance=provenance,
         )

@@ -285,3 +285,30 @@ def test_a_row_gates_where_the_primarys_top_probability_reaches_its_gate_exactly
     top = float(torch.softmax(scores[0, 1], -1).max())  # float32, as the engine computes it
     assert _votes(ens, alone, [0.5, top]) == [False, False]  # type: ignore[arg-type]
     assert _votes(ens, alone, [0.5001, top + 1e-6]) == [True, True]  # type: ignore[arg-type]
+
+
+def test_a_grammar_row_beside_gated_rows_still_takes_the_fallback(hetero: UniTEEngine) -> None:
+    """A row under a grammar always votes; beside rows that gate, its flag "no union string fits"
+    must still reach the grammar fallback. Random tiny members rarely propose JSON, so the row
+    needs the fallback within the steps the gated rows share with it."""
+    import json
+
+    from unite_integrations.engine.constraints import Constraint
+
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    kw: dict[str, object] = {
+        "constraint": Constraint.json_schema(schema, max_string_length=8),
+        "max_new_tokens": 40,
+    }
+    alone = hetero.generate(["x"], **kw)[0]  # type: ignore[arg-type]
+    joins = hetero.stats["batches"]
+    with hetero._scheduler._cond:  # the worker admits both requests at once
+        grammar = hetero.submit(["x"], **kw)  # type: ignore[arg-type]
+        gated = hetero.submit(PROMPTS[:2], max_new_tokens=N, gate=0.0)
+    got = _done(grammar[0])[0]
+    assert hetero.stats["batches"] == joins + 1
+    assert all(t.gated for r in _done(gated[0]) for t in r.provenance.tokens)
+    taken = [n for n, t in enumerate(got.provenance.tokens) if not any(t.probs.values())]
+    assert taken and taken[0] < N  # the fallback, while the gated rows were in the batch
+    assert json.loads(got.text)["age"] == json.loads(alone.text)["age"]
+    assert _facts(got) == _facts(alone)

@@ -312,3 +312,19 @@ def test_a_grammar_row_beside_gated_rows_still_takes_the_fallback(hetero: UniTEE
     assert taken and taken[0] < N  # the fallback, while the gated rows were in the batch
     assert json.loads(got.text)["age"] == json.loads(alone.text)["age"]
     assert _facts(got) == _facts(alone)
+
+
+def test_a_grammar_row_never_gates(hetero: UniTEEngine) -> None:
+    """A gate on a constrained call is ignored (only the union's candidates are filtered by the
+    grammar): every token is voted, and the text is the call's without a gate."""
+    from unite_integrations.engine.constraints import Constraint
+
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    kw: dict[str, object] = {
+        "constraint": Constraint.json_schema(schema, max_string_length=8),
+        "max_new_tokens": 40,
+    }
+    plain = hetero.generate(["x"], **kw)[0]  # type: ignore[arg-type]
+    gated = hetero.generate(["x"], gate=0.0, **kw)[0]  # type: ignore[arg-type]
+    assert gated.provenance.tokens and not any(t.gated for t in gated.provenance.tokens)
+    assert _facts(gated) == _facts(plain)

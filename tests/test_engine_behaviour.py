@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from conftest import PROMPTS
 
 from unite_integrations.engine.decode import retokenize_tail
@@ -64,6 +65,22 @@ def test_seed_reproduces_a_sampled_output(hetero):
     c = hetero.generate(PROMPTS[:6], seed=7, **kw)
     assert [r.text for r in a] == [r.text for r in b]
     assert [r.text for r in a] != [r.text for r in c]
+
+
+def test_decoding_leaves_torchs_global_generator_alone(hetero):
+    """Sampled rows draw from their own generators and greedy rows draw nothing, so a caller's
+    ``torch.manual_seed`` sequence is the same with or without a call in between: greedy,
+    seeded and unseeded sampled rows in one batch."""
+    state = torch.get_rng_state()
+    with hetero._scheduler._cond:  # the worker admits the three requests at once
+        requests = [
+            *hetero.submit([PROMPTS[0]], max_new_tokens=6),
+            *hetero.submit([PROMPTS[1]], max_new_tokens=6, temperature=1.0, seed=3),
+            *hetero.submit([PROMPTS[2]], max_new_tokens=6, temperature=0.8),
+        ]
+    results = [r.next_event().results[0] for r in requests]
+    assert all(r.usage.output_tokens > 0 for r in results)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_sampling_with_tiny_top_p_is_greedy(hetero):

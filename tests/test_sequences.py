@@ -135,6 +135,19 @@ def test_keep_rows_trims_columns_no_row_uses(gemma3):
     assert batch.n_rows == 1 and batch.mask.shape == (1, 2)
 
 
+def test_keep_rows_takes_the_rows_in_the_order_given(gemma3):
+    """``keep_rows`` with every row, reordered, is a reorder (not "nothing changed"): each row's
+    ids, logits and cache go with it and it decodes on as alone."""
+    prompts = [[1, 2, 3], list(range(1, 15)), [7, 8]]
+    batch = MemberBatch(gemma3, prompts, 0)
+    batch.prefill()
+    batch.keep_rows([2, 0, 1])
+    assert batch.ids == [prompts[2], prompts[0], prompts[1]]
+    _assert_rows_as_alone(batch, gemma3)
+    batch.advance([(len(ids), [5 + r]) for r, ids in enumerate(batch.ids)])
+    _assert_rows_as_alone(batch, gemma3)
+
+
 def _script(g: torch.Generator) -> list[tuple[int, list[int]]]:
     """(ids to drop from the end, ids to append) per step: appends, multi-token takes and the
     rollbacks that re-tokenization makes (case b), always within the generated ids."""

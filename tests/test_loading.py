@@ -398,3 +398,38 @@ def test_real_alias_loads_from_converted_cache(
     else:
         assert tok.chat_template is None and tok.eos_token == "<eos>"
         assert "<0x41>" in tok.get_vocab()  # SentencePiece byte fallback pieces
+
+
+def test_a_model_with_layers_the_engine_cannot_batch_is_refused(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Chunked attention (Llama-4's) counts cache columns: ragged batches would shift what each
+    row sees, so such a member is refused at load time, naming the layer kind and the fix."""
+    from transformers import AutoTokenizer, Llama4ForCausalLM, Llama4TextConfig
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    config = Llama4TextConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        intermediate_size_mlp=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_hidden_layers=2,
+        max_position_embeddings=64,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        attention_chunk_size=4,
+        layer_types=["chunked_attention", "full_attention"],
+        no_rope_layers=[1, 1],
+        moe_layers=[],
+        interleave_moe_layer_step=0,
+    )
+    Llama4ForCausalLM(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError) as info:
+        load_member(MemberSpec(source=str(tmp_path), name="l4"))
+    msg = str(info.value)
+    assert "member 'l4': layers of kind chunked_attention are not supported" in msg
+    assert "Fix: choose a model whose layers are all full or sliding-window attention" in msg

@@ -607,6 +607,16 @@ def load_member(
         raise ModelLoadError(
             f"member {name!r}: could not load {spec.source} ({path}): {e}. Fix: {fix}"
         ) from e
+    from .sequences import unsupported_layers  # torch, imported when a model loads
+
+    other = unsupported_layers(model)
+    if other:
+        raise ModelLoadError(
+            f"member {name!r}: layers of kind {', '.join(other)} are not supported: the engine "
+            "batches full and sliding-window attention exactly, and the caches of other kinds "
+            "would shift what each row sees. Fix: choose a model whose layers are all full or "
+            "sliding-window attention."
+        )
     if spec.chat_template is not None:
         tokenizer.chat_template = spec.chat_template
     return model, tokenizer

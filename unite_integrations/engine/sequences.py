@@ -36,7 +36,7 @@ import torch
 
 from .prefix import BLOCK, PrefixStore
 
-__all__ = ["MemberBatch", "Update"]
+__all__ = ["SUPPORTED_LAYERS", "MemberBatch", "Update", "unsupported_layers"]
 
 #: (ids to keep, ids to append) for one row; None leaves the row as it is.
 Update = tuple[int, list[int]] | None
@@ -398,6 +398,21 @@ def _attention_layout(model: Any) -> _Attention | None:
     if "sliding_attention" not in kinds or not kinds <= {"full_attention", "sliding_attention"}:
         return None
     return _Attention(window, kinds)
+
+
+#: The layer kinds (``config.layer_types``) a member may have: the engine's masks and caches
+#: batch these exactly.
+SUPPORTED_LAYERS = frozenset({"full_attention", "sliding_attention"})
+
+
+def unsupported_layers(model: Any) -> list[str]:
+    """The model's layer kinds the engine cannot batch exactly (chunked or linear attention,
+    state-space layers...): their caches count columns, so a ragged batch's left padding and a
+    rollback's holes would shift what each row sees (a tiny Llama-4 member with chunked layers,
+    tried: its logits left a fresh forward's by up to 0.17 after rows took different ids)."""
+    config = _text_config(model)
+    types = getattr(config, "layer_types", None) or []
+    return sorted(set(types) - SUPPORTED_LAYERS)
 
 
 def _text_config(model: Any) -> Any:

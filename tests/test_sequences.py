@@ -295,13 +295,15 @@ def test_a_long_take_beside_one_id_takes_runs_in_a_forward_of_its_own(name, requ
 def test_rows_whose_ids_wait_skip_the_output_layer(name, request):
     """Rows joining with ids still pending (a gated row's lazy prefill) run the decoder only:
     nobody reads their logits before they take the rest, which then equals a fresh forward. A
-    batch with one row that takes its whole prompt runs the output layer for all of them."""
+    batch with one row that takes its whole prompt runs the output layer for all of them, at
+    each row's last position only (``logits_to_keep``: a 262k-wide head over a whole prompt would
+    cost more than the decoder)."""
     model = request.getfixturevalue(name)
     g = torch.Generator().manual_seed(9)
     prompts = [torch.randint(1, 97, (k,), generator=g).tolist() for k in (5, 9)]
-    head_calls: list[int] = []
+    head_calls: list[tuple[int, ...]] = []
     hook = model.get_output_embeddings().register_forward_pre_hook(
-        lambda _m, a: head_calls.append(a[0].shape[0])
+        lambda _m, a: head_calls.append(tuple(a[0].shape[:2]))  # (rows, positions)
     )
     try:
         batch = MemberBatch(model, [], 0)
@@ -309,11 +311,11 @@ def test_rows_whose_ids_wait_skip_the_output_layer(name, request):
         assert head_calls == [] and batch.ids == [prompts[0][:1], prompts[1][:2]]
         assert not batch.next_logits().any()
         batch.advance([(1, prompts[0][1:]), (2, prompts[1][2:])])
-        assert head_calls == [2]
+        assert head_calls == [(2, 1)]
         _assert_rows_as_alone(batch, model)  # the oracle's forwards run the output layer too
         head_calls.clear()
         batch.add_rows(prompts, now=[1, len(prompts[1])])  # one row whole: logits for both
-        assert head_calls == [2]
+        assert head_calls == [(2, 1)]
         torch.testing.assert_close(
             batch.next_logits()[3], fresh_logits(model, prompts[1]), rtol=1e-4, atol=1e-4
         )

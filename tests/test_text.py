@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unite_integrations.engine.text import RowText, complete_utf8_prefix
+from unite_integrations.engine.text import RowText, complete_utf8_prefix, partial_suffix
 
 
 @pytest.mark.parametrize(
@@ -135,3 +135,24 @@ def test_invalid_bytes_inside_streamed_text_become_replacement_characters():
     assert row.take_delta() == "a\ufffdb"
     row.append(b"\xff")
     assert row.take_delta(final=True) == "\ufffd" and row.text == "a\ufffdb\ufffd"
+
+
+@given(st.text("ab<", max_size=12), st.text("ab<", min_size=1, max_size=6))
+def test_partial_suffix_is_the_longest_proper_prefix_of_the_tag_ending_the_text(text, tag):
+    model = max((n for n in range(1, len(tag)) if text.endswith(tag[:n])), default=0)
+    assert partial_suffix(text, tag) == model
+    assert partial_suffix(text.encode(), tag.encode()) == model  # the bytes overload alike
+
+
+@pytest.mark.parametrize(
+    ("text", "tag", "held"),
+    [
+        ("say <tool", "<tool>", 5),
+        ("say <tool>", "<tool>", 0),  # the whole tag is found, not held back
+        ("<<", "<<<", 2),
+        ("x", "x", 0),
+        ("", "<tool>", 0),
+    ],
+)
+def test_partial_suffix_cases(text, tag, held):
+    assert partial_suffix(text, tag) == held

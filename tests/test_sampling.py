@@ -397,3 +397,30 @@ def test_a_draw_on_a_cdf_boundary_takes_the_next_slot():
     ones = torch.ones(3)
     draws = torch.tensor([0.5, 0.0, 0.25])
     assert choose(p, p, valid, ones, ones, draws).tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("top_n", [1, 3, 6, 10])
+def test_decide_reports_the_top_n_strings_of_the_mixed_distribution(top_n):
+    """``top_n``: each row's most likely valid strings, most likely first, by the plain mix (no
+    top-p cut); past the row's valid slots the gid is -1. Two rows with different scores."""
+    k = 4
+    gid = torch.tensor([[1, 2, 3, 4, 3, 5, 1, 6], [4, 3, 2, 1, 6, 5, 3, 1]])
+    valid = torch.tensor([[True] * 4 + [False, True, False, True], [True] * 6 + [False, False]])
+    rows = [SCORES, [list(reversed(SCORES[0])), list(reversed(SCORES[1]))]]
+    scores = torch.tensor(rows).transpose(0, 1)  # [N, B, C]
+    plan = StepPlan(
+        end_ids=[], bias=[], gid=[], col_map=[], weights=torch.tensor([0.75, 0.25]), k=k
+    )
+    union = Union(gid, valid, scores, [torch.arange(k).expand(2, -1)] * 2)
+    res = decide(union, plan, _rows(0.8, 2), _rows(0.7, 2), torch.zeros(2), top_n=top_n)
+    assert res.top_prob is not None and res.top_gid is not None
+    n = min(top_n, 8)
+    assert res.top_prob.shape == res.top_gid.shape == (2, n)
+    for b in range(2):
+        probs = expected_distribution(rows[b], valid[b].tolist(), [0.75, 0.25], 0.8, 1.0)
+        order = sorted((c for c in range(8) if valid[b, c]), key=lambda c: -probs[c])[:n]
+        want_gid = [int(gid[b, c]) for c in order] + [-1] * (n - len(order))
+        assert res.top_gid[b].tolist() == want_gid
+        got = res.top_prob[b, : len(order)].tolist()
+        assert got == pytest.approx([probs[c] for c in order], abs=1e-6)
+    assert decide(union, plan, _rows(0.8, 2), _rows(0.7, 2), torch.zeros(2)).top_gid is None

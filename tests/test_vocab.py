@@ -391,3 +391,29 @@ def test_pending_updates_compose():
     assert _then(u, None) == u and _then(None, v) == v and _then(None, None) is None
     w = (3, [0])  # w rolls back past u's kept ids: u is undone entirely
     assert _then(u, w) == w and _apply(_apply(ids, u), w) == _apply(ids, _then(u, w))
+
+
+def test_special_tokens_past_the_logits_are_left_out():
+    """A tokenizer may name more ids than the model has logits for: a special token past them
+    (here an end name) is neither an end id nor read, and the vocabulary has the logits' size."""
+    specials = ("<unk>", "<s>", "</s>", "<|im_end|>", "<|endoftext|>")
+    tok = _hand_made(_DECODERS["metaspace_underscore"], specials=specials)
+    n = len(_PIECES)
+    assert tok.convert_tokens_to_ids("<|endoftext|>") == n  # the first id past the logits
+    v = Vocab.from_tokenizer(tok, n)
+    assert v.end_ids == sorted({_PIECES.index("</s>"), _PIECES.index("<|im_end|>")})
+    assert v.size == n
+
+
+def test_a_later_token_with_the_same_bytes_never_takes_the_exact_lookup():
+    """An added text token spelling the same bytes as a regular piece ('_y' and ' y' under a
+    Metaspace decoder): both have the bytes, the exact lookup keeps the first, regular piece."""
+    from tokenizers import AddedToken
+
+    tok = _hand_made(_DECODERS["metaspace_underscore"])
+    tok.add_tokens([AddedToken(" y", special=False, normalized=False)])
+    dup = tok.convert_tokens_to_ids(" y")
+    assert dup == len(_PIECES) + 1  # after "<tool>"
+    v = Vocab.from_tokenizer(tok, len(tok))
+    assert v.canon[dup] == v.canon[_PIECES.index("_y")] == b" y"
+    assert v.exact[b" y"] == _PIECES.index("_y")

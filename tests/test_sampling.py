@@ -424,3 +424,20 @@ def test_decide_reports_the_top_n_strings_of_the_mixed_distribution(top_n):
         got = res.top_prob[b, : len(order)].tolist()
         assert got == pytest.approx([probs[c] for c in order], abs=1e-6)
     assert decide(union, plan, _rows(0.8, 2), _rows(0.7, 2), torch.zeros(2)).top_gid is None
+
+
+def test_top_n_reports_valid_strings_whose_probability_underflows_to_zero():
+    """At a tiny temperature every string but the best has probability 0.0 in float32: they are
+    still reported (log-probability -inf), and only duplicate or unchoosable slots give -1."""
+    gid = torch.tensor([[1, 2, 3, 4, 3, 5, 1, 6]])
+    valid = torch.tensor([[True] * 4 + [False, True, False, True]])
+    scores = torch.tensor(SCORES)[:, None, :]
+    plan = StepPlan(end_ids=[], bias=[], gid=[], col_map=[], weights=torch.tensor([0.5, 0.5]), k=4)
+    union = Union(gid, valid, scores, [torch.arange(4)[None, :]] * 2)
+    res = decide(union, plan, _rows(0.001, 1), _rows(1.0, 1), torch.zeros(1), top_n=8)
+    assert res.top_prob is not None and res.top_gid is not None
+    zero = res.top_prob[0] == 0
+    assert res.top_gid[0, 0].item() == 5 and res.top_prob[0, 0].item() == 1.0  # both's best
+    assert int(zero.sum()) == 5  # the other five valid strings
+    assert sorted(res.top_gid[0][zero].tolist()) == [1, 2, 3, 4, 6]
+    assert res.top_gid[0, 6:].tolist() == [-1, -1]  # the two duplicate slots

@@ -417,3 +417,41 @@ def test_a_later_token_with_the_same_bytes_never_takes_the_exact_lookup():
     v = Vocab.from_tokenizer(tok, len(tok))
     assert v.canon[dup] == v.canon[_PIECES.index("_y")] == b" y"
     assert v.exact[b" y"] == _PIECES.index("_y")
+
+
+def test_a_wordpiece_member_encodes_words_in_context_as_its_tokenizer_does():
+    """WordPiece pieces that start a word carry the decoder's space (``lead``), and the tiny
+    member's pre-tokenizer drops whitespace anchors: words after a space still get the
+    tokenizer's own ids, not a character-by-character spelling."""
+    from tiny_models import tiny_model_dir
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
+    v = Vocab.from_tokenizer(tok, len(tok))
+    words = sorted(w for w in tok.get_vocab() if w.isalpha() and len(w) > 3)[:12]
+    assert len(words) == 12
+    for text in [" " + words[0], " " + " ".join(words), " " + words[5] + " " + words[2]]:
+        own = tok(text, add_special_tokens=False)["input_ids"]
+        assert v.encode(text.encode()) == own, text
+        assert v.bytes_of(own) == text.encode()
+
+
+@pytest.mark.parametrize("template", ["$A </s>", "<s> $A </s>"])
+def test_encoding_never_takes_the_special_tokens_a_post_processor_adds(vocabs, template):
+    """A tokenizer whose post-processor wraps text in special tokens (BERT's [CLS] x [SEP]):
+    in-context encoding asks for the text alone, so no end or start token enters a member's ids."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(vocabs["sentencepiece_unigram"].tokenizer)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<s>", "</s>")}
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, i) for t, i in ids.items() if t in template]
+    )
+    assert tok("hi")["input_ids"][-1] == ids["</s>"]  # the tokenizer's own default adds it
+    v = Vocab.from_tokenizer(tok, len(tok))
+    for text in ["hello world", " the cat sat.", "x"]:
+        got = v.encode(text.encode())
+        assert v.bytes_of(got) == text.encode()
+        assert not set(got) & set(ids.values()), (text, got)
+        assert got == vocabs["sentencepiece_unigram"].encode(text.encode())

@@ -422,7 +422,8 @@ def test_a_later_token_with_the_same_bytes_never_takes_the_exact_lookup():
 def test_a_wordpiece_member_encodes_words_in_context_as_its_tokenizer_does():
     """WordPiece pieces that start a word carry the decoder's space (``lead``), and the tiny
     member's pre-tokenizer drops whitespace anchors: words after a space still get the
-    tokenizer's own ids, not a character-by-character spelling."""
+    tokenizer's own ids, not a character-by-character spelling; an unknown character is a
+    ``TokenizerError``."""
     from tiny_models import tiny_model_dir
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
@@ -433,6 +434,10 @@ def test_a_wordpiece_member_encodes_words_in_context_as_its_tokenizer_does():
         own = tok(text, add_special_tokens=False)["input_ids"]
         assert v.encode(text.encode()) == own, text
         assert v.bytes_of(own) == text.encode()
+    # A character it has no piece for becomes [UNK], which has no bytes: no anchor is clean, and
+    # spelling it byte by byte is refused with the typed error (never an IndexError).
+    with pytest.raises(TokenizerError, match="cannot encode bytes"):
+        v.encode("\u2603".encode())
 
 
 @pytest.mark.parametrize("template", ["$A </s>", "<s> $A </s>"])

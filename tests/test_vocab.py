@@ -251,6 +251,11 @@ def test_decoder_kinds_and_space_character_are_read_from_nested_decoders():
     assert (
         _space_replacement({"type": "Replace", "pattern": {"String": "_"}, "content": "-"}) == "▁"
     )
+    # A regex pattern names no one character: the default stays (and a later decoder may say).
+    regex = {"type": "Replace", "pattern": {"Regex": "_+"}, "content": " "}
+    assert _space_replacement(regex) == "▁"
+    metaspace = {"type": "Metaspace", "replacement": "_"}
+    assert _space_replacement({"type": "Sequence", "decoders": [regex, metaspace]}) == "_"
 
 
 def test_bytes_to_unicode_is_the_byte_level_alphabet():

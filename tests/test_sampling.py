@@ -163,6 +163,11 @@ def test_top_p_keeps_the_best_slot_even_when_it_alone_passes_top_p():
     assert counts[best] == DRAWS
 
 
+def _decision_plan(weights: list[float], k: int) -> StepPlan:
+    """A plan for ``decide`` on a hand-made union: only the weights and k are read there."""
+    return StepPlan(end_ids=[], bias=[], gid=[], col_map=[], weights=torch.tensor(weights), k=k)
+
+
 def test_decide_samples_the_spec_distribution_with_weights():
     """The whole decision (``decide``) on a hand-made union: weights, temperature, top-p."""
     n, k, draws = 2, 4, DRAWS
@@ -170,9 +175,7 @@ def test_decide_samples_the_spec_distribution_with_weights():
     gid = torch.tensor([1, 2, 3, 4, 3, 5, 1, 6])[None, :].expand(draws, -1)
     valid = torch.tensor([True] * 4 + [False, True, False, True])[None, :].expand(draws, -1)
     scores = torch.tensor(SCORES)[:, None, :].expand(-1, draws, -1)
-    plan = StepPlan(
-        end_ids=[], bias=[], gid=[], col_map=[], weights=torch.tensor([0.75, 0.25]), k=k
-    )
+    plan = _decision_plan([0.75, 0.25], k)
     top_col = [torch.arange(k)[None, :].expand(draws, -1) for _ in range(n)]
     union = Union(gid, valid, scores, top_col)
     res = decide_(union, plan, 0.8, 0.85, torch.Generator().manual_seed(99))
@@ -408,9 +411,7 @@ def test_decide_reports_the_top_n_strings_of_the_mixed_distribution(top_n):
     valid = torch.tensor([[True] * 4 + [False, True, False, True], [True] * 6 + [False, False]])
     rows = [SCORES, [list(reversed(SCORES[0])), list(reversed(SCORES[1]))]]
     scores = torch.tensor(rows).transpose(0, 1)  # [N, B, C]
-    plan = StepPlan(
-        end_ids=[], bias=[], gid=[], col_map=[], weights=torch.tensor([0.75, 0.25]), k=k
-    )
+    plan = _decision_plan([0.75, 0.25], k)
     union = Union(gid, valid, scores, [torch.arange(k).expand(2, -1)] * 2)
     res = decide(union, plan, _rows(0.8, 2), _rows(0.7, 2), torch.zeros(2), top_n=top_n)
     assert res.top_prob is not None and res.top_gid is not None
@@ -432,7 +433,7 @@ def test_top_n_reports_valid_strings_whose_probability_underflows_to_zero():
     gid = torch.tensor([[1, 2, 3, 4, 3, 5, 1, 6]])
     valid = torch.tensor([[True] * 4 + [False, True, False, True]])
     scores = torch.tensor(SCORES)[:, None, :]
-    plan = StepPlan(end_ids=[], bias=[], gid=[], col_map=[], weights=torch.tensor([0.5, 0.5]), k=4)
+    plan = _decision_plan([0.5, 0.5], 4)
     union = Union(gid, valid, scores, [torch.arange(4)[None, :]] * 2)
     res = decide(union, plan, _rows(0.001, 1), _rows(1.0, 1), torch.zeros(1), top_n=8)
     assert res.top_prob is not None and res.top_gid is not None

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import FAMILIES
+from tiny_models import FAMILIES, tiny_model_dir
 from transformers import AutoTokenizer
 
 from unite_integrations.engine.vocab import _ANCHORS, Vocab, build_cross_map
@@ -29,6 +29,13 @@ def vocabs(tiny_dirs) -> dict[str, Vocab]:
         tok = AutoTokenizer.from_pretrained(tiny_dirs[family])
         out[family] = Vocab.from_tokenizer(tok, len(tok))
     return out
+
+
+@pytest.fixture(scope="module")
+def wordpiece() -> Vocab:
+    """The tiny BERT-like member's vocabulary (no byte fallback; not one of ``FAMILIES``)."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
+    return Vocab.from_tokenizer(tok, len(tok))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -312,13 +319,10 @@ def test_space_character_defaults_are_the_tokenizers_defaults():
     assert _space_replacement({"type": "Sequence", "decoders": [{"type": "Fuse"}]}) == "▁"
 
 
-def test_cross_map_into_a_member_missing_bytes_skips_strings_it_cannot_spell(vocabs, tmp_path):
+def test_cross_map_into_a_member_missing_bytes_skips_strings_it_cannot_spell(vocabs, wordpiece):
     """Into a WordPiece member (no byte fallback), strings with a byte it cannot spell are not
     encoded (they are never candidates): column 0, not exact; the others are mapped as usual."""
-    from tiny_models import tiny_model_dir
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
-    dst = Vocab.from_tokenizer(tok, len(tok))
+    dst = wordpiece
     src = vocabs["bytelevel_bpe"]
     unspellable = set(range(256)) - dst.spellable
     m = build_cross_map(src, dst)
@@ -424,15 +428,12 @@ def test_a_later_token_with_the_same_bytes_never_takes_the_exact_lookup():
     assert v.exact[b" y"] == _PIECES.index("_y")
 
 
-def test_a_wordpiece_member_encodes_words_in_context_as_its_tokenizer_does():
+def test_a_wordpiece_member_encodes_words_in_context_as_its_tokenizer_does(wordpiece):
     """WordPiece pieces that start a word carry the decoder's space (``lead``), and the tiny
     member's pre-tokenizer drops whitespace anchors: words after a space still get the
     tokenizer's own ids, not a character-by-character spelling; an unknown character is a
     ``TokenizerError``."""
-    from tiny_models import tiny_model_dir
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir("wordpiece"))
-    v = Vocab.from_tokenizer(tok, len(tok))
+    v, tok = wordpiece, wordpiece.tokenizer
     words = sorted(w for w in tok.get_vocab() if w.isalpha() and len(w) > 3)[:12]
     assert len(words) == 12
     for text in [" " + words[0], " " + " ".join(words), " " + words[5] + " " + words[2]]:

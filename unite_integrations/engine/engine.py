@@ -336,9 +336,10 @@ class UniTEEngine:
 
     def metrics(self) -> EngineMetrics:
         """Load now (queue depth, rows in flight) and totals so far, for a server's /metrics."""
+        queued, rows = self._scheduler.load()
         return EngineMetrics(
-            queued=self._scheduler.queued,
-            rows_in_flight=self.stats["rows"],
+            queued=queued,
+            rows_in_flight=rows,
             requests=self.stats["requests"],
             steps=self.stats["steps"],
             max_batch_rows=self._scheduler.max_rows,
@@ -432,6 +433,7 @@ class UniTEEngine:
             live.fail(EngineClosedError("the engine was closed while this call was decoding"))
         finally:
             self.stats["rows"] = 0
+            self._scheduler.running(0)
 
     def _step(self, batch: Batch | None, live: _Live, arrivals: list[Request]) -> Batch | None:
         """Admit ``arrivals`` and decode one step; the batch to go on with (None after a failure:
@@ -459,6 +461,7 @@ class UniTEEngine:
             live.fail(e)
             batch = None
         self.stats["rows"] = len(batch.rows) if batch else 0
+        self._scheduler.running(self.stats["rows"])
         return batch
 
     def _result(self, row: RowState) -> GenerationResult:

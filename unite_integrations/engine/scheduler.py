@@ -132,6 +132,7 @@ class Scheduler:
         self._waiting: list[Request] = []
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._rows = 0  # rows in the batch or being admitted into it (the worker sets it)
         self.closed = False
         _live.add(self)
 
@@ -139,6 +140,17 @@ class Scheduler:
     def queued(self) -> int:
         """Requests waiting to join the batch."""
         return len(self._waiting)
+
+    def load(self) -> tuple[int, int]:
+        """(requests waiting, rows in flight), read together: a request taken from the queue is
+        counted in flight from that moment, so the two are never both 0 while it prefills."""
+        with self._cond:
+            return len(self._waiting), self._rows
+
+    def running(self, rows: int) -> None:
+        """The worker's count of rows in flight after a step (finished and cancelled rows gone)."""
+        with self._cond:
+            self._rows = rows
 
     def submit(self, requests: list[Request]) -> None:
         """Queue these requests (all or none); ``OverloadedError`` when the queue is full."""
@@ -176,6 +188,7 @@ class Scheduler:
                 r = self._waiting.pop(0)
                 taken.append(r)
                 rows_in_flight += r.job.n_rows
+            self._rows = rows_in_flight
             return taken
 
     def close(self, timeout: float | None = 30.0) -> None:

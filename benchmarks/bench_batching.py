@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--members", nargs="+", default=["smollm2-135m-instruct", "gemma-3-270m"])
     args = parser.parse_args()
 
-    engine = UniTEEngine(args.members, top_k=10)
+    engine = UniTEEngine(args.members, top_k=10, prefix_cache=0)  # the decoding alone, no reuse
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; members: {', '.join(engine.member_names)}"

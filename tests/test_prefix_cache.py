@@ -153,19 +153,33 @@ def test_rows_taking_stored_columns_keep_their_own_logits(model: torch.nn.Module
     batch = MemberBatch(model, [], 0, store)
     batch.add_rows([shared + _random(3, 2)])  # runs alone; stores its two whole blocks
     assert (store.stored, store.reused) == (2 * BLOCK, 0)
-    # A fresh batch of newcomers: one reuses both blocks, one waits with one id (a lazy row).
-    late = [shared[: 2 * BLOCK] + _random(9, 3), shared + _random(4, 4)]
-    batch.add_rows(late, now=[len(late[0]), 1])
-    assert store.reused == 2 * BLOCK
+    # A fresh batch of newcomers: one reuses both blocks; one is lazy (one id now, the rest at
+    # its first advance) and takes what the store holds of it at once (stored columns cost no
+    # forward), and one more id; one more is lazy and new to the store: it holds one id.
+    fresh = _random(2 * BLOCK + 6, 7)
+    late = [shared[: 2 * BLOCK] + _random(9, 3), shared + _random(4, 4), fresh]
+    batch.add_rows(late, now=[len(late[0]), 1, 1])
+    assert store.reused == 4 * BLOCK
+    assert [len(ids) for ids in batch.ids[1:]] == [len(late[0]), 2 * BLOCK + 1, 1]
     _assert_rows_as_alone(batch, model)
-    # The lazy row catches up on its whole prompt and two generated ids: it takes 2 blocks less
-    # its one id from the store, beside a row taking one id and a row rolling back.
-    batch.advance([(len(batch.ids[0]), [5]), (len(batch.ids[1]) - 2, [8, 9, 10]), (1, late[1][1:])])
-    assert store.reused == 4 * BLOCK - 1
+    # Another batch stores the new prompt meanwhile; the lazy rows catch up on the rest of their
+    # prompts: the new one takes 2 blocks less its one id from the store, beside a row taking
+    # one id and a row rolling back.
+    MemberBatch(model, [], 0, store).add_rows([fresh])
+    held = [len(ids) for ids in batch.ids]
+    batch.advance(
+        [
+            (held[0], [5]),
+            (held[1] - 2, [8, 9, 10]),
+            (held[2], late[1][held[2] :]),
+            (1, fresh[1:]),
+        ]
+    )
+    assert store.reused == 6 * BLOCK - 1
     _assert_rows_as_alone(batch, model)
     batch.advance([(len(ids), [11]) for ids in batch.ids])
     _assert_rows_as_alone(batch, model)
-    batch.keep_rows([2, 0])
+    batch.keep_rows([2, 0, 3])
     batch.add_rows([shared[:BLOCK] + _random(BLOCK + 2, 5)])  # joins a running batch
     _assert_rows_as_alone(batch, model)
 

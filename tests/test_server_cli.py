@@ -67,18 +67,26 @@ def test_serve_help_mentions_the_binding(capsys):
 
 
 def test_serve_bounds_reach_serve_and_bad_ones_exit_2(monkeypatch, capsys):
-    from unite_integrations.engine import scheduler
+    from unite_integrations.engine import decode, scheduler
     from unite_integrations.server import cli as serve_cli
     from unite_integrations.server import run
 
-    assert (serve_cli.MAX_BATCH_ROWS, serve_cli.MAX_QUEUE) == (
+    assert (serve_cli.MAX_BATCH_ROWS, serve_cli.MAX_QUEUE, serve_cli.PREFILL_CHUNK) == (
         scheduler.MAX_BATCH_ROWS,
         scheduler.MAX_QUEUE,
+        decode.PREFILL_CHUNK,
     )
     seen: dict[str, object] = {}
     monkeypatch.setattr(run, "serve", lambda members, **kw: seen.update(kw))
     assert cli.main(["serve", "-m", "a"]) == 0
     assert (seen["max_batch_rows"], seen["max_queue"]) == (64, 256)
+    # The store is on by default; a size, a number of ids or 0 reach serve as given.
+    assert (seen["prefix_cache"], seen["prefill_chunk"]) == ("auto", 256)
+    for given, reached in (("512MiB", "512MiB"), ("4096", 4096), ("0", 0)):
+        assert cli.main(["serve", "-m", "a", "--prefix-cache", given]) == 0
+        assert seen["prefix_cache"] == reached
+    assert cli.main(["serve", "-m", "a", "--prefill-chunk", "64"]) == 0
+    assert seen["prefill_chunk"] == 64
     assert cli.main(["serve", "-m", "a", "--max-batch-rows", "3", "--max-queue", "5"]) == 0
     assert (seen["max_batch_rows"], seen["max_queue"]) == (3, 5)
     for flag in ("--max-batch-rows", "--max-queue"):

@@ -49,11 +49,13 @@ def add_member_options(
     if prefix_cache:
         p.add_argument(
             "--prefix-cache",
-            type=int,
-            default=0,
-            metavar="IDS",
-            help="prompt ids whose KV columns each member keeps for later prompts that begin "
-            "alike (few-shot examples, a system prompt); default 0, none",
+            type=_store_size,
+            default="auto",
+            metavar="SIZE",
+            help="how much of earlier prompts' and answers' KV columns each member keeps for "
+            "later prompts that begin alike (a system prompt, few-shot examples, a "
+            "conversation's history): 'auto' (default: 10%% of the free memory, at most 2 GiB "
+            "a member), a size such as 512MiB or 5%%, a number of ids, or 0 for none",
         )
     p.add_argument(
         "--ray-address",
@@ -79,3 +81,9 @@ def member_specs(args: argparse.Namespace) -> list[MemberSpec]:
         MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
         for s, w in zip(sources, weights)
     ]
+
+
+def _store_size(text: str) -> int | str:
+    """``--prefix-cache``: a whole number counts ids; anything else is a size (checked by the
+    engine's configuration, whose error names the forms it takes)."""
+    return int(text) if text.strip().isdigit() else text

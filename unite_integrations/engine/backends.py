@@ -39,7 +39,8 @@ class MemberBackend(Protocol):
 
     def add_rows(self, prompts: list[list[int]], now: list[int] | None = None) -> None:
         """Prefill ``prompts`` and append their rows; with ``now``, only the first ``now[r]``
-        ids of prompt r (the row's first ``advance`` appends the rest)."""
+        ids of prompt r, or more where a prefix store holds them (``ids`` tells; the row's
+        first ``advance`` appends the rest)."""
 
     def keep_rows(self, rows: list[int]) -> None:
         """Keep only these rows, in this order."""

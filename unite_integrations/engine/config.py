@@ -30,6 +30,7 @@ from pydantic import (
 
 from ..errors import ConfigError, InputError, UniteError
 from .inputs import check_text
+from .prefix import check_size
 
 __all__ = ["EnsembleConfig", "GenerationOptions", "MemberSpec", "ensemble_config"]
 
@@ -197,7 +198,10 @@ class EnsembleConfig(_Config):
         "members": "a non-empty list of aliases, paths or MemberSpec",
         "top_k": "an int >= 1 (the paper uses 10)",
         "retokenize_window": "an int >= 1",
-        "prefix_cache": "an int >= 0 (ids per member; 0 keeps no prefix)",
+        "prefix_cache": (
+            "'auto' (the default), a size per member such as '512MiB' or '10%' of the free "
+            "memory, an int of ids, or 0 for none"
+        ),
         "cache_dir": "a directory path (str), or None for the default cache",
         "backend": "'local' or 'ray' (every member in a Ray actor)",
         "ray_address": "None (start or join a local Ray), 'auto', 'local' or 'ray://host:port'",
@@ -210,12 +214,14 @@ class EnsembleConfig(_Config):
         ge=1,
         description="Tokens re-tokenized at the tail when a member cannot append one token.",
     )
-    prefix_cache: int = Field(
-        default=0,
-        ge=0,
+    prefix_cache: int | str = Field(
+        default="auto",
         description=(
-            "Prompt ids whose KV-cache columns each member keeps for later prompts that begin "
-            "alike (few-shot examples, a system prompt); 0 keeps none."
+            "How much each member keeps of the KV-cache columns of earlier prompts and answers, "
+            "for later prompts that begin alike (a system prompt, few-shot examples, a "
+            "conversation's history): 'auto' (10% of the memory free on the member's device, "
+            "at most 2 GiB), a size such as '512MiB', a share such as '5%', an int of ids, or "
+            "0 for none."
         ),
     )
     cache_dir: str | None = Field(
@@ -237,6 +243,14 @@ class EnsembleConfig(_Config):
     @classmethod
     def _cache_path(cls, v: object) -> object:
         return _fspath(v)
+
+    @field_validator("prefix_cache")
+    @classmethod
+    def _prefix_size(cls, v: int | str) -> int | str:
+        problem = check_size(v)
+        if problem is not None:
+            raise ConfigError(f"prefix_cache={v!r}: {problem}")
+        return v
 
     @field_validator("top_k")
     @classmethod
@@ -379,7 +393,7 @@ def ensemble_config(
     cache_dir: str | Path | None = None,
     backend: Literal["local", "ray"] = "local",
     ray_address: str | None = None,
-    prefix_cache: int = 0,
+    prefix_cache: int | str = "auto",
 ) -> EnsembleConfig:
     """The configuration for these arguments; equal arguments give equal (shareable) configs."""
     specs = member_specs(members)

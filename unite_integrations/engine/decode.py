@@ -45,6 +45,7 @@ from .union import (
 from .vocab import END, Vocab
 
 __all__ = [
+    "PREFILL_CHUNK",
     "Batch",
     "Ensemble",
     "Picks",
@@ -118,11 +119,18 @@ class RowState:
     owner: Any = None  # what the worker reports this row to (a scheduler request)
 
 
+#: Prompt ids each member runs per step for rows still being prefilled (chunked prefill): a long
+#: prompt joins the batch with one id and runs the rest this many ids a step, the oldest row
+#: first, beside the rows already decoding, so they and short newcomers never wait for it whole.
+PREFILL_CHUNK = 256
+
+
 class Batch:
     """The rows in flight: each member's backend and each row's state, index r in all."""
 
-    def __init__(self, ens: Ensemble) -> None:
+    def __init__(self, ens: Ensemble, chunk: int = PREFILL_CHUNK) -> None:
         self.ens = ens
+        self.chunk = chunk
         self.members = [ens.backend(i) for i in range(len(ens.members))]
         self.rows: list[RowState] = []
         # [i][r]: the ids member i has still to take for row r (the text it has not seen), set
@@ -133,21 +141,25 @@ class Batch:
     def add(self, prompts: list[list[list[int]]], rows: list[RowState]) -> None:
         """Prefill newcomers (``prompts[i][r]``: member i's ids for new row r) and join them.
 
+        A prompt longer than ``chunk`` joins with its first id; the rest is pending, and
+        ``forward`` runs it ``chunk`` ids a step (chunked prefill): the row decides nothing
+        until every member that votes for it holds its whole prompt (``ready``).
+
         The members other than the primary prefill a row that may gate lazily: its first id now,
         the rest as pending ids of its first catch-up, so a row that never votes costs them one
         id instead of its prompt (a prefill-bound request at gate 0 costs the primary alone)."""
         if not rows:
             return
         lazy = [_may_gate(row) for row in rows]
-        calls = [partial(self.members[0].add_rows, prompts[0])]
-        for b, ps in zip(self.members[1:], prompts[1:]):
-            now = [1 if g else len(p) for g, p in zip(lazy, ps)] if any(lazy) else None
+        calls = []
+        for i, (b, ps) in enumerate(zip(self.members, prompts)):
+            now = [1 if (g and i) or len(p) > self.chunk else len(p) for g, p in zip(lazy, ps)]
             calls.append(partial(b.add_rows, ps, now))
         _run(self.ens, calls)
+        for us, b, ps in zip(self.updates, self.members, prompts):  # a store may give more
+            held = [len(ids) for ids in b.ids[len(b.ids) - len(ps) :]]
+            us += [(n, p[n:]) if n < len(p) else None for n, p in zip(held, ps)]
         self.rows += rows
-        self.updates[0] += [None] * len(rows)
-        for us, ps in zip(self.updates[1:], prompts[1:]):
-            us += [(1, p[1:]) if g and len(p) > 1 else None for g, p in zip(lazy, ps)]
 
     def keep(self, keep: list[int]) -> None:
         """Keep only rows ``keep`` (finished and cancelled rows leave)."""
@@ -156,12 +168,22 @@ class Batch:
         self.rows = [self.rows[r] for r in keep]
         self.updates = [[u[r] for r in keep] for u in self.updates]
 
+    def ready(self) -> list[bool]:
+        """[B] whether row r may decide: every member that votes for it holds its whole prompt
+        (a row being prefilled in chunks waits; a gated row's other members may lag)."""
+        return [
+            self.updates[0][r] is None
+            and (_may_gate(row) or all(us[r] is None for us in self.updates[1:]))
+            for r, row in enumerate(self.rows)
+        ]
+
     def forward(self) -> None:
         """One forward pass per member over the ids each row takes this step: the primary takes
-        every row's, the others only those of rows without a gate (gated rows' wait)."""
+        every row's, the others only those of rows without a gate (gated rows' wait). Rows
+        being prefilled take their next chunk, at most ``chunk`` ids a member, oldest first."""
         if self.rows:
-            eager = [row.opts.gate is None for row in self.rows]
-            self._advance([[True] * len(eager)] + [eager] * (len(self.members) - 1))
+            eager = [not _may_gate(row) for row in self.rows]
+            self._advance([[True] * len(eager)] + [eager] * (len(self.members) - 1), self.chunk)
 
     def catch_up(self, vote: list[bool]) -> None:
         """The members other than the primary consume the pending text of the rows that vote
@@ -169,13 +191,24 @@ class Batch:
         if any(u is not None for us in self.updates[1:] for u in us):
             self._advance([[False] * len(vote)] + [vote] * (len(self.members) - 1))
 
-    def _advance(self, take: list[list[bool]]) -> None:
+    def _advance(self, take: list[list[bool]], budget: int | None = None) -> None:
         """Member i feeds row r its pending ids where ``take[i][r]``; they are then no longer
-        pending."""
+        pending. With a ``budget``, a member feeds at most that many ids of pending prompts
+        (the ones the chunked prefill still owes) a step, in row order: the rest stays pending."""
         todo = [[u if t else None for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)]
         self.updates = [
             [None if t else u for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)
         ]
+        if budget is not None:
+            for i, us in enumerate(todo):
+                left = budget
+                for r, u in enumerate(us):
+                    if u is not None and len(u[1]) > 1 and u[0] < self.members[i].n_prompt[r]:
+                        n = max(min(len(u[1]), left), 0)
+                        left -= n
+                        us[r] = (u[0], u[1][:n]) if n else None
+                        if n < len(u[1]):
+                            self.updates[i][r] = (u[0] + n, u[1][n:])
         _run(self.ens, [partial(b.advance, u) for b, u in zip(self.members, todo)])
         if self.ens.check_invariants:
             _check(self.ens, self, self.rows)
@@ -236,33 +269,44 @@ def _run(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:
             f.result()
 
 
-def step(ens: Ensemble, batch: Batch) -> None:
-    """Steps 1-8 for every row in flight: candidates -> one choice per row (the union's, or the
-    primary's alone where it is confident) -> each row takes its string and every member learns
-    which ids to feed back (``batch.updates``)."""
+def step(ens: Ensemble, batch: Batch) -> bool:
+    """Steps 1-8 for every row in flight that is ``ready`` (not still being prefilled):
+    candidates -> one choice per row (the union's, or the primary's alone where it is
+    confident) -> each row takes its string and every member learns which ids to feed back
+    (``batch.updates``). False when no row could decide."""
     rows, home = batch.rows, ens.plan.weights.device
+    ready = batch.ready()  # [B], host
+    if not any(ready):
+        return False
     early = [row.decisions < row.opts.min_new_tokens for row in rows]
     ban = torch.tensor(early) if any(early) else None  # [B]: END may not win yet
     gates = _gates(rows)  # [B], None where no row may gate
     alone = gather_union(batch.members[:1], ens.alone, ban) if gates else None  # [1, B, k]
     vote = _votes(ens, alone, gates) if alone and gates else [True] * len(rows)  # [B], host
+    vote = [v and ok for v, ok in zip(vote, ready)]
     batch.catch_up(vote)
-    draws = _draws(rows, home)  # [B]: one per row and step, whoever decides
+    draws = _draws(rows, home, ready)  # [B]: one per ready row and step, whoever decides
     top_n = max(row.opts.top_logprobs for row in rows)  # 0: nothing more leaves the device
     sel = [r for r, v in enumerate(vote) if v]  # the voting rows, B' of them
     picks, none_fit = _voted(ens, batch, ban, sel, draws, top_n)
-    if alone and len(sel) < len(rows):  # gated rows take the primary's own choice
-        res = decide(alone, ens.alone, *_sampling(rows, home, draws), top_n=top_n)
-        mine, fit = Picks.alone(res, len(ens.members)), [False] * len(rows)
+    if len(sel) < len(rows):  # gated rows take the primary's own choice
+        if alone:
+            res = decide(alone, ens.alone, *_sampling(rows, home, draws), top_n=top_n)
+            mine = Picks.alone(res, len(ens.members))
+        else:  # only rows being prefilled are left out: they take nothing
+            mine = Picks.none(len(rows), len(ens.members))
+        fit = [False] * len(rows)
         for n, r in enumerate(sel):
             mine.put(r, picks, n)
             fit[r] = none_fit[n]
         picks, none_fit = mine, fit
     if any(row.matcher for row in rows):  # only voting rows have one
-        _grammar_fallbacks(ens, batch.members, rows, none_fit, picks)
+        _grammar_fallbacks(ens, batch.members, rows, none_fit, picks, ready)
     for r, row in enumerate(rows):
-        for i, u in enumerate(_take(ens, batch, row, r, picks)):
-            batch.updates[i][r] = _then(batch.updates[i][r], u)
+        if ready[r]:
+            for i, u in enumerate(_take(ens, batch, row, r, picks)):
+                batch.updates[i][r] = _then(batch.updates[i][r], u)
+    return True
 
 
 def gather_union(
@@ -341,16 +385,15 @@ def _votes(ens: Ensemble, alone: Union, gates: list[float]) -> list[bool]:
     return (p.amax(-1) < torch.tensor(gates, device=p.device)).tolist()  # type: ignore[no-any-return]
 
 
-def _draws(rows: list[RowState], device: torch.device) -> torch.Tensor:
-    """[B] one uniform draw per sampled row from its own generator (0 for greedy rows)."""
-    if all(r.generator is None for r in rows):
+def _draws(rows: list[RowState], device: torch.device, ready: list[bool]) -> torch.Tensor:
+    """[B] one uniform draw per sampled ready row from its own generator (0 for greedy rows
+    and rows still being prefilled: a row's draws do not depend on how its prompt ran)."""
+    drawn = [r.generator if ok else None for r, ok in zip(rows, ready)]
+    if all(g is None for g in drawn):
         return torch.zeros(len(rows), device=device)
     zero = torch.zeros((), device=device)
     return torch.stack(
-        [
-            torch.rand((), generator=r.generator, device=device) if r.generator else zero
-            for r in rows
-        ]
+        [torch.rand((), generator=g, device=device) if g is not None else zero for g in drawn]
     )
 
 
@@ -402,6 +445,14 @@ class Picks:
         prob = [q + [0.0] * rest for q in p.prob]
         gated = [True] * len(p.src)
         return cls(p.src, p.col, p.gid, [False] * len(p.src), own, prob, gated, p.top)
+
+    @classmethod
+    def none(cls, b: int, n: int) -> Picks:
+        """Placeholder picks for ``b`` rows of an n-member ensemble (rows that decide nothing
+        this step; the deciding ones are ``put`` in)."""
+        return cls(
+            [0] * b, [0] * b, [END] * b, [False] * b, [[-1] * n] * b, [[0.0] * n] * b, [False] * b
+        )
 
     def put(self, r: int, other: Picks, n: int) -> None:
         """Row r takes row n of ``other``'s picks."""
@@ -466,11 +517,13 @@ def _grammar_fallbacks(
     rows: list[RowState],
     none_fit: list[bool],
     picks: Picks,
+    ready: list[bool],
 ) -> None:
     """Rows where no union string fits the grammar take a member's best allowed token; a row
-    whose pick would leave too few steps to complete its text closes instead (``closing_need``)."""
+    whose pick would leave too few steps to complete its text closes instead (``closing_need``).
+    Rows not ``ready`` (being prefilled) decide nothing and are left alone."""
     for r, row in enumerate(rows):
-        if row.matcher is None:
+        if row.matcher is None or not ready[r]:
             continue
         if none_fit[r]:
             _override(ens, picks, r, *_best_allowed(ens, batches, r, row.matcher))

@@ -11,6 +11,7 @@ thread pool, so a step costs the slowest member.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from ..errors import ConfigError, EngineClosedError
 from .backends import MemberBackend
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
 from .constraints import ByteMatcher, Constraint
-from .decode import Batch, Ensemble, RowState, closing_need, step
+from .decode import PREFILL_CHUNK, Batch, Ensemble, RowState, closing_need, step
 from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
@@ -46,6 +47,8 @@ from .union import StepPlan
 from .vocab import END, CrossMap, Vocab, build_cross_map
 
 __all__ = ["EngineMetrics", "Prompt", "UniTEEngine"]
+
+_log = logging.getLogger("unite_integrations")
 
 Prompt = str | Sequence[Message]
 
@@ -70,11 +73,16 @@ class UniTEEngine:
         max_queue: int = MAX_QUEUE,
         backend: Literal["local", "ray"] = "local",
         ray_address: str | None = None,
-        prefix_cache: int = 0,
+        prefix_cache: int | str = "auto",
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         """``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting
         at most, beyond which a call fails at once with ``OverloadedError``; ``prefix_cache``:
-        prompt ids each member keeps the KV columns of, for prompts that begin alike."""
+        how much each member keeps of earlier prompts' and answers' KV columns, for prompts
+        that begin alike: ``"auto"`` (10% of the memory free on its device, at most 2 GiB), a
+        size (``"512MiB"``, ``"5%"``), an int of ids, or 0 for none; ``prefill_chunk``: prompt
+        ids a member runs per step for a longer prompt (chunked prefill: rows decoding and short
+        newcomers never wait for a long prompt's whole prefill)."""
         if isinstance(members, EnsembleConfig):
             config = members
         else:
@@ -92,7 +100,7 @@ class UniTEEngine:
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         if check_invariants is None:
             check_invariants = os.environ.get("UNITE_CHECK_INVARIANTS", "") not in ("", "0")
-        self._setup(check_invariants, max_batch_rows, max_queue, None)
+        self._setup(check_invariants, max_batch_rows, max_queue, None, prefill_chunk)
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -102,11 +110,14 @@ class UniTEEngine:
         max_batch_rows: int,
         max_queue: int,
         loaded: list[LoadedMember] | None,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
-        if max_batch_rows < 1 or max_queue < 1:
+        if max_batch_rows < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ConfigError(
-                f"max_batch_rows and max_queue must be >= 1, got {max_batch_rows}, {max_queue}"
+                "max_batch_rows, max_queue and prefill_chunk must be >= 1, got "
+                f"{max_batch_rows}, {max_queue}, {prefill_chunk}"
             )
+        self.prefill_chunk = prefill_chunk
         #: Bytes of numbers sent to and received from remote (Ray) members, all steps together.
         self.wire = {"bytes": 0}
         #: Member index -> its Ray actor, for members placed on Ray.
@@ -155,9 +166,7 @@ class UniTEEngine:
             pool=ThreadPoolExecutor(len(members)) if len(devices) > 1 else None,
             check_invariants=check_invariants,
             usable=[b[:-1].isfinite().tolist() for b in plan.bias],
-            stores=[PrefixStore(self.config.prefix_cache) for _ in members]
-            if self.config.prefix_cache
-            else [],
+            stores=_stores(self.config.prefix_cache, members),
         )
         specs = self.config.members
         if any(self._remote(spec) for spec in specs):
@@ -346,6 +355,8 @@ class UniTEEngine:
             max_queue=self._scheduler.max_queue,
             prefix_ids_reused=sum(s.reused for s in self._ens.stores),
             prefix_ids_stored=sum(s.stored for s in self._ens.stores),
+            prefix_bytes_held=sum(s.bytes for s in self._ens.stores),
+            prefix_bytes_max=sum(s.max_bytes or 0 for s in self._ens.stores),
         )
 
     def reset_prefix_cache(self) -> None:
@@ -387,6 +398,7 @@ class UniTEEngine:
                 self._scheduler.max_rows,
                 self._scheduler.max_queue,
                 [loaded],
+                self.prefill_chunk,
             )
             self._views[member] = view
         return view
@@ -441,14 +453,14 @@ class UniTEEngine:
         try:
             if arrivals:
                 prompts, rows = live.admit(self._ens, arrivals)  # failures now reach them
-                batch = batch or Batch(self._ens)
+                batch = batch or Batch(self._ens, self.prefill_chunk)
                 batch.add(prompts, rows)
                 self.stats["requests"] += len(arrivals)
                 self.stats["batches"] += 1
             if batch is not None and batch.rows:
-                step(self._ens, batch)
-                self.stats["steps"] += 1
-                live.report(self._result)
+                self.stats["steps"] += step(self._ens, batch)  # not while every row prefills
+                # Finished rows leave before their callers hear: their ids are in the prefix
+                # stores and off the count of rows in flight by then (a next turn reuses them).
                 batch.keep(
                     [
                         r
@@ -456,6 +468,8 @@ class UniTEEngine:
                         if row.finish_reason is None and not row.owner.cancelled
                     ]
                 )
+                self._scheduler.running(len(batch.rows))
+                live.report(self._result)
                 batch.forward()
         except Exception as e:  # the requests in flight fail; the engine goes on
             live.fail(e)
@@ -562,6 +576,9 @@ class EngineMetrics:
     # instead of a forward pass, and ids written into them (0 without a prefix cache)
     prefix_ids_reused: int = 0
     prefix_ids_stored: int = 0
+    # bytes of KV columns the stores hold now, and at most (0 where a store counts ids)
+    prefix_bytes_held: int = 0
+    prefix_bytes_max: int = 0
 
 
 class _Live:
@@ -616,6 +633,19 @@ class _Live:
         for req in self.rows:
             req.events.put(Failed(error))
         self.rows.clear()
+
+
+def _stores(size: int | str, members: list[LoadedMember]) -> list[PrefixStore]:
+    """Each in-process member's prefix store of ``size`` on its device ([] for a size of 0),
+    its size logged at load."""
+    sized = [PrefixStore.sized(size, m.model.device) for m in members]
+    kept = [s for s in sized if s is not None]
+    if len(kept) < len(members):
+        return []
+    for m, s in zip(members, kept):
+        limit = f"{s.max_bytes / 2**20:.0f} MiB" if s.max_bytes else f"{s.capacity} ids"
+        _log.info("prefix cache of %s: %s (prefix_cache=%r)", m.name, limit, size)
+    return kept
 
 
 def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:

@@ -6,26 +6,97 @@ only, so a prompt whose first ids are a stored prompt's first ids can take those
 of running them through the model again (vLLM's automatic prefix caching). The store holds blocks
 of ``BLOCK`` ids, each keyed by its parent block and its own ids, so a lookup compares ids
 exactly (no hash can collide) and prompts sharing a prefix share its blocks. When it holds more
-than its capacity (in ids) it drops the least recently used blocks; a lookup marks a prompt's
-blocks used from the last to the first, so parents outlive their children.
+than its capacity (in bytes of KV columns, or in ids) it drops the least recently used blocks; a
+lookup marks a prompt's blocks used from the last to the first, so parents outlive their
+children.
 
-Only whole blocks of prompt ids are stored; a prompt always runs its last id itself (its logits
-are needed), and the generated text is not stored.
+Only whole blocks are stored; a prompt always runs its last id itself (its logits are needed).
+A row that leaves the batch stores every id its member held for it, the generated text
+included (``MemberBatch.keep_rows``), so the next turn of a conversation, which re-sends it,
+runs only what is new.
+
+The store is on by default (``prefix_cache="auto"``): ``capacity`` reads the size a user gives
+(ids, bytes, a share of the device's free memory) and ``AUTO_SHARE`` sets the default.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BLOCK", "PrefixStore"]
+__all__ = ["AUTO_CAP", "AUTO_SHARE", "BLOCK", "PrefixStore", "capacity", "check_size"]
 
 #: Ids per stored block: a prompt reuses its longest stored prefix in whole blocks.
 BLOCK = 16
+#: ``prefix_cache="auto"`` (the default): this share of the memory free on the member's device
+#: when it loads, at most ``AUTO_CAP`` bytes per member.
+AUTO_SHARE = 0.10
+AUTO_CAP = 2 * 1024**3
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
+_UNITS |= {"gib": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*|%)\s*$", re.IGNORECASE)
+
+#: A store's size: ``(ids, bytes)``, each None where it sets no limit.
+Capacity = tuple[int | None, int | None]
+
+
+def check_size(spec: int | str) -> str | None:
+    """None when ``spec`` is a store size ``capacity`` reads, else why not (for ``ConfigError``)."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
+        return "give an int of ids, a size such as '512MiB' or '10%', 'auto', or 0 for none"
+    if isinstance(spec, int):
+        return None if spec >= 0 else "a count of ids is >= 0"
+    if spec.strip().lower() == "auto":
+        return None
+    match = _SIZE.match(spec)
+    if match is None or match[2].lower() not in {*_UNITS, "%"}:
+        return (
+            f"{spec!r} is not a size: write bytes with a unit (B, KB, MB, GB, KiB, MiB, GiB), "
+            "a share of the free memory such as '10%', 'auto', or an int of ids"
+        )
+    if match[2] == "%" and not 0 <= float(match[1]) <= 100:
+        return "a share of the free memory is between 0% and 100%"
+    return None
+
+
+def capacity(spec: int | str, device: torch.device | str = "cpu") -> Capacity:
+    """What a store of size ``spec`` may hold on ``device``: an int counts ids (0: nothing), a
+    size such as ``"512MiB"`` counts bytes, ``"10%"`` is that share of the memory free on the
+    device now, ``"auto"`` is ``AUTO_SHARE`` of it, at most ``AUTO_CAP``."""
+    if isinstance(spec, int):
+        return spec, None
+    text = spec.strip().lower()
+    if text == "auto":
+        return None, min(int(AUTO_SHARE * free_memory(device)), AUTO_CAP)
+    match = _SIZE.match(text)
+    assert match is not None, check_size(spec)
+    if match[2] == "%":
+        return None, int(float(match[1]) / 100 * free_memory(device))
+    return None, int(float(match[1]) * _UNITS[match[2]])
+
+
+def free_memory(device: torch.device | str) -> int:
+    """Bytes free on ``device`` now: the GPU's free memory, or the host's available memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 8 * 1024**3
 
 
 _Key = tuple[int, tuple[int, ...]]  # (the parent block's serial, 0 for none; the block's ids)
@@ -40,22 +111,38 @@ class _Block:
 
 
 class PrefixStore:
-    """One member's stored prompt prefixes (KV columns per layer), up to ``capacity`` ids."""
+    """One member's stored prefixes (KV columns per layer), up to ``capacity`` ids and/or
+    ``max_bytes`` bytes (an int capacity counts ids, as ``prefix_cache=N`` does)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int | None = None, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._blocks: OrderedDict[_Key, _Block] = OrderedDict()
         self._serial = itertools.count(1)
         self.reused = 0  # ids taken from the store instead of a forward pass
         self.stored = 0  # ids written into it
+        self.bytes = 0  # bytes of KV columns held now
+
+    @classmethod
+    def sized(cls, spec: int | str, device: torch.device | str = "cpu") -> PrefixStore | None:
+        """A store of size ``spec`` (see ``capacity``) on ``device``; None for a size of 0."""
+        ids, max_bytes = capacity(spec, device)
+        if ids == 0 or max_bytes == 0:
+            return None
+        return cls(ids, max_bytes)
 
     def clear(self) -> None:
         """Drop every stored block (the counts stay)."""
         self._blocks = OrderedDict()
+        self.bytes = 0
 
     def __len__(self) -> int:
         """Ids held."""
         return len(self._blocks) * BLOCK
+
+    def _full(self) -> bool:
+        over_ids = self.capacity is not None and len(self) > self.capacity
+        return over_ids or (self.max_bytes is not None and self.bytes > self.max_bytes)
 
     def match(self, ids: Sequence[int], limit: int) -> list[_Block]:
         """The stored blocks spelling the longest stored prefix of ``ids[:limit]``, first first."""
@@ -100,7 +187,7 @@ class PrefixStore:
     ) -> None:
         """Store the whole blocks of ``ids`` that follow ``blocks`` (its stored prefix, from
         ``match``); ``keys``/``values`` are per layer [H, n, D] for ``ids[len(blocks) * BLOCK:]``."""
-        if self.capacity < BLOCK:
+        if self.capacity is not None and self.capacity < BLOCK:
             return
         chain, first = list(blocks), len(blocks) * BLOCK
         for start in range(first, len(ids) - BLOCK + 1, BLOCK):
@@ -116,7 +203,13 @@ class PrefixStore:
                 )
                 self._blocks[key] = block
                 self.stored += BLOCK
+                self.bytes += _nbytes(block)
             chain.append(block)
         self._used(chain)
-        while len(self) > self.capacity:
-            self._blocks.popitem(last=False)
+        while self._full():
+            _, dropped = self._blocks.popitem(last=False)
+            self.bytes -= _nbytes(dropped)
+
+
+def _nbytes(block: _Block) -> int:
+    return sum(int(t.nbytes) for t in [*block.keys, *block.values])

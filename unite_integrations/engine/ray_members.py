@@ -108,13 +108,13 @@ class _MemberActor:
         cache_dir: str | None,
         end_ids: list[int],
         bias: Any,
-        prefix_cache: int = 0,
+        prefix_cache: int | str = 0,
     ) -> None:
         from .loading import load_member
 
-        self.store = PrefixStore(prefix_cache) if prefix_cache else None  # outlives batches
-
         self.model, tok = load_member(spec, Path(cache_dir) if cache_dir else None)
+        device = next(self.model.parameters()).device
+        self.store = PrefixStore.sized(prefix_cache, device)  # outlives batches
         pad = tok.pad_token_id if tok.pad_token_id is not None else end_ids[0]
         self.pad, self.end_ids, self.bias = int(pad), torch.tensor(end_ids), torch.as_tensor(bias)
         self.reset()
@@ -124,10 +124,12 @@ class _MemberActor:
         batch = MemberBatch(self.model, [], self.pad, self.store)
         self.local = LocalMember(batch, self.end_ids.to(device), self.bias.to(device))
 
-    def add_rows(self, prompts: list[list[int]], fresh: bool, now: list[int] | None) -> None:
+    def add_rows(self, prompts: list[list[int]], fresh: bool, now: list[int] | None) -> list[int]:
+        """Returns how many ids each new row holds (its store may give more than ``now``)."""
         if fresh:
             self.reset()
         self.local.add_rows(prompts, now)
+        return [len(ids) for ids in self.local.ids[len(self.local.ids) - len(prompts) :]]
 
     def keep_rows(self, rows: list[int]) -> None:
         self.local.keep_rows(rows)
@@ -154,7 +156,7 @@ def start_actor(
     cache_dir: Path | None,
     end_ids: list[int],
     bias: torch.Tensor,
-    prefix_cache: int = 0,
+    prefix_cache: int | str = 0,
 ) -> Any:
     """One member's actor (loads the weights once; Ray restarts it after a crash)."""
     ray = _ray()
@@ -225,7 +227,7 @@ class RayMember:
         deadline = time.monotonic() + TIMEOUT_S
         while True:  # a fresh batch may wait for a restarting actor: (re)starting is idempotent
             try:
-                self._get(self.actor.add_rows.remote(prompts, self._fresh, now))
+                held = self._get(self.actor.add_rows.remote(prompts, self._fresh, now))
                 break
             except MemberUnavailableError as e:
                 restarting = isinstance(e.__cause__, _ray().exceptions.ActorUnavailableError)
@@ -233,8 +235,7 @@ class RayMember:
                     raise
                 time.sleep(0.2)
         self._fresh = False
-        heads = prompts if now is None else [p[:n] for p, n in zip(prompts, now)]
-        self.ids += [list(p) for p in heads]
+        self.ids += [list(p[:n]) for p, n in zip(prompts, held)]
         self.n_prompt += [len(p) for p in prompts]
 
     def keep_rows(self, rows: list[int]) -> None:

@@ -28,6 +28,7 @@ those rows only.
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 from typing import Any
@@ -81,15 +82,67 @@ class MemberBatch:
         return len(self.ids)
 
     def add_rows(self, prompts: list[list[int]], now: list[int] | None = None) -> None:
-        """Prefill ``prompts`` as a batch of their own and append their rows to this one.
+        """Prefill ``prompts`` and append their rows to this batch.
 
         ``now[r]`` (default: all) is how many of prompt r's ids go through the model now; the
         rest wait for the row's first ``advance``, which keeps those ``now[r]`` and appends the
-        others (a gated row whose other members may never vote costs them one id)."""
+        others (a gated row whose other members may never vote costs them one id; a long
+        prompt is prefilled in chunks). A row takes more than ``now[r]`` where the store holds
+        them (they cost no forward): ``ids`` tells how many each row holds.
+
+        No prompt is padded to a much longer one: prompts of very different lengths prefill
+        in groups of their own (``_groups``), merged after. With a store, the beginnings that
+        several prompts share and the store lacks run once first (``_share_beginnings``), so
+        every prompt takes them from the store."""
+        if now is not None and self.store is not None:  # stored columns cost no forward
+            now = [max(n, min(self._stored(p) + 1, len(p))) for p, n in zip(prompts, now)]
         heads = prompts if now is None else [p[:n] for p, n in zip(prompts, now)]
-        new = type(self)(self.model, heads, self.pad_id, self.store)
-        new.prefill(logits=any(len(h) == len(p) for h, p in zip(heads, prompts)))
-        new.n_prompt = [len(p) for p in prompts]
+        if self.store is not None:
+            self._share_beginnings(heads)
+        first, order = self.n_rows, []
+        for group in _groups([len(h) for h in heads]):
+            new = type(self)(self.model, [heads[r] for r in group], self.pad_id, self.store)
+            new.prefill(logits=any(len(heads[r]) == len(prompts[r]) for r in group))
+            new.n_prompt = [len(prompts[r]) for r in group]
+            self._merge(new)
+            order += group
+        if order != sorted(order):  # the groups' rows back in the call's order
+            self.keep_rows([*range(first), *(first + order.index(r) for r in range(len(order)))])
+
+    def _stored(self, ids: list[int]) -> int:
+        """How many of ``ids`` (its last excepted) the store holds, in whole blocks."""
+        assert self.store is not None
+        return len(self.store.match(ids, len(ids) - 1)) * BLOCK
+
+    def _share_beginnings(self, prompts: list[list[int]]) -> None:
+        """Run once, into the store, each longest beginning (whole blocks, a prompt's last id
+        excepted) that two or more of ``prompts`` share and the store does not hold yet."""
+        assert self.store is not None
+        nodes: dict[tuple[int, tuple[int, ...]], int] = {}
+        paths = []
+        for p in prompts:  # a trie of the prompts' blocks: path[d] is block d's node
+            parent, path = 0, []
+            for start in range(0, len(p) - BLOCK, BLOCK):
+                parent = nodes.setdefault((parent, tuple(p[start : start + BLOCK])), len(nodes) + 1)
+                path.append(parent)
+            paths.append(path)
+        seen = collections.Counter(n for path in paths for n in path)
+        shared = {
+            tuple(p[: BLOCK * sum(1 for n in path if seen[n] > 1)])
+            for p, path in zip(prompts, paths)
+        }
+        leads: list[list[int]] = []
+        for lead in sorted(shared, key=len, reverse=True):  # the longest of each chain only
+            inside = any(tuple(k[: len(lead)]) == lead for k in leads)
+            if lead and not inside and len(self.store.match(lead, len(lead))) * BLOCK < len(lead):
+                leads.append(list(lead))
+        if leads:  # through add_rows: leads of different lengths group, and share their own
+            runner = type(self)(self.model, [], self.pad_id, self.store)
+            runner.add_rows([[*lead, self.pad_id] for lead in leads], [len(x) for x in leads])
+            self.forwards += runner.forwards
+
+    def _merge(self, new: MemberBatch) -> None:
+        """Append ``new``'s prefilled rows, left-padding the narrower cache's columns."""
         self.forwards += new.forwards
         if self.n_rows == 0 or self.cache is None:
             self.ids, self.cols, self.n_prompt = new.ids, new.cols, new.n_prompt
@@ -114,9 +167,14 @@ class MemberBatch:
         self.logits = torch.cat([self.logits, new.logits])
 
     def keep_rows(self, rows: list[int]) -> None:
-        """Keep only these rows (in this order); leading columns no kept row uses are dropped."""
+        """Keep only these rows (in this order); leading columns no kept row uses are dropped.
+
+        A row that leaves gives the store every id it holds, its answer included: the next
+        turn of a conversation re-sends that answer and runs only what is new."""
         if len(rows) == self.n_rows and rows == list(range(self.n_rows)):
             return
+        if self.store is not None:
+            self._store_prompts(sorted(set(range(self.n_rows)) - set(rows)), answers=True)
         self.ids = [self.ids[r] for r in rows]
         self.cols = [self.cols[r] for r in rows]
         self.n_prompt = [self.n_prompt[r] for r in rows]
@@ -258,14 +316,16 @@ class MemberBatch:
         self.pos = torch.cat([self.pos, pos], dim=1)
         return [seg[n[r] :] if r in hits else seg for r, seg in enumerate(segs)]
 
-    def _store_prompts(self, rows: list[int]) -> None:
-        """Keep the whole blocks of these rows' prompt ids that the store does not hold yet."""
+    def _store_prompts(self, rows: list[int], answers: bool = False) -> None:
+        """Keep the whole blocks of these rows' prompt ids (with ``answers``, of all the ids they
+        hold, generated ones included) that the store does not hold yet."""
         assert self.store is not None
         if not _subsettable(self.cache):
             return
         layers = _layers(self.cache)
         for r in rows:
-            n = min(len(self.ids[r]), self.n_prompt[r]) // BLOCK * BLOCK
+            n = len(self.ids[r]) if answers else min(len(self.ids[r]), self.n_prompt[r])
+            n = n // BLOCK * BLOCK
             blocks = self.store.match(self.ids[r], n)
             known = len(blocks) * BLOCK
             if known >= n:

@@ -108,6 +108,12 @@ class UniTEChatModel(BaseChatModel):
     """Where converted GGUF models and cross-vocabulary maps are cached (default:
     ``$UNITE_CACHE_DIR`` or the per-user cache directory)."""
 
+    prefix_cache: int | str = "auto"
+    """How much of earlier prompts' and answers' KV columns each member keeps, so a
+    conversation's next turn and prompts sharing a system prompt run only what is new:
+    ``"auto"`` (10% of the free memory on the member's device, at most 2 GiB), a size such as
+    ``"512MiB"`` or ``"5%"``, an int of ids, or 0 for none."""
+
     model_name: str = ""
     """Name reported in response metadata and traces; defaults to ``unite:`` and the members'
     names joined with ``+``."""
@@ -232,7 +238,11 @@ class UniTEChatModel(BaseChatModel):
 
     def _ensemble_config(self) -> EnsembleConfig:
         return ensemble_config(
-            self.members, top_k=self.top_k, weights=self.weights, cache_dir=self.cache_dir
+            self.members,
+            top_k=self.top_k,
+            weights=self.weights,
+            cache_dir=self.cache_dir,
+            prefix_cache=self.prefix_cache,
         )
 
     def load(self) -> UniTEEngine:

@@ -135,6 +135,15 @@ class UniTELLM(FunctionCallingLLM):
         default=None,
         description="One relative weight per member (normalised); None keeps each spec's weight.",
     )
+    prefix_cache: int | str = Field(
+        default="auto",
+        description=(
+            "How much of earlier prompts' and answers' KV columns each member keeps (a "
+            "conversation's next turn, a shared system prompt run only what is new): 'auto' "
+            "(10% of the free memory on the member's device, at most 2 GiB), a size such as "
+            "'512MiB' or '5%', an int of ids, or 0 for none."
+        ),
+    )
     cache_dir: str | None = Field(
         default=None,
         description="Where converted GGUF models and vocabulary maps are cached (default: "
@@ -209,7 +218,11 @@ class UniTELLM(FunctionCallingLLM):
     def ensemble_config(self) -> EnsembleConfig:
         """The configuration whose one engine this LLM (and any adapter with it) uses."""
         return ensemble_config(
-            self.members, top_k=self.top_k, weights=self.weights, cache_dir=self.cache_dir
+            self.members,
+            top_k=self.top_k,
+            weights=self.weights,
+            cache_dir=self.cache_dir,
+            prefix_cache=self.prefix_cache,
         )
 
     @property

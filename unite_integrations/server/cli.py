@@ -13,10 +13,12 @@ from ..cli_members import add_member_options, member_specs
 
 __all__ = ["add_subcommands"]
 
-#: The engine's bounds (``engine.scheduler``'s ``MAX_BATCH_ROWS``/``MAX_QUEUE``), written out so
-#: that ``unite --help`` need not import the engine (and torch); a test keeps them equal.
+#: The engine's bounds (``engine.scheduler``'s ``MAX_BATCH_ROWS``/``MAX_QUEUE``, ``engine.decode``'s
+#: ``PREFILL_CHUNK``), written out so that ``unite --help`` need not import the engine (and
+#: torch); a test keeps them equal.
 MAX_BATCH_ROWS = 64
 MAX_QUEUE = 256
+PREFILL_CHUNK = 256
 
 
 def add_subcommands(sub: Any) -> None:
@@ -68,6 +70,14 @@ def add_subcommands(sub: Any) -> None:
         help=f"requests waiting at most (default {MAX_QUEUE}); one more gets 429 at once",
     )
     p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=PREFILL_CHUNK,
+        metavar="IDS",
+        help=f"prompt ids a member runs per step for a long prompt (default {PREFILL_CHUNK}): "
+        "requests decoding and short newcomers never wait for a long prompt's whole prefill",
+    )
+    p.add_argument(
         "--graceful-timeout",
         type=int,
         default=30,
@@ -91,7 +101,11 @@ def _serve(args: argparse.Namespace) -> int:
             'pip install "unite-integrations[server]"'
         ) from e
 
-    for flag, value in (("--max-batch-rows", args.max_batch_rows), ("--max-queue", args.max_queue)):
+    for flag, value in (
+        ("--max-batch-rows", args.max_batch_rows),
+        ("--max-queue", args.max_queue),
+        ("--prefill-chunk", args.prefill_chunk),
+    ):
         if value < 1:
             raise ConfigError(f"{flag} {value}: give a whole number >= 1")
     specs = member_specs(args)
@@ -110,6 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_rows=args.max_batch_rows,
         max_queue=args.max_queue,
         prefix_cache=args.prefix_cache,
+        prefill_chunk=args.prefill_chunk,
         graceful_timeout=args.graceful_timeout,
         log_level=args.log_level,
     )

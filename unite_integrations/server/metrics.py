@@ -114,7 +114,9 @@ _ENGINE_HELP = {
     "steps": "Union steps decoded.",
     "batches": "Admissions (requests joining at one step share one).",
     "prefix_ids_reused": "Prompt ids the members took from their prefix caches (no forward).",
-    "prefix_ids_stored": "Prompt ids written into the members' prefix caches.",
+    "prefix_ids_stored": "Ids (prompts and answers) written into the members' prefix caches.",
+    "prefix_bytes_held": "Bytes of KV columns the members' prefix caches hold now.",
+    "prefix_bytes_max": "Bytes the members' prefix caches may hold together (LRU beyond).",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..chat import ChatDefaults
 from ..engine.config import MemberSpec, ensemble_config
+from ..engine.decode import PREFILL_CHUNK
 from ..engine.engine import UniTEEngine
 from ..engine.scheduler import MAX_BATCH_ROWS, MAX_QUEUE
 from .app import DEFAULT_MAX_BODY_BYTES, create_app
@@ -35,7 +36,8 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_batch_rows: int = MAX_BATCH_ROWS,
     max_queue: int = MAX_QUEUE,
-    prefix_cache: int = 0,
+    prefix_cache: int | str = "auto",
+    prefill_chunk: int = PREFILL_CHUNK,
     graceful_timeout: int = 30,
     log_level: str = "info",
 ) -> None:
@@ -43,15 +45,19 @@ def serve(
 
     ``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting at most,
     beyond which a request gets 429 at once (``UniTEEngine``'s bounds; >= 1, else a
-    ``ConfigError`` before anything loads); ``prefix_cache``: prompt ids each member keeps the
-    KV columns of (a shared system prompt runs once). The engine is the server's own (not the
+    ``ConfigError`` before anything loads); ``prefix_cache``: how much of earlier prompts' and
+    answers' KV columns each member keeps (a shared system prompt runs once; see
+    ``UniTEEngine``); ``prefill_chunk``: prompt ids a member runs per step for a long prompt
+    (chunked prefill: decoding rows and short requests do not wait for it whole). The engine is the server's own (not the
     process's shared one, whose bounds are the defaults) and closes with it."""
     import uvicorn
 
     config = ensemble_config(
         members, top_k=top_k, weights=weights, cache_dir=cache_dir, prefix_cache=prefix_cache
     )
-    engine = UniTEEngine(config, max_batch_rows=max_batch_rows, max_queue=max_queue)
+    engine = UniTEEngine(
+        config, max_batch_rows=max_batch_rows, max_queue=max_queue, prefill_chunk=prefill_chunk
+    )
     app = create_app(
         engine,
         model_name=model_name,

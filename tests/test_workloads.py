@@ -1,0 +1,272 @@
+"""The traffic the package serves: conversations re-sending their history, prompts sharing a
+beginning, long and short prompts together. Each behaviour is counted (ids reused, ids run
+through the model, the order rows finish in) and checked against a fresh forward pass or the
+literal reference of the rule; nothing is timed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from conftest import PROMPTS
+from reference import as_engine_text, reference_of
+from test_cancellation import gate_after
+from test_sequences import _assert_rows_as_alone, _gemma3, _tiny
+from tiny_models import tiny_model_dir
+
+from unite_integrations import UniTEEngine
+from unite_integrations.engine.prefix import AUTO_CAP, BLOCK, PrefixStore
+from unite_integrations.engine.scheduler import Done
+from unite_integrations.engine.sequences import MemberBatch
+from unite_integrations.errors import ConfigError
+
+# -- the store: on by default, sized in memory ------------------------------------------------
+
+
+def test_the_store_is_on_by_default_and_sized_in_bytes(make_engine: Any, tiny_dirs: Any) -> None:
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"])
+    assert engine.config.prefix_cache == "auto"
+    m = engine.metrics()
+    assert len(engine._ens.stores) == 2
+    assert 0 < m.prefix_bytes_max <= 2 * AUTO_CAP
+    sized = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefix_cache="1MiB"
+    )
+    assert sized.metrics().prefix_bytes_max == 2 * 2**20
+    off = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefix_cache=0)
+    assert off._ens.stores == [] and off.metrics().prefix_bytes_max == 0
+
+
+@pytest.mark.parametrize("bad", ["x", "200%", "12 parsecs", -1, True, 1.5])
+def test_a_store_size_that_means_nothing_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="prefix_cache"):
+        UniTEEngine(["unused"], prefix_cache=bad)  # type: ignore[arg-type]
+
+
+def test_both_adapters_keep_a_store_by_default() -> None:
+    from unite_integrations.langchain import UniTEChatModel
+    from unite_integrations.llama_index import UniTELLM
+
+    assert UniTEChatModel(members=["a", "b"])._ensemble_config().prefix_cache == "auto"
+    assert UniTELLM(members=["a", "b"]).ensemble_config.prefix_cache == "auto"
+    assert UniTELLM(members=["a"], prefix_cache=0).ensemble_config.prefix_cache == 0
+
+
+def _columns(ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    col = torch.tensor(ids, dtype=torch.float32)[None, :, None]  # [1 head, n, 1] per layer
+    return [col, col + 1], [-col, -col - 1]
+
+
+def test_a_store_in_bytes_evicts_the_least_recently_used_blocks_to_stay_within() -> None:
+    per_block = 4 * BLOCK * 4  # two layers, keys and values, BLOCK float32 columns of width 1
+    store = PrefixStore(max_bytes=3 * per_block)
+    for start in range(0, 10 * BLOCK, 2 * BLOCK):
+        ids = list(range(start + 1, start + 2 * BLOCK + 1))
+        store.extend(store.match(ids, len(ids)), ids, *_columns(ids))
+        assert store.bytes <= 3 * per_block
+    assert store.bytes == 3 * per_block and len(store) == 3 * BLOCK
+    last = list(range(8 * BLOCK + 1, 10 * BLOCK + 1))
+    assert len(store.match(last, len(last))) == 2  # the newest chain stayed whole
+    store.clear()
+    assert store.bytes == 0
+
+
+# -- a member's rows: answers stored, beginnings shared, no padding to the longest ------------
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    if request.param == "gemma3":
+        return _gemma3(6)  # a sliding window every test sequence passes
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _tiny(LlamaForCausalLM, LlamaConfig)
+
+
+@contextmanager
+def counted(model: torch.nn.Module) -> Iterator[list[int]]:
+    """Ids (padding included) that go through the model's forward passes while inside."""
+    seen = [0]
+
+    def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids")
+        seen[0] += 0 if ids is None else ids.numel()
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_a_rows_answer_enters_the_store_when_it_leaves(model: torch.nn.Module) -> None:
+    store = PrefixStore(10_000)
+    batch = MemberBatch(model, [], 0, store)
+    prompt = [(7 * n) % 90 + 1 for n in range(21)]
+    batch.add_rows([prompt, prompt[:5]])
+    for t in range(30):  # a generated answer with a rollback now and then (re-tokenization)
+        keep = len(batch.ids[0]) - (2 if t % 7 == 6 else 0)
+        batch.advance([(keep, [(t * 13) % 90 + 1] * (3 if t % 7 == 6 else 1)), None])
+    held = list(batch.ids[0])
+    assert len(store) == len(prompt) // BLOCK * BLOCK  # only the prompt so far
+    batch.keep_rows([1])  # row 0 finished: every id it holds enters the store
+    assert len(store) == len(held) // BLOCK * BLOCK  # whole blocks only
+    # The next turn re-sends the answer and adds to it: it runs only what is new.
+    turn = [*held, 50, 51, 52]
+    reused = store.reused
+    nxt = MemberBatch(model, [], 0, store)
+    with counted(model) as ran:
+        nxt.add_rows([turn])
+    assert store.reused - reused == len(held) // BLOCK * BLOCK
+    assert ran[0] == len(turn) - len(held) // BLOCK * BLOCK
+    _assert_rows_as_alone(nxt, model)
+
+
+def test_prompts_sharing_a_beginning_in_one_admission_run_it_once(model: torch.nn.Module) -> None:
+    store = PrefixStore(10_000)
+    shared = [(5 * n) % 90 + 1 for n in range(3 * BLOCK + 2)]
+    tails = [[60 + r] * (2 + r) for r in range(4)]
+    prompts = [shared + tail for tail in tails] + [[3, 4, 5]]  # and one that shares nothing
+    batch = MemberBatch(model, [], 0, store)
+    with counted(model) as ran:
+        batch.add_rows(prompts)
+    assert batch.ids == prompts  # in the call's order
+    assert store.reused == 4 * 3 * BLOCK  # every sharing row took the three blocks
+    # The beginning ran once (its three blocks); then every row ran only what follows, padded
+    # to the longest of its group.
+    assert ran[0] <= 3 * BLOCK + 5 * (2 + 2 + 3)
+    _assert_rows_as_alone(batch, model)
+
+
+def test_prompts_of_very_different_lengths_are_not_padded_to_the_longest(
+    model: torch.nn.Module,
+) -> None:
+    prompts = [[(3 * n) % 90 + 1 for n in range(150)], [4, 5, 6], [7, 8], [9, 10, 11]]
+    batch = MemberBatch(model, [], 0)
+    with counted(model) as ran:
+        batch.add_rows(prompts)
+    assert batch.ids == prompts
+    assert ran[0] == 150 + 3 * 3  # the long one alone, the short ones padded to 3
+    _assert_rows_as_alone(batch, model)
+
+
+# -- the engine: turns, chunked prefill, short requests beside long ones -------------------------
+
+
+def test_a_conversations_next_turn_reuses_its_own_answer(make_engine: Any, tiny_dirs: Any) -> None:
+    engine = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefix_cache="8MiB"
+    )
+    stores, members = engine._ens.stores, engine.members
+    history = [{"role": "user", "content": " ".join(PROMPTS[:6])}]
+    engine.reset_prefix_cache()
+    for turn in range(3):
+        n_in = [len(m.encode_prompt(history)) for m in members]
+        answer = engine.generate([history], max_new_tokens=40, min_new_tokens=40)[0]
+        if turn == 0:  # the answer entered the store with its prompt before the call returned
+            held = [
+                n + answer.usage.output_tokens_per_member[m.name] for n, m in zip(n_in, members)
+            ]
+            assert [len(s) for s in stores] == [h // BLOCK * BLOCK for h in held]
+            assert all(len(s) > n // BLOCK * BLOCK for s, n in zip(stores, n_in))
+        history += [
+            {"role": "assistant", "content": answer.text},
+            {"role": "user", "content": "And then?"},
+        ]
+        # The next turn, re-rendered by each member's chat template, takes from the store the
+        # longest common prefix (whole blocks) of its ids and the ids the member held.
+        ids = [m.encode_prompt(history) for m in members]
+        want = [len(s.match(i, len(i) - 1)) * BLOCK for s, i in zip(stores, ids)]
+        assert all(w >= n // BLOCK * BLOCK for w, n in zip(want, n_in))
+        reused = [s.reused for s in stores]
+        engine.generate([history], max_new_tokens=2)
+        assert [s.reused - r for s, r in zip(stores, reused)] == want
+
+
+@pytest.fixture(scope="module", params=["gemma3", "mistral", "full"])
+def chunked(request: pytest.FixtureRequest, make_engine: Any, tiny_dirs: Any) -> UniTEEngine:
+    """A pair whose prompts prefill 3 ids a step: every prompt is chunked many times."""
+    if request.param == "full":
+        second = tiny_dirs["sentencepiece_bpe"]
+    else:
+        second = tiny_model_dir("sentencepiece_bpe", sliding_window=4, sliding_layout=request.param)
+    engine: UniTEEngine = make_engine(tiny_dirs["bytelevel_bpe"], second, prefill_chunk=3)
+    return engine
+
+
+def test_chunked_prefill_equals_the_reference(chunked: UniTEEngine) -> None:
+    prompts = PROMPTS[:6]
+    assert all(len(m.encode_prompt(p)) > 3 for p in prompts for m in chunked.members)
+    got = chunked.generate(prompts, max_new_tokens=12)
+    rolled_back = 0
+    for prompt, result in zip(prompts, got):
+        expected = reference_of(chunked, prompt, 12)
+        assert result.text == as_engine_text(expected.text), prompt
+        rolled_back += sum(1 not in p for p in expected.proposers)
+    assert rolled_back > 0, "no member ever took a string it did not propose"
+
+
+def test_chunked_prefill_keeps_sampled_and_gated_rows_as_they_are_alone(
+    chunked: UniTEEngine, make_engine: Any, tiny_dirs: Any
+) -> None:
+    members = [m.spec.source for m in chunked.members]
+    whole = make_engine(*members, prefill_chunk=10_000)
+    for kw in ({"temperature": 0.9, "top_p": 0.95, "seed": 3}, {"gate": 0.4}):
+        want = [whole.generate([p], max_new_tokens=10, **kw)[0].text for p in PROMPTS[:5]]
+        got = [r.text for r in chunked.generate(PROMPTS[:5], max_new_tokens=10, **kw)]
+        assert got == want, kw
+
+
+def test_a_short_request_finishes_while_a_long_prompt_still_prefills(
+    make_engine: Any, tiny_dirs: Any
+) -> None:
+    engine = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefill_chunk=2
+    )
+    long_prompt = " ".join(PROMPTS[:8])
+    assert all(len(m.encode_prompt(long_prompt)) > 40 for m in engine.members)
+    finished: list[int] = []
+    result = engine._result
+
+    def record(row: Any) -> Any:  # the worker builds results in the order rows finish
+        finished.append(row.n_in[0])
+        return result(row)
+
+    engine._result = record  # type: ignore[method-assign]
+    try:
+        # The long request's first chunk is held at the gate: the short one is provably
+        # admitted while the long prompt has some 20 chunks to go.
+        with gate_after(engine.members[0].model, forwards=1) as opened:
+            [long] = engine.submit([long_prompt], max_new_tokens=1)
+            assert opened.waiting.wait(60)  # type: ignore[attr-defined]
+            [short] = engine.submit(["Hello"], max_new_tokens=4, min_new_tokens=4)
+            opened.set()
+            assert isinstance(short.next_event(), Done)
+            assert isinstance(long.next_event(), Done)
+    finally:
+        del engine._result
+    n_short = len(engine.members[0].encode_prompt("Hello"))
+    assert finished == [n_short, len(engine.members[0].encode_prompt(long_prompt))]
+
+
+def test_requests_in_flight_are_counted_from_admission_to_their_last_step(
+    make_engine: Any, tiny_dirs: Any
+) -> None:
+    engine = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefill_chunk=2
+    )
+    seen: list[int] = []
+    with gate_after(engine.members[0].model, forwards=1) as opened:
+        [req] = engine.submit([" ".join(PROMPTS[:4])], max_new_tokens=2)
+        assert opened.waiting.wait(60)  # type: ignore[attr-defined]
+        seen.append(engine.metrics().rows_in_flight)  # prefilling: in flight, not queued
+        seen.append(engine.metrics().queued)
+        opened.set()
+    done = threading.Event()
+    threading.Thread(target=lambda: (req.next_event(), done.set()), daemon=True).start()
+    assert done.wait(120)
+    assert seen == [1, 0] and engine.metrics().rows_in_flight == 0

@@ -7,6 +7,7 @@ Examples::
     unite check --task short-answer -n 50 --with-ensemble --json report.json
     unite eval -d triviaqa -d nq -d arc --limit 300 --json eval.json --plot eval.png
     unite eval -d arc -d piqa --both-modes --limit 500     # free-form and letters-only answers
+    unite eval -d mmlu --limit 500 --json mmlu.json --resume   # go on where a cut run stopped
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..cli_members import add_member_options, member_specs
+from ..errors import ConfigError
 
 __all__ = ["add_subcommands"]
 
@@ -164,7 +166,26 @@ def add_subcommands(subparsers: Any) -> None:
         default=None,
         help="gated ensembling for the ensemble (0..1; default: full UniTE)",
     )
-    ev.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    ev.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="write the results as JSON: after every (system, data set) pair and every "
+        "--checkpoint-every items, each time whole (a cut run leaves what it finished)",
+    )
+    ev.add_argument(
+        "--resume",
+        action="store_true",
+        help="if the --json file exists, keep what it holds and evaluate the rest (it must have "
+        "been written with the same members, data sets and options)",
+    )
+    ev.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="also write --json within a pair every N items (100; 0: after each pair only)",
+    )
     ev.add_argument("--plot", default=None, metavar="PATH", help="write a bar chart (PNG, SVG)")
     ev.add_argument(
         "--records", action="store_true", help="keep every answer in the JSON (for inspection)"
@@ -184,6 +205,21 @@ def _write(path: str, text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n", encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)
+
+
+def _warn_unfinished(path: str) -> None:
+    """Say so when --json (without --resume) is about to replace an unfinished evaluation."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("complete") is False:
+        print(
+            f"note: {path} holds an unfinished evaluation; it will be replaced (stop now and "
+            "add --resume to go on with it instead)",
+            file=sys.stderr,
+        )
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -240,9 +276,15 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..engine.config import ensemble_config
     from .evaluate import evaluate
 
+    if args.resume and not args.json:
+        raise ConfigError("--resume needs --json PATH: the file to resume")
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     _setup(args)
     specs = member_specs(args)
     names = [n.strip() for d in args.datasets for n in d.split(",") if n.strip()]
+    if args.json and not args.resume:
+        _warn_unfinished(args.json)
     config = ensemble_config(
         specs, top_k=args.top_k, cache_dir=args.cache_dir, prefix_cache=args.prefix_cache
     )
@@ -265,10 +307,13 @@ def run_eval(args: argparse.Namespace) -> int:
         mode="both" if args.both_modes else "constrained" if args.constrained else "free",
         data_dir=args.data_dir,
         gate=args.gate,
+        json_path=args.json,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
     )
     print(report.table())
     if args.json:
-        _write(args.json, report.model_dump_json(indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
         print(f"wrote {report.plot(args.plot)}", file=sys.stderr)
     return 0

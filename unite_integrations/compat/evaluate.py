@@ -16,6 +16,10 @@ Two answer modes for multiple choice (``mode``):
   that allows only an option letter (``Constraint.regex``), so the score measures the choice.
 
 ``both`` runs each multiple-choice data set in both modes (other formats have one mode: free).
+
+With ``json_path`` the report is written after every (system, data set) pair and every
+``checkpoint_every`` items within one, each time whole (see :mod:`.resume`); ``resume`` continues
+the run that file holds instead of starting again.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -40,21 +44,33 @@ from ..engine.results import GenerationResult
 from ..errors import ConfigError, ContextWindowError
 from .datasets import load_task
 from .formatting import text_table
+from .resume import (
+    EvalSettings,
+    ItemOutput,
+    PendingPair,
+    check_settings,
+    eval_settings,
+    write_atomic,
+)
 from .stats import Interval, PairedComparison, compare_paired, wilson_interval
 from .tasks import Task
 
 __all__ = [
     "DatasetResult",
     "EvalReport",
+    "EvalSettings",
+    "ItemOutput",
     "ItemRecord",
     "MachineInfo",
     "Mode",
+    "PendingPair",
     "SystemResult",
     "choice_constraint",
     "ensemble_vs_best",
     "evaluate",
     "evaluate_task",
     "member_engines",
+    "read_report",
     "resolve_engine",
     "run_task",
 ]
@@ -220,6 +236,21 @@ class EvalReport(BaseModel):
     machine: MachineInfo
     started: str
     seconds: float
+    resumed_at: list[str] = Field(
+        default_factory=list,
+        description="When each run that resumed this report (--resume) started; empty when one "
+        "run made it. ``started`` is the first run's start, ``seconds`` the runs' time together.",
+    )
+    complete: bool = Field(
+        default=True, description="False while the evaluation is still running (or was cut)."
+    )
+    pending: PendingPair | None = Field(
+        default=None,
+        description="An unfinished report: the answers so far of the pair in progress.",
+    )
+    settings: EvalSettings | None = Field(
+        default=None, description="What the answers depend on; --resume needs them equal."
+    )
 
     def table(self) -> str:
         """Accuracy per data set (rows) and system (columns), with items and chance."""
@@ -366,46 +397,66 @@ def run_task(
     An item whose prompt does not fit a member's context window gets None (scored as wrong and
     counted in ``too_long``).
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if constrained and task.kind != "choice":
-        raise ConfigError(
-            f"{task.title}: constrained answers need a multiple-choice task, not {task.kind!r}"
-        )
+    plan = _batch_plan(task, batch_size, constrained, gate)
     prompts = [task.prompt(it) for it in task.items]
-    letters = ["".join(c for c, _ in it.choices) if constrained else "" for it in task.items]
-    keys = [(letters[i], len(task.text(it))) for i, it in enumerate(task.items)]
     out: list[GenerationResult | None] = [None] * len(prompts)
-    options: dict[str, Any] = {
-        "max_new_tokens": task.max_new_tokens,
-        "temperature": 0.0,
-        "stop": list(task.stop),
-        "gate": gate,
-    }
-    for chunk in _batches(keys, batch_size):
-        if constrained:
-            options["constraint"] = choice_constraint(letters[chunk[0]])
-        try:
-            results: list[GenerationResult | None] = list(
-                engine.generate([prompts[i] for i in chunk], **options)
-            )
-        except ContextWindowError:  # some prompt is too long for a member: the others still run
-            results = []
-            for i in chunk:
-                try:
-                    results.append(engine.generate([prompts[i]], **options)[0])
-                except ContextWindowError:
-                    results.append(None)
-        for i, r in zip(chunk, results):
+    for chunk, options in plan:
+        for i, r in zip(chunk, _answer_batch(engine, [prompts[i] for i in chunk], options)):
             out[i] = r
         if progress is not None:
             progress(len(chunk))
     return out
 
 
+def _check_run(task: Task, batch_size: int, constrained: bool) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if constrained and task.kind != "choice":
+        raise ConfigError(
+            f"{task.title}: constrained answers need a multiple-choice task, not {task.kind!r}"
+        )
+
+
+def _batch_plan(
+    task: Task, batch_size: int, constrained: bool, gate: float | None
+) -> list[tuple[list[int], dict[str, Any]]]:
+    """A run's batches in the order they run (item indices), each with its generate options.
+    The plan depends only on the task and these arguments, so a resumed run has the same."""
+    _check_run(task, batch_size, constrained)
+    letters = ["".join(c for c, _ in it.choices) if constrained else "" for it in task.items]
+    keys = [(letters[i], len(task.text(it))) for i, it in enumerate(task.items)]
+    options: dict[str, Any] = {
+        "max_new_tokens": task.max_new_tokens,
+        "temperature": 0.0,
+        "stop": list(task.stop),
+        "gate": gate,
+    }
+    plan = []
+    for chunk in _batches(keys, batch_size):
+        extra = {"constraint": choice_constraint(letters[chunk[0]])} if constrained else {}
+        plan.append((chunk, {**options, **extra}))
+    return plan
+
+
+def _answer_batch(
+    engine: UniTEEngine, prompts: Sequence[Any], options: Mapping[str, Any]
+) -> list[GenerationResult | None]:
+    """One batch's answers; a prompt too long for a member's context gets None."""
+    try:
+        return list(engine.generate(list(prompts), **options))
+    except ContextWindowError:  # some prompt is too long for a member: the others still run
+        results: list[GenerationResult | None] = []
+        for p in prompts:
+            try:
+                results.append(engine.generate([p], **options)[0])
+            except ContextWindowError:
+                results.append(None)
+        return results
+
+
 def score_results(
     task: Task,
-    results: Sequence[GenerationResult | None],
+    results: Sequence[GenerationResult | ItemOutput | None],
     *,
     system: str,
     kind: Literal["member", "ensemble"],
@@ -413,13 +464,14 @@ def score_results(
     keep_records: bool = False,
 ) -> SystemResult:
     """Accuracy, lengths and answer statistics of one system's answers."""
+    outputs = [None if r is None else ItemOutput.of(r) for r in results]
     correct = 0
     no_answer = 0
     letters: Counter[str] = Counter()
     records: list[ItemRecord] = []
     item_correct: list[bool] = []
     too_long = 0
-    for item, r in zip(task.items, results):
+    for item, r in zip(task.items, outputs):
         if r is None:
             too_long += 1
             no_answer += 1
@@ -448,10 +500,10 @@ def score_results(
                     finish_reason=r.finish_reason,
                 )
             )
-    n = len(results)
-    done = [r for r in results if r is not None]
+    n = len(outputs)
+    done = [r for r in outputs if r is not None]
     chars = [len(r.text.strip()) for r in done]
-    tokens = [r.usage.output_tokens for r in done]
+    tokens = [r.output_tokens for r in done]
     cut = sum(r.finish_reason == "length" for r in done)
     return SystemResult(
         system=system,
@@ -490,6 +542,11 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, disable=not enabled, unit="item", file=sys.stderr)
 
 
+#: What ``evaluate_task`` calls to have its progress written: the data set so far (its finished
+#: systems), and the pair in progress (None after a pair finishes).
+Save = Callable[[DatasetResult, PendingPair | None], None]
+
+
 def evaluate_task(
     engine: UniTEEngine,
     task: Task,
@@ -501,9 +558,17 @@ def evaluate_task(
     keep_records: bool = False,
     constrained: bool = False,
     gate: float | None = None,
+    previous: DatasetResult | None = None,
+    pending: PendingPair | None = None,
+    save: Save | None = None,
+    checkpoint_every: int = 0,
 ) -> DatasetResult:
     """One data set: each member alone (if asked), then the ensemble (if asked, with ``gate``),
-    in one answer mode (``constrained``: option letters only, multiple choice)."""
+    in one answer mode (``constrained``: option letters only, multiple choice).
+
+    Resuming: the systems of ``previous`` (this data set as a file left it) are kept, and
+    ``pending``'s system answers only the items it lacks. ``save`` is called after each system
+    and, within one, after every ``checkpoint_every`` items (0: never within a system)."""
     if not task.items:
         raise ConfigError(f"{task.title}: no items to evaluate")
     systems: list[tuple[str, Literal["member", "ensemble"], UniTEEngine]] = []
@@ -513,31 +578,55 @@ def evaluate_task(
         systems.append((ENSEMBLE, "ensemble", engine))
     if not systems:
         raise ConfigError("nothing to evaluate: enable members_alone or ensemble")
+    kept = {r.system: r for r in previous.results} if previous is not None else {}
+    prompts = [task.prompt(it) for it in task.items]
     results: list[SystemResult] = []
     desc = f"{task.title} (constrained)" if constrained else task.title
     with _bar(len(task.items) * len(systems), progress, desc) as bar:
         for name, kind, eng in systems:
+            if name in kept:
+                results.append(kept[name])
+                bar.update(len(task.items))
+                continue
             bar.set_postfix_str(name)
+            resumed = pending is not None and pending.system == name
+            outs = dict(pending.outputs) if pending is not None and resumed else {}
+            spent = pending.seconds if pending is not None and resumed else 0.0
             t0 = time.perf_counter()
-            g = gate if kind == "ensemble" else None
-            outs = run_task(
-                eng,
-                task,
-                batch_size=batch_size,
-                progress=bar.update,
-                constrained=constrained,
-                gate=g,
-            )
+            plan = _batch_plan(task, batch_size, constrained, gate if kind == "ensemble" else None)
+            since = 0
+            for b, (chunk, options) in enumerate(plan):
+                if all(i in outs for i in chunk):  # answered before the run was cut
+                    bar.update(len(chunk))
+                    continue
+                answers = _answer_batch(eng, [prompts[i] for i in chunk], options)
+                for i, r in zip(chunk, answers):  # the answer only: no per-token provenance kept
+                    outs[i] = None if r is None else ItemOutput.of(r)
+                bar.update(len(chunk))
+                since += len(chunk)
+                if save is not None and 0 < checkpoint_every <= since and b < len(plan) - 1:
+                    seconds = spent + time.perf_counter() - t0
+                    save(
+                        _dataset_result(task, constrained, results),
+                        PendingPair(system=name, seconds=seconds, outputs=outs),
+                    )
+                    since = 0
             results.append(
                 score_results(
                     task,
-                    outs,
+                    [outs[i] for i in range(len(task.items))],
                     system=name,
                     kind=kind,
-                    seconds=time.perf_counter() - t0,
+                    seconds=spent + time.perf_counter() - t0,
                     keep_records=keep_records,
                 )
             )
+            if save is not None:
+                save(_dataset_result(task, constrained, results), None)
+    return _dataset_result(task, constrained, results)
+
+
+def _dataset_result(task: Task, constrained: bool, results: list[SystemResult]) -> DatasetResult:
     return DatasetResult(
         dataset=task.name,
         title=task.title,
@@ -552,9 +641,37 @@ def evaluate_task(
         chat=task.chat,
         mode="constrained" if constrained else "free",
         prompt_example=task.text(task.items[0]),
-        results=results,
+        results=list(results),
         comparison=ensemble_vs_best(results),
     )
+
+
+def read_report(path: str | Path) -> EvalReport:
+    """An ``EvalReport`` from a JSON file, finished or not; a ``ConfigError`` if it is not one."""
+    try:
+        return EvalReport.model_validate_json(Path(path).read_bytes())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    except ValueError as e:  # pydantic's ValidationError (bad JSON included) is a ValueError
+        first = str(e).splitlines()[:3]
+        raise ConfigError(
+            f"{path} is not a `unite eval` report ({' '.join(first)}); remove it or give another "
+            "--json path"
+        ) from e
+
+
+def _config_of(
+    members: UniTEEngine | EnsembleConfig | Sequence[str | MemberSpec] | str,
+    *,
+    top_k: int,
+    weights: Sequence[float] | None,
+    cache_dir: str | Path | None,
+) -> EnsembleConfig:
+    if isinstance(members, UniTEEngine):
+        return members.config
+    if isinstance(members, EnsembleConfig):
+        return members
+    return ensemble_config(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
 
 
 def evaluate(
@@ -577,6 +694,9 @@ def evaluate(
     weights: Sequence[float] | None = None,
     cache_dir: str | Path | None = None,
     gate: float | None = None,
+    json_path: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 100,
 ) -> EvalReport:
     """Evaluate each member alone and the ensemble on data sets (names or prepared tasks).
 
@@ -585,11 +705,23 @@ def evaluate(
     data sets: ``free`` (the paper's), ``constrained`` (option letters only) or ``both`` (two
     results per such data set); other formats are always free-form. ``gate``: gated ensembling
     for the ensemble (``GenerationOptions.gate``; None: full UniTE).
+
+    ``json_path``: the report is written there (whole, atomically) after every (system, data
+    set) pair and every ``checkpoint_every`` items within a pair (0: after pairs only), with
+    ``complete`` false until the end. ``resume``: if ``json_path`` exists, keep what it holds and
+    evaluate the rest; it must have been written with the same settings (members, data sets and
+    their items, limit, seed, shots, modes, options), else a ``ConfigError`` names what differs.
     """
     if not datasets:
         raise ConfigError("no data sets given")
     if mode not in ("free", "constrained", "both"):
         raise ConfigError(f"mode must be 'free', 'constrained' or 'both', got {mode!r}")
+    if resume and json_path is None:
+        raise ConfigError("resume needs the report's path (--json PATH) to resume from")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
+        raise ConfigError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
+    if checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     tasks = [
@@ -598,7 +730,42 @@ def evaluate(
         else load_task(d, split, limit=limit, seed=seed, shots=shots, chat=chat, data_dir=data_dir)
         for d in datasets
     ]
-    engine = resolve_engine(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    config = _config_of(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    settings = eval_settings(
+        config,
+        tasks,
+        split=split,
+        limit=limit,
+        seed=seed,
+        shots=shots,
+        chat=chat,
+        mode=mode,
+        members_alone=members_alone,
+        ensemble=ensemble,
+        gate=gate,
+        batch_size=batch_size,
+        records=keep_records,
+    )
+    previous: EvalReport | None = None
+    if resume and json_path is not None and Path(json_path).exists():
+        previous = read_report(json_path)
+        check_settings(previous.settings, settings, json_path)
+        if previous.complete:
+            print(f"{json_path} is complete: nothing to resume", file=sys.stderr)
+            return previous
+        pairs = sum(len(d.results) for d in previous.datasets)
+        cut = previous.pending
+        print(
+            f"resuming {json_path}: {pairs} (system, data set) pair(s) done"
+            + (f", {len(cut.outputs)} item(s) of {cut.system}" if cut is not None else ""),
+            file=sys.stderr,
+        )
+    if isinstance(members, UniTEEngine):
+        engine = members
+    else:
+        from ..engine.registry import get_engine
+
+        engine = get_engine(config)
     runs: list[tuple[Task, bool]] = []
     for t in tasks:
         if t.kind != "choice" or mode == "free":
@@ -607,32 +774,56 @@ def evaluate(
             runs.append((t, True))
         else:
             runs += [(t, False), (t, True)]
-    results = [
-        evaluate_task(
-            engine,
-            t,
-            members_alone=members_alone,
-            ensemble=ensemble,
+    before = previous.seconds if previous is not None else 0.0
+
+    def report(
+        datasets: list[DatasetResult], pending: PendingPair | None, complete: bool
+    ) -> EvalReport:
+        return EvalReport(
+            members=engine.member_names,
+            sources=[m.spec.source for m in engine.members],
+            weights=list(engine.config.weights),
+            top_k=engine.config.top_k,
             batch_size=batch_size,
-            progress=progress,
-            keep_records=keep_records,
-            constrained=constrained,
+            limit=limit,
+            seed=seed,
+            mode=mode,
+            datasets=datasets,
             gate=gate,
+            machine=MachineInfo.current(engine),
+            started=previous.started if previous is not None else started,
+            seconds=before + time.perf_counter() - t0,
+            resumed_at=[*previous.resumed_at, started] if previous is not None else [],
+            complete=complete,
+            pending=pending,
+            settings=settings,
         )
-        for t, constrained in runs
-    ]
-    return EvalReport(
-        members=engine.member_names,
-        sources=[m.spec.source for m in engine.members],
-        weights=list(engine.config.weights),
-        top_k=engine.config.top_k,
-        batch_size=batch_size,
-        limit=limit,
-        seed=seed,
-        mode=mode,
-        datasets=results,
-        gate=gate,
-        machine=MachineInfo.current(engine),
-        started=started,
-        seconds=time.perf_counter() - t0,
-    )
+
+    def write(r: EvalReport) -> None:
+        if json_path is not None:
+            write_atomic(json_path, r.model_dump_json(indent=2) + "\n")
+
+    finished: list[DatasetResult] = []
+    for n, (t, constrained) in enumerate(runs):
+        held = previous.datasets[n] if previous and n < len(previous.datasets) else None
+        last = previous is not None and n == len(previous.datasets) - 1
+        finished.append(
+            evaluate_task(
+                engine,
+                t,
+                members_alone=members_alone,
+                ensemble=ensemble,
+                batch_size=batch_size,
+                progress=progress,
+                keep_records=keep_records,
+                constrained=constrained,
+                gate=gate,
+                previous=held,
+                pending=previous.pending if previous is not None and last else None,
+                save=(lambda d, p: write(report([*finished, d], p, False))) if json_path else None,
+                checkpoint_every=checkpoint_every,
+            )
+        )
+    final = report(finished, None, True)
+    write(final)
+    return final

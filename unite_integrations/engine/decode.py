@@ -196,9 +196,7 @@ class Batch:
         pending. With a ``budget``, a member feeds at most that many ids of pending prompts
         (the ones the chunked prefill still owes) a step, in row order: the rest stays pending."""
         todo = [[u if t else None for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)]
-        self.updates = [
-            [None if t else u for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)
-        ]
+        rest = [[None if t else u for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)]
         if budget is not None:
             for i, us in enumerate(todo):
                 left = budget
@@ -208,14 +206,39 @@ class Batch:
                         left -= n
                         us[r] = (u[0], u[1][:n]) if n else None
                         if n < len(u[1]):
-                            self.updates[i][r] = (u[0] + n, u[1][n:])
+                            rest[i][r] = (u[0] + n, u[1][n:])
         _run(self.ens, [partial(b.advance, u) for b, u in zip(self.members, todo)])
+        # Only now no longer pending: a forward that raised leaves them so, and ``held`` still
+        # tells what each member should hold (an update is absolute: applying it twice is once).
+        self.updates = rest
         if self.ens.check_invariants:
             _check(self.ens, self, self.rows)
 
     def held(self, i: int, r: int) -> list[int]:
         """Member i's ids for row r once its pending ids are taken (they spell the text)."""
         return _apply(self.members[i].ids[r], self.updates[i][r])
+
+    def restore(
+        self, rows: list[RowState], held: list[list[list[int]]], n_prompt: list[list[int]]
+    ) -> None:
+        """Rows of another batch join this one whole: member i prefills ``held[i][r]`` (what
+        it held for row r there, its pending ids taken), of which ``n_prompt[i][r]`` are the
+        prompt. The engine rebuilds a batch so after a step failed."""
+        _run(self.ens, [partial(b.add_rows, hs) for b, hs in zip(self.members, held)])
+        for b, ns in zip(self.members, n_prompt):
+            b.n_prompt[len(b.n_prompt) - len(ns) :] = ns
+        for us in self.updates:
+            us += [None] * len(rows)
+        self.rows += rows
+
+    def consistent(self, r: int) -> bool:
+        """Whether every member's ids for row r, its pending ids taken, spell the row's text
+        (a step that raised half-way through a row leaves it otherwise)."""
+        text = bytes(self.rows[r].text.raw)
+        return all(
+            m.vocab.bytes_of(self.held(i, r)[b.n_prompt[r] :]) == text
+            for i, (m, b) in enumerate(zip(self.ens.members, self.members))
+        )
 
 
 def _apply(ids: list[int], u: Update) -> list[int]:

@@ -10,10 +10,12 @@ thread pool, so a step costs the slowest member.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -437,7 +439,10 @@ class UniTEEngine:
         live = _Live()
         try:
             while (arrivals := scheduler.admit(len(batch.rows) if batch else 0)) is not None:
+                busy = bool(batch and batch.rows)
                 batch = self._step(batch, live, arrivals)
+                if busy and not (batch and batch.rows):
+                    _give_back_memory()  # the batch emptied: its caches' memory leaves too
         except BaseException as e:  # the loop itself broke: no caller may wait forever
             live.fail(EngineClosedError(f"the engine's worker stopped ({type(e).__name__}: {e})"))
             raise  # the scheduler closes itself: later calls are refused, not left waiting
@@ -471,12 +476,64 @@ class UniTEEngine:
                 self._scheduler.running(len(batch.rows))
                 live.report(self._result)
                 batch.forward()
-        except Exception as e:  # the requests in flight fail; the engine goes on
-            live.fail(e)
-            batch = None
+        except Exception as e:  # the requests at fault fail; the others and the engine go on
+            batch = self._recover(batch, live, e)
         self.stats["rows"] = len(batch.rows) if batch else 0
         self._scheduler.running(self.stats["rows"])
         return batch
+
+    def _recover(self, batch: Batch | None, live: _Live, error: Exception) -> Batch | None:
+        """After a step (or an admission) raised: find the requests at fault and fail them
+        alone. Each request in flight is rebuilt in a batch of its own from what its rows held
+        (``Batch.held``, every member) and takes one step there: one that raises again, or
+        whose rows the failure left half-changed, fails with its error; the others go on in
+        one batch rebuilt from their rows. One request alone is at fault by itself. Costs a
+        prefill of each row's text so far, twice, only when something failed."""
+        requests = list(live.rows)
+        if batch is None or len(requests) <= 1:
+            live.fail(error)
+            return None
+        n = len(self._ens.members)
+        index = {id(row): r for r, row in enumerate(batch.rows)}
+        going: list[tuple[list[RowState], list[list[list[int]]], list[list[int]]]] = []
+        for req in requests:
+            rows = live.rows[req]
+            try:
+                if all(id(row) in index for row in rows):  # rows of the batch: what they held
+                    at = [index[id(row)] for row in rows]
+                    if not all(batch.consistent(r) for r in at):
+                        raise error  # the failure struck inside one of these rows
+                    held = [[batch.held(i, r) for r in at] for i in range(n)]
+                    n_prompt = [[batch.members[i].n_prompt[r] for r in at] for i in range(n)]
+                else:  # admitted this step: its prompts
+                    held = [list(map(list, p)) for p in req.job.prompts]
+                    n_prompt = [[len(p) for p in ps] for ps in held]
+                solo = Batch(self._ens, self.prefill_chunk)
+                solo.restore(rows, held, n_prompt)
+                step(self._ens, solo)
+                solo.keep([r for r, row in enumerate(solo.rows) if row.finish_reason is None])
+                solo.forward()
+                left = [(r, row) for r, row in enumerate(solo.rows)]
+                going.append(
+                    (
+                        [row for _, row in left],
+                        [[solo.held(i, r) for r, _ in left] for i in range(n)],
+                        [[solo.members[i].n_prompt[r] for r, _ in left] for i in range(n)],
+                    )
+                )
+            except Exception as e:  # this request is at fault: it fails alone
+                req.events.put(Failed(e))
+                del live.rows[req]
+        live.report(self._result)
+        rebuilt = Batch(self._ens, self.prefill_chunk)
+        try:
+            for rows, held, n_prompt in going:
+                if rows and not rows[0].owner.cancelled:
+                    rebuilt.restore(rows, held, n_prompt)
+        except Exception as e:  # the rebuild itself failed: no request can go on
+            live.fail(e)
+            return None
+        return rebuilt
 
     def _result(self, row: RowState) -> GenerationResult:
         n_in = row.n_in
@@ -633,6 +690,28 @@ class _Live:
         for req in self.rows:
             req.events.put(Failed(error))
         self.rows.clear()
+
+
+def _give_back_memory() -> None:
+    """Hand the heap's free memory back to the system (glibc's ``malloc_trim``) once a batch has
+    emptied. A batch's caches and prefill activations are freed when its rows leave, but glibc
+    keeps the pages, so a process's RSS stayed at its largest batch's (an MMLU evaluation: 5.5
+    GB after batches of 1,700-token prompts, 2.4 GB once trimmed). A no-op off glibc."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  # musl has none
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _stores(size: int | str, members: list[LoadedMember]) -> list[PrefixStore]:

@@ -82,3 +82,39 @@ def test_a_request_alone_whose_step_raises_fails_and_the_engine_goes_on(
     with poisoned(primary.model, ids[-1]), pytest.raises(Poison):
         engine.generate([PROMPTS[0]], max_new_tokens=4)
     assert engine.generate([PROMPTS[0]], max_new_tokens=4)[0].usage.output_tokens > 0
+
+
+def test_with_every_row_taken_requests_are_admitted_in_arrival_order(
+    make_engine: Any, tiny_dirs: Any
+) -> None:
+    """Fair scheduling: a request that waited is served before a newcomer, whatever its size."""
+    small = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], max_batch_rows=2
+    )
+    order: list[str] = []
+    result = small._result
+
+    def record(row: Any) -> Any:  # the worker builds results in the order rows finish
+        order.append(row.owner.job.options.stop[0])
+        return result(row)
+
+    small._result = record  # type: ignore[method-assign]
+    try:
+        # Two long rows take both rows; then a two-row request, then one-row requests arrive.
+        # None of them may pass the two-row one, though each would fit beside one long row.
+        held = [
+            small.submit([p], max_new_tokens=30 + 8 * n, min_new_tokens=30 + 8 * n, stop=[f"<{n}>"])
+            for n, p in enumerate(PROMPTS[:2])
+        ]
+        pair = small.submit(PROMPTS[2:4], max_new_tokens=3, min_new_tokens=3, stop=["<pair>"])
+        singles = [
+            small.submit([p], max_new_tokens=2, min_new_tokens=2, stop=[f"<s{n}>"])
+            for n, p in enumerate(PROMPTS[4:7])
+        ]
+        for req in [*sum(held, []), *pair, *sum(singles, [])]:
+            assert isinstance(req.next_event(), Done)
+    finally:
+        del small._result
+    assert order[:2] == ["<0>", "<1>"]
+    assert order[2:4] == ["<pair>", "<pair>"]
+    assert order[4:] == ["<s0>", "<s1>", "<s2>"]

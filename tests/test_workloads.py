@@ -270,3 +270,35 @@ def test_requests_in_flight_are_counted_from_admission_to_their_last_step(
     threading.Thread(target=lambda: (req.next_event(), done.set()), daemon=True).start()
     assert done.wait(120)
     assert seen == [1, 0] and engine.metrics().rows_in_flight == 0
+
+
+# -- gating in batches: the other members work for the rows that vote only ------------------------
+
+
+def test_a_gated_batch_computes_only_for_the_rows_that_vote(
+    make_engine: Any, tiny_dirs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unite_integrations.engine.backends import LocalMember
+
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"])
+    primary, other = (m.model for m in engine.members)
+    tops: dict[str, list[int]] = {"primary": [], "other": []}  # rows each top-k was taken for
+    real = LocalMember.top
+
+    def top(self: LocalMember, k: int, ban_end: Any, rows: list[int] | None = None) -> Any:
+        who = "primary" if self.batch.model is primary else "other"
+        tops[who].append(self.batch.n_rows if rows is None else len(rows))
+        return real(self, k, ban_end, rows)
+
+    monkeypatch.setattr(LocalMember, "top", top)
+    results = engine.generate(PROMPTS[:8], max_new_tokens=12, gate=0.5)
+    decisions = [len(r.provenance.tokens) + (r.finish_reason == "stop") for r in results]
+    votes = sum(round(d * (1 - r.provenance.gated_share)) for d, r in zip(decisions, results))
+    assert 0 < votes < sum(decisions)  # some rows gated, some voted
+    assert sum(tops["other"]) == votes  # the other member's top-k: voting rows only
+    assert len(tops["primary"]) == max(decisions)  # the primary's: once a step
+    # At gate 0 no row ever votes: the other member takes one id per row and computes nothing.
+    tops["other"].clear()
+    with counted(other.get_decoder()) as ran:  # the decoder runs with or without the head
+        engine.generate(PROMPTS[:8], max_new_tokens=12, gate=0.0)
+    assert tops["other"] == [] and ran[0] == 8

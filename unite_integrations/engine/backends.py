@@ -48,13 +48,18 @@ class MemberBackend(Protocol):
     def advance(self, updates: list[Update]) -> None:
         """Row r keeps ``updates[r][0]`` ids and appends ``updates[r][1]`` (None: unchanged)."""
 
-    def top(self, k: int, ban_end: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def top(
+        self, k: int, ban_end: torch.Tensor | None, rows: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(values [B, k], columns [B, k]) of the extended logits plus the candidate bias;
-        ``ban_end`` [B] bool sets END to -inf on those rows (here and in ``gather``)."""
+        ``ban_end`` [B] bool sets END to -inf on those rows (here and in ``gather``). With
+        ``rows``, those rows only ([B', k]; ``ban_end`` is theirs): nothing is computed for
+        the others (a gated row's)."""
         ...
 
-    def gather(self, cols: torch.Tensor) -> torch.Tensor:
-        """cols int64 [B, C] -> float [B, C]: extended logits (no bias) of the last ``top``."""
+    def gather(self, cols: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """cols int64 [B, C] -> float [B, C]: extended logits (no bias) of the last ``top``'s
+        rows; with ``rows``, those of its rows (a ``top`` of every row, read for some)."""
         ...
 
     def candidates(self, r: int, n: int) -> list[int]:
@@ -90,8 +95,12 @@ class LocalMember:
     def advance(self, updates: list[Update]) -> None:
         self.batch.advance(updates)
 
-    def top(self, k: int, ban_end: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def top(
+        self, k: int, ban_end: torch.Tensor | None, rows: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.batch.next_logits()  # [B, V]
+        if rows is not None:
+            z = z.index_select(0, torch.tensor(rows, device=z.device))  # [B', V]
         end = z.index_select(1, self.end_ids).amax(1, keepdim=True)  # [B, 1]
         if ban_end is not None:
             end = end.masked_fill(ban_end.to(end.device)[:, None], float("-inf"))
@@ -99,9 +108,12 @@ class LocalMember:
         val, col = (self._ext + self.bias).topk(k, dim=-1)
         return val, col
 
-    def gather(self, cols: torch.Tensor) -> torch.Tensor:
+    def gather(self, cols: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         assert self._ext is not None, "top() first"
-        return self._ext.gather(1, cols.to(self._ext.device))
+        ext = self._ext
+        if rows is not None:
+            ext = ext.index_select(0, torch.tensor(rows, device=ext.device))
+        return ext.gather(1, cols.to(ext.device))
 
     def candidates(self, r: int, n: int) -> list[int]:
         z = self.batch.next_logits()[r] + self.bias[:-1]

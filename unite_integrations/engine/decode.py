@@ -304,14 +304,15 @@ def step(ens: Ensemble, batch: Batch) -> bool:
     early = [row.decisions < row.opts.min_new_tokens for row in rows]
     ban = torch.tensor(early) if any(early) else None  # [B]: END may not win yet
     gates = _gates(rows)  # [B], None where no row may gate
-    alone = gather_union(batch.members[:1], ens.alone, ban) if gates else None  # [1, B, k]
+    first = batch.members[0].top(ens.plan.k, ban) if gates else None  # the primary's, once
+    alone = gather_union(batch.members[:1], ens.alone, ban, None, first) if first else None
     vote = _votes(ens, alone, gates) if alone and gates else [True] * len(rows)  # [B], host
     vote = [v and ok for v, ok in zip(vote, ready)]
-    batch.catch_up(vote)
+    batch.catch_up(vote)  # the other members only: the primary's top-k stays valid
     draws = _draws(rows, home, ready)  # [B]: one per ready row and step, whoever decides
     top_n = max(row.opts.top_logprobs for row in rows)  # 0: nothing more leaves the device
     sel = [r for r, v in enumerate(vote) if v]  # the voting rows, B' of them
-    picks, none_fit = _voted(ens, batch, ban, sel, draws, top_n)
+    picks, none_fit = _voted(ens, batch, ban, sel, draws, top_n, first)
     if len(sel) < len(rows):  # gated rows take the primary's own choice
         if alone:
             res = decide(alone, ens.alone, *_sampling(rows, home, draws), top_n=top_n)
@@ -332,17 +333,42 @@ def step(ens: Ensemble, batch: Batch) -> bool:
     return True
 
 
+Top = tuple[torch.Tensor, torch.Tensor]  # a member's (values, columns), [B, k] each
+
+
 def gather_union(
-    members: Sequence[MemberBackend], plan: StepPlan, ban_end: torch.Tensor | None
+    members: Sequence[MemberBackend],
+    plan: StepPlan,
+    ban_end: torch.Tensor | None,
+    rows: list[int] | None = None,
+    first: Top | None = None,
 ) -> Union:
     """Steps 1-4 through the backends: each member's top-k, the union, each member's logits at
     the union's columns. Only [B, k] and [B, C] numbers leave a member; ``ban_end`` [B] bool
-    rows may not choose END (``min_new_tokens``)."""
-    top_val, top_col = zip(*(b.top(plan.k, ban_end) for b in members))  # [N] [B, k] each
-    gid, valid = candidates(list(top_val), list(top_col), plan)  # [B, C]
-    cols = scoring_cols(list(top_col), plan)  # [N] [B, C]
-    scored = [b.gather(c) for b, c in zip(members, cols)]  # [N] [B, C]
-    return Union(gid, valid, merge_scores(scored, gid, plan), list(top_col))
+    rows may not choose END (``min_new_tokens``). With ``rows`` (B' indices), only those rows:
+    the members compute nothing for the others. ``first``: the first member's top-k of every
+    row, already taken this step (its ``rows`` are picked from it, not computed again)."""
+    idx = None if rows is None else torch.tensor(rows)
+    ban = ban_end if ban_end is None or idx is None else ban_end.index_select(0, idx)
+    tops: list[Top] = []
+    for i, b in enumerate(members):
+        if i == 0 and first is not None:
+            tops.append(first if idx is None else _rows(first, idx))
+        else:
+            tops.append(b.top(plan.k, ban, rows))  # [B', k] each
+    top_val, top_col = [v for v, _ in tops], [c for _, c in tops]
+    gid, valid = candidates(top_val, top_col, plan)  # [B', C]
+    cols = scoring_cols(top_col, plan)  # [N] [B', C]
+    scored = [  # [N] [B', C]; the first member's last top-k was of every row
+        b.gather(c, rows if i == 0 and first is not None else None)
+        for i, (b, c) in enumerate(zip(members, cols))
+    ]
+    return Union(gid, valid, merge_scores(scored, gid, plan), top_col)
+
+
+def _rows(top: Top, idx: torch.Tensor) -> Top:
+    val, col = top
+    return val.index_select(0, idx.to(val.device)), col.index_select(0, idx.to(col.device))
 
 
 def _voted(
@@ -352,32 +378,22 @@ def _voted(
     sel: list[int],
     draws: torch.Tensor,
     top_n: int = 0,
+    first: Top | None = None,
 ) -> tuple[Picks, list[bool]]:
     """The union's choice for rows ``sel`` (B' of them) and, per such row, whether no union
-    string fits its grammar. Gated rows' candidates are computed too (from stale logits: cheap,
-    [B, k] numbers) and dropped."""
+    string fits its grammar. Only those rows' top-k, union and scores are computed (a gated
+    row's are not); ``first``: the primary's top-k of every row, when already taken."""
     if not sel:
         return Picks([], [], [], [], [], []), []
     rows, home = [batch.rows[r] for r in sel], ens.plan.weights.device
-    union = gather_union(batch.members, ens.plan, ban)  # [N, B, C]
-    if len(sel) < len(batch.rows):
-        union = _subset(union, torch.tensor(sel, device=union.gid.device))  # [N, B', C]
+    subset = sel if len(sel) < len(batch.rows) else None
+    union = gather_union(batch.members, ens.plan, ban, subset, first)  # [N, B', C]
     allowed = _grammar_mask(ens, union, rows) if any(r.matcher for r in rows) else None
     idx = torch.tensor(sel, device=draws.device)
     res = decide(
         union, ens.plan, *_sampling(rows, home, draws.index_select(0, idx)), allowed, top_n
     )
     return Picks.of(res), [False] * len(sel) if allowed is None else (~allowed).all(1).tolist()
-
-
-def _subset(u: Union, idx: torch.Tensor) -> Union:
-    """The union of rows ``idx`` only."""
-    return Union(
-        u.gid.index_select(0, idx),
-        u.valid.index_select(0, idx),
-        u.scores.index_select(1, idx),
-        [c.index_select(0, idx.to(c.device)) for c in u.top_col],
-    )
 
 
 def _sampling(

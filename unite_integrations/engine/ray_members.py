@@ -137,12 +137,12 @@ class _MemberActor:
     def advance(self, updates: list[Update]) -> None:
         self.local.advance(updates)
 
-    def top(self, k: int, ban_end: Any) -> tuple[Any, Any]:
-        val, col = self.local.top(k, ban_end)
+    def top(self, k: int, ban_end: Any, rows: list[int] | None = None) -> tuple[Any, Any]:
+        val, col = self.local.top(k, ban_end, rows)
         return val.cpu(), col.cpu()
 
-    def gather(self, cols: Any) -> Any:
-        return self.local.gather(cols).cpu()
+    def gather(self, cols: Any, rows: list[int] | None = None) -> Any:
+        return self.local.gather(cols, rows).cpu()
 
     def candidates(self, r: int, n: int) -> list[int]:
         return self.local.candidates(r, n)
@@ -253,16 +253,18 @@ class RayMember:
             if u is not None:
                 self.ids[r] = self.ids[r][: u[0]] + u[1]
 
-    def top(self, k: int, ban_end: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def top(
+        self, k: int, ban_end: torch.Tensor | None, rows: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._get(pending)
-        val, col = self._get(self.actor.top.remote(k, ban_end))
+        val, col = self._get(self.actor.top.remote(k, ban_end, rows))
         return val, col
 
-    def gather(self, cols: torch.Tensor) -> torch.Tensor:
+    def gather(self, cols: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         self._send(cols)
-        out: torch.Tensor = self._get(self.actor.gather.remote(cols.cpu()))
+        out: torch.Tensor = self._get(self.actor.gather.remote(cols.cpu(), rows))
         return out
 
     def candidates(self, r: int, n: int) -> list[int]:

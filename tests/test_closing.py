@@ -32,8 +32,9 @@ def shortest(engine: UniTEEngine, constraint: Constraint) -> int:
 
 
 CASES = {
-    "forced call, unbounded strings": Constraint.tool_calls(TOOLS, "get_weather",
-                                                            max_string_length=None),
+    "forced call, unbounded strings": Constraint.tool_calls(
+        TOOLS, "get_weather", max_string_length=None
+    ),
     "any call": Constraint.tool_calls(TOOLS, "required", max_string_length=16),
     "schema, unbounded strings": Constraint.json_schema(PERSON, max_string_length=None),
     "regex": Constraint.regex("[a-z]+b"),
@@ -58,8 +59,7 @@ def test_every_budget_that_holds_the_shortest_text_gives_a_parsing_one(roomy, ca
         roomy.generate(["x"], constraint=constraint, max_new_tokens=need - 1)
     prompts = CONVERSATIONS[:2] if constraint.kind == "tool_calls" else ["A person:", "x"]
     for budget in range(need, need + 36, 5):
-        for r in roomy.generate(prompts, tools=TOOLS, constraint=constraint,
-                                max_new_tokens=budget):
+        for r in roomy.generate(prompts, tools=TOOLS, constraint=constraint, max_new_tokens=budget):
             assert parses(constraint.kind, r.text), (budget, r.text)
             assert r.finish_reason == "stop", (budget, r.text)
 
@@ -71,8 +71,7 @@ def test_the_closing_starts_no_earlier_than_it_must(roomy):
     need = shortest(roomy, constraint)
     tight = roomy.generate(["A person:"], constraint=constraint, max_new_tokens=need)[0]
     assert tight.usage.output_tokens == need - 1  # the END is the last step
-    roomy_budget = roomy.generate(["A person:"], constraint=constraint,
-                                  max_new_tokens=need + 20)[0]
+    roomy_budget = roomy.generate(["A person:"], constraint=constraint, max_new_tokens=need + 20)[0]
     assert json.loads(roomy_budget.text)
     assert any(max(t.probs.values()) > 0 for t in roomy_budget.provenance.tokens)
 
@@ -105,3 +104,82 @@ def test_real_pair_forced_call_keeps_the_models_argument_at_32_tokens():
     _, calls = parse_tool_calls(r.text)
     assert [(c.name, c.arguments) for c in calls] == [("magic_function", {"input": 3})], r.text
     engine.close()
+
+
+def _closing_walk(engine: UniTEEngine, matcher: ByteMatcher, limit: int) -> int:
+    """The closing rule followed one call a step, as the rule reads: the literal count."""
+    from unite_integrations.engine.decode import _closing_token
+
+    m, ens = matcher.copy(), engine._ens
+    for n in range(limit):
+        i, t = _closing_token(ens, m)
+        if i < 0:
+            return limit
+        if t == ens.members[i].vocab.size:
+            return n + 1
+        m.consume(ens.members[i].vocab.canon[t] or b"")
+    return limit
+
+
+def _deep(n: int) -> dict[str, object]:
+    return (
+        {"type": "object", "properties": {"a": _deep(n - 1)}, "required": ["a"]}
+        if n
+        else {"type": "string"}
+    )
+
+
+LONG_FORCED = {
+    "a 300-byte property name": Constraint.json_schema(
+        {"type": "object", "properties": {"q" * 300: {"type": "integer"}}, "required": ["q" * 300]}
+    ),
+    "a schema nested 60 objects deep": Constraint.json_schema(_deep(60), max_string_length=8),
+    "a regex of a long literal, then a choice": Constraint.regex("(abc ){40}(x|yz)+"),
+    "a forced call": CASES["forced call, unbounded strings"],
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_FORCED))
+def test_the_closing_count_walks_forced_runs_as_the_rule_does(roomy, case):
+    """``closing_need`` consumes a forced run longer than any token in one call: the count is
+    the rule's, one call a step, from the start and from states part of the way."""
+    matcher = ByteMatcher(LONG_FORCED[case])
+    for _ in range(4):
+        need = closing_need(roomy._ens, matcher, b"", 5_000)
+        assert need == _closing_walk(roomy, matcher, 5_000)
+        assert closing_need(roomy._ens, matcher, b"", need - 1) == need - 1  # the limit holds
+        forced = matcher.forced_bytes()
+        if not forced:
+            break
+        matcher.consume(forced[: max(1, len(forced) // 3)])
+
+
+def test_a_schema_nested_60_deep_is_served_and_parses(roomy):
+    """It was never served: bounding its strings visited each level twice (2^60 calls)."""
+    constraint = Constraint.json_schema(_deep(60), max_string_length=4)
+    need = shortest(roomy, constraint)
+    [result] = roomy.generate(["A value:"], constraint=constraint, max_new_tokens=need + 8)
+    data = json.loads(result.text)
+    for _ in range(60):
+        data = data["a"]
+    assert isinstance(data, str)
+
+
+def test_a_budget_the_context_window_cannot_hold_is_refused_at_the_call(tiny_dirs):
+    """The budget check counts the room the prompt leaves in the context window, not only
+    ``max_new_tokens``: a grammar that cannot close there is refused, never cut mid-JSON."""
+    small = UniTEEngine(
+        [
+            MemberSpec(source=str(tiny_dirs[f]), context_window=160)
+            for f in ("bytelevel_bpe", "sentencepiece_bpe")
+        ],
+        top_k=5,
+    )
+    constraint = Constraint.json_schema(_deep(12), max_string_length=4)
+    need = closing_need(small._ens, ByteMatcher(constraint), b"", 10_000)
+    assert need < 150  # it fits an empty window, not one holding a long prompt
+    with pytest.raises(ConfigError, match="context window"):
+        small.generate(["word " * 30], constraint=constraint, max_new_tokens=need + 50)
+    [ok] = small.generate(["x"], constraint=constraint, max_new_tokens=need + 50)
+    assert json.loads(ok.text)
+    small.close()

@@ -287,7 +287,8 @@ def _closing_ens(*pieces: list[bytes], unusable: tuple[tuple[int, int], ...] = (
     usable = [[True] * len(p) for p in pieces]
     for i, t in unusable:
         usable[i][t] = False
-    return SimpleNamespace(members=members, usable=usable)
+    longest = max(len(b) for p in pieces for b in p)
+    return SimpleNamespace(members=members, usable=usable, longest=longest)
 
 
 def test_closing_token_takes_the_longest_forced_token_of_any_usable_member():
@@ -412,7 +413,10 @@ def test_tool_schema_takes_bare_and_parameterless_tools():
     """A tool given as the function itself, and one without parameters (its arguments: {})."""
     from unite_integrations.engine.constraints import tool_schema
 
-    bare = {"name": "ping", "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}}}
+    bare = {
+        "name": "ping",
+        "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}},
+    }
     assert tool_schema(bare) == ("ping", bare["parameters"])
     empty = {"type": "function", "function": {"name": "now"}}
     assert tool_schema(empty) == ("now", {"type": "object", "properties": {}})
@@ -477,13 +481,33 @@ def test_bounded_schema_bounds_strings_inside_lists_of_schemas():
     ("text", "calls", "content"),
     [
         # a malformed block, then good ones: the good ones still parse, the bad one stays text
-        ("<tool_call>\n{oops}\n</tool_call> " + ADD, [("add", {"a": 1, "b": 2.5})], "<tool_call>\n{oops}\n</tool_call>"),
-        ("<tool_call>\n[1, 2]\n</tool_call>" + ADD, [("add", {"a": 1, "b": 2.5})], "<tool_call>\n[1, 2]\n</tool_call>"),
-        (_call("x", "{}").replace('"name": "x", ', "") + ADD, [("add", {"a": 1, "b": 2.5})], _call("x", "{}").replace('"name": "x", ', "")),
+        (
+            "<tool_call>\n{oops}\n</tool_call> " + ADD,
+            [("add", {"a": 1, "b": 2.5})],
+            "<tool_call>\n{oops}\n</tool_call>",
+        ),
+        (
+            "<tool_call>\n[1, 2]\n</tool_call>" + ADD,
+            [("add", {"a": 1, "b": 2.5})],
+            "<tool_call>\n[1, 2]\n</tool_call>",
+        ),
+        (
+            _call("x", "{}").replace('"name": "x", ', "") + ADD,
+            [("add", {"a": 1, "b": 2.5})],
+            _call("x", "{}").replace('"name": "x", ', ""),
+        ),
         # arguments under "parameters", as a JSON string, as plain text, of the wrong type, absent
         ('<tool_call>{"name": "f", "parameters": {"k": 1}}</tool_call>', [("f", {"k": 1})], ""),
-        ('<tool_call>{"name": "f", "arguments": "{\\"k\\": 2}"}</tool_call>', [("f", {"k": 2})], ""),
-        ('<tool_call>{"name": "f", "arguments": "Paris"}</tool_call>', [("f", {"input": "Paris"})], ""),
+        (
+            '<tool_call>{"name": "f", "arguments": "{\\"k\\": 2}"}</tool_call>',
+            [("f", {"k": 2})],
+            "",
+        ),
+        (
+            '<tool_call>{"name": "f", "arguments": "Paris"}</tool_call>',
+            [("f", {"input": "Paris"})],
+            "",
+        ),
         ('<tool_call>{"name": "f", "arguments": [1]}</tool_call>', [("f", {})], ""),
         ('<tool_call>{"name": "f"}</tool_call>', [("f", {})], ""),
         ("  no calls here  ", [], "  no calls here  "),  # nothing parsed: the text as it was

@@ -111,7 +111,7 @@ def test_with_every_row_taken_requests_are_admitted_in_arrival_order(
             small.submit([p], max_new_tokens=2, min_new_tokens=2, stop=[f"<s{n}>"])
             for n, p in enumerate(PROMPTS[4:7])
         ]
-        for req in [*sum(held, []), *pair, *sum(singles, [])]:
+        for req in [*(r for rs in held for r in rs), *pair, *(r for rs in singles for r in rs)]:
             assert isinstance(req.next_event(), Done)
     finally:
         del small._result

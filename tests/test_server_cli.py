@@ -67,21 +67,20 @@ def test_serve_help_mentions_the_binding(capsys):
 
 
 def test_serve_bounds_reach_serve_and_bad_ones_exit_2(monkeypatch, capsys):
-    from unite_integrations.engine import decode, scheduler
+    from unite_integrations.engine import scheduler
     from unite_integrations.server import cli as serve_cli
     from unite_integrations.server import run
 
-    assert (serve_cli.MAX_BATCH_ROWS, serve_cli.MAX_QUEUE, serve_cli.PREFILL_CHUNK) == (
+    assert (serve_cli.MAX_BATCH_ROWS, serve_cli.MAX_QUEUE) == (
         scheduler.MAX_BATCH_ROWS,
         scheduler.MAX_QUEUE,
-        decode.PREFILL_CHUNK,
     )
     seen: dict[str, object] = {}
     monkeypatch.setattr(run, "serve", lambda members, **kw: seen.update(kw))
     assert cli.main(["serve", "-m", "a"]) == 0
     assert (seen["max_batch_rows"], seen["max_queue"]) == (64, 256)
     # The store is on by default; a size, a number of ids or 0 reach serve as given.
-    assert (seen["prefix_cache"], seen["prefill_chunk"]) == ("auto", 256)
+    assert (seen["prefix_cache"], seen["prefill_chunk"]) == ("auto", None)  # by device
     for given, reached in (("512MiB", "512MiB"), ("4096", 4096), ("0", 0)):
         assert cli.main(["serve", "-m", "a", "--prefix-cache", given]) == 0
         assert seen["prefix_cache"] == reached

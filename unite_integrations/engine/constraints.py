@@ -71,6 +71,9 @@ def tool_schema(tool: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, dict(params)
 
 
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
 def bounded_schema(schema: Any, max_string_length: int | None) -> Any:
     """The schema with the bounds that make every instance finish: objects with listed
     properties allow no others (as OpenAI's strict mode), and strings without a length, pattern
@@ -79,10 +82,13 @@ def bounded_schema(schema: Any, max_string_length: int | None) -> Any:
         return [bounded_schema(s, max_string_length) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: bounded_schema(v, max_string_length) for k, v in schema.items()}
-    for key in ("properties", "$defs", "definitions", "patternProperties"):
-        if isinstance(schema.get(key), dict):
-            out[key] = {k: bounded_schema(v, max_string_length) for k, v in schema[key].items()}
+    # Maps of named subschemas are bounded name by name, and only so: each subschema is
+    # visited once (visiting such a map also as a schema doubled the work at every level, so
+    # a schema nested 60 objects deep never finished, and held the GIL meanwhile).
+    maps = {k for k in _SUBSCHEMA_MAPS if isinstance(schema.get(k), dict)}
+    out = {k: v if k in maps else bounded_schema(v, max_string_length) for k, v in schema.items()}
+    for key in maps:
+        out[key] = {k: bounded_schema(v, max_string_length) for k, v in schema[key].items()}
     if "properties" in schema and "additionalProperties" not in schema:
         out["additionalProperties"] = False
     bounded = {"maxLength", "enum", "const", "pattern", "format"}

@@ -52,6 +52,7 @@ __all__ = [
     "RowState",
     "closing_need",
     "gather_union",
+    "prefill_chunk",
     "retokenize_tail",
     "step",
 ]
@@ -75,8 +76,10 @@ class Ensemble:
     #: Opens member i's backend for a new batch (default: in process, ``LocalMember``).
     open_member: Callable[[int], MemberBackend] | None = None
     alone: StepPlan = field(init=False)  # the primary member as a one-member ensemble
+    longest: int = field(init=False)  # bytes of the longest token of any member
 
     def __post_init__(self) -> None:
+        self.longest = max((len(b) for m in self.members for b in m.vocab.exact), default=1)
         p = self.plan
         self.alone = StepPlan(
             end_ids=p.end_ids[:1],
@@ -122,13 +125,20 @@ class RowState:
 #: Prompt ids each member runs per step for rows still being prefilled (chunked prefill): a long
 #: prompt joins the batch with one id and runs the rest this many ids a step, the oldest row
 #: first, beside the rows already decoding, so they and short newcomers never wait for it whole.
-PREFILL_CHUNK = 256
+#: On a CPU a forward costs about its tokens past a few dozen, so a small chunk keeps a step
+#: close to a decoding step at the same prefill throughput; a GPU needs large ones to be busy.
+PREFILL_CHUNK = {"cpu": 64, "cuda": 512}
+
+
+def prefill_chunk(device: torch.device | str) -> int:
+    """The default chunk for members whose first is on ``device`` (a GPU's for any but CPU)."""
+    return PREFILL_CHUNK["cpu" if torch.device(device).type == "cpu" else "cuda"]
 
 
 class Batch:
     """The rows in flight: each member's backend and each row's state, index r in all."""
 
-    def __init__(self, ens: Ensemble, chunk: int = PREFILL_CHUNK) -> None:
+    def __init__(self, ens: Ensemble, chunk: int = PREFILL_CHUNK["cpu"]) -> None:
         self.ens = ens
         self.chunk = chunk
         self.members = [ens.backend(i) for i in range(len(ens.members))]
@@ -566,7 +576,11 @@ def _grammar_fallbacks(
             continue
         if none_fit[r]:
             _override(ens, picks, r, *_best_allowed(ens, batches, r, row.matcher))
-        left = row.opts.max_new_tokens - row.decisions  # steps left, this one included
+        # Steps left, this one included: the budget's, or fewer where a member's context
+        # window comes first (a step takes at least one id; grammar rows never gate, so no
+        # member has ids pending).
+        room = min(m.context_window - len(b.ids[r]) for m, b in zip(ens.members, batches))
+        left = min(row.opts.max_new_tokens - row.decisions, room)
         piece = ens.strings[picks.gid[r]]
         if (
             picks.gid[r] != END
@@ -598,13 +612,28 @@ def closing_need(ens: Ensemble, matcher: ByteMatcher, piece: bytes, limit: int) 
     """
     m = matcher.copy()
     m.consume(piece)
-    for n in range(limit):
+    n = 0
+    while n < limit:
+        # Along a forced run longer than any token, the rule takes the run's longest token
+        # prefix (``_forced_token``): walked on the bytes, consumed in one call. The same
+        # steps as one rule call each, at a cost linear in the run (a 3,000-byte property
+        # name cost 3 s a step before).
+        forced, pos = m.forced_bytes(), 0
+        while n < limit and len(forced) - pos >= ens.longest:
+            _, _, k = _forced_token(ens, forced[pos : pos + ens.longest])
+            if not k:
+                break
+            pos, n = pos + k, n + 1
+        if pos:
+            m.consume(forced[:pos])
+            continue
         i, t = _closing_token(ens, m)
         if i < 0:
             return limit  # no deterministic way to close from here: close now
         if t == ens.members[i].vocab.size:  # END
             return n + 1
         m.consume(ens.members[i].vocab.canon[t] or b"")
+        n += 1
     return limit
 
 
@@ -616,17 +645,25 @@ def _closing_token(ens: Ensemble, matcher: ByteMatcher) -> tuple[int, int]:
     vocab = ens.members[0].vocab
     if matcher.allows(b""):
         return 0, vocab.size
-    forced = matcher.forced_bytes()
-    for n in range(len(forced), 0, -1):  # the longest forced prefix some member has as a token
-        for i, m in enumerate(ens.members):
-            t = m.vocab.exact.get(forced[:n])
-            if t is not None and ens.usable[i][t]:
-                return i, t
+    i, t, n = _forced_token(ens, matcher.forced_bytes()[: ens.longest])
+    if n:
+        return i, t
     for c in _CLOSERS:
         if vocab.byte_ids[c] >= 0 and matcher.allows(bytes([c])):
             return 0, vocab.byte_ids[c]
     last = matcher.finishing_byte([t >= 0 and ens.usable[0][t] for t in vocab.byte_ids])
     return (0, vocab.byte_ids[last]) if last is not None else (-1, -1)
+
+
+def _forced_token(ens: Ensemble, forced: bytes) -> tuple[int, int, int]:
+    """(member, token, bytes) of the longest prefix of ``forced`` that some member has as a
+    usable token, the first such member; (-1, -1, 0) if none."""
+    for n in range(len(forced), 0, -1):
+        for i, m in enumerate(ens.members):
+            t = m.vocab.exact.get(forced[:n])
+            if t is not None and ens.usable[i][t]:
+                return i, t, n
+    return -1, -1, 0
 
 
 def _best_allowed(

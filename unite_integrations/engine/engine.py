@@ -29,7 +29,7 @@ from ..errors import ConfigError, EngineClosedError
 from .backends import MemberBackend
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
 from .constraints import ByteMatcher, Constraint
-from .decode import PREFILL_CHUNK, Batch, Ensemble, RowState, closing_need, step
+from .decode import Batch, Ensemble, RowState, closing_need, prefill_chunk, step
 from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
@@ -48,7 +48,7 @@ from .text import RowText
 from .union import StepPlan
 from .vocab import END, CrossMap, Vocab, build_cross_map
 
-__all__ = ["EngineMetrics", "Prompt", "UniTEEngine"]
+__all__ = ["EngineMetrics", "Prompt", "UniTEEngine", "stream_chunk"]
 
 _log = logging.getLogger("unite_integrations")
 
@@ -76,7 +76,7 @@ class UniTEEngine:
         backend: Literal["local", "ray"] = "local",
         ray_address: str | None = None,
         prefix_cache: int | str = "auto",
-        prefill_chunk: int = PREFILL_CHUNK,
+        prefill_chunk: int | None = None,
     ) -> None:
         """``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting
         at most, beyond which a call fails at once with ``OverloadedError``; ``prefix_cache``:
@@ -84,7 +84,8 @@ class UniTEEngine:
         that begin alike: ``"auto"`` (10% of the memory free on its device, at most 2 GiB), a
         size (``"512MiB"``, ``"5%"``), an int of ids, or 0 for none; ``prefill_chunk``: prompt
         ids a member runs per step for a longer prompt (chunked prefill: rows decoding and short
-        newcomers never wait for a long prompt's whole prefill)."""
+        newcomers never wait for a long prompt's whole prefill; None: 64 when the primary member is on
+        a CPU, 512 on a GPU)."""
         if isinstance(members, EnsembleConfig):
             config = members
         else:
@@ -112,19 +113,20 @@ class UniTEEngine:
         max_batch_rows: int,
         max_queue: int,
         loaded: list[LoadedMember] | None,
-        prefill_chunk: int = PREFILL_CHUNK,
+        chunk: int | None = None,
     ) -> None:
-        if max_batch_rows < 1 or max_queue < 1 or prefill_chunk < 1:
+        if max_batch_rows < 1 or max_queue < 1 or (chunk is not None and chunk < 1):
             raise ConfigError(
                 "max_batch_rows, max_queue and prefill_chunk must be >= 1, got "
-                f"{max_batch_rows}, {max_queue}, {prefill_chunk}"
+                f"{max_batch_rows}, {max_queue}, {chunk}"
             )
-        self.prefill_chunk = prefill_chunk
         #: Bytes of numbers sent to and received from remote (Ray) members, all steps together.
         self.wire = {"bytes": 0}
         #: Member index -> its Ray actor, for members placed on Ray.
         self.ray_actors: dict[int, Any] = {}
         self._ens = self._build(check_invariants, loaded)
+        #: Prompt ids a member runs per step for a longer prompt (chunked prefill).
+        self.prefill_chunk = chunk or prefill_chunk(self.members[0].model.device)
         self._scheduler = Scheduler(self._serve, max_batch_rows, max_queue)
         self._views: dict[int, UniTEEngine] = {}
         #: Requests admitted, admissions (requests joining at the same step share one prefill),
@@ -279,13 +281,8 @@ class UniTEEngine:
         try:
             while True:
                 event = request.next_event()
-                if isinstance(event, Delta):
-                    yield StreamChunk(text=event.text)
-                else:
-                    result = event.results[0]
-                    yield StreamChunk(
-                        text=event.text, finish_reason=result.finish_reason, result=result
-                    )
+                yield stream_chunk(event)
+                if isinstance(event, Done):
                     return
         finally:
             request.cancel()  # a consumer that stops reading stops the decoding too
@@ -310,11 +307,16 @@ class UniTEEngine:
         if self._scheduler.closed:
             raise EngineClosedError("the engine is closed: build a new UniTEEngine")
         encoded, opts = self._prepare(prompts, tools, options)
-        if constraint is not None:
-            self._check_budget(opts, constraint)
+        matcher = None
+        if constraint is not None:  # compiled once, here: each row takes a copy
+            matcher = ByteMatcher(constraint)
+            room = min(
+                m.context_window - len(p) for m, ps in zip(self.members, encoded) for p in ps
+            )
+            self._check_budget(opts, constraint, matcher, room)
         n = self._scheduler.max_rows
         requests = [
-            Request(Job([e[s : s + n] for e in encoded], opts, constraint), stream=stream)
+            Request(Job([e[s : s + n] for e in encoded], opts, constraint, matcher), stream=stream)
             for s in range(0, len(encoded[0]), n)
         ]
         self._scheduler.submit(requests)
@@ -420,12 +422,24 @@ class UniTEEngine:
         encoded = [[m.encode_prompt(p, tool_list) for p in checked] for m in self._ens.members]
         return encoded, opts
 
-    def _check_budget(self, opts: GenerationOptions, constraint: Constraint) -> None:
-        """Refuse a budget that cannot hold even the shortest text the grammar accepts."""
-        limit = opts.max_new_tokens + 1
-        need = closing_need(self._ens, ByteMatcher(constraint), b"", limit)
-        if need > opts.max_new_tokens:
-            shortest = f"{need} steps" if need < limit else f"more than {opts.max_new_tokens}"
+    def _check_budget(
+        self, opts: GenerationOptions, constraint: Constraint, matcher: ByteMatcher, room: int
+    ) -> None:
+        """Refuse a budget that cannot hold even the shortest text the grammar accepts: neither
+        ``max_new_tokens`` nor the ``room`` the prompt leaves in the context window (ids of the
+        member with the least; a step takes at least one)."""
+        budget = min(opts.max_new_tokens, room - 1)
+        limit = budget + 1
+        need = closing_need(self._ens, matcher, b"", limit)
+        if need > budget:
+            shortest = f"{need} steps" if need < limit else f"more than {budget}"
+            if budget < opts.max_new_tokens:
+                raise ConfigError(
+                    f"the prompt leaves room for {budget} tokens in the context window "
+                    f"({self.context_window}), too few for the shortest text this "
+                    f"{constraint.kind} constraint accepts ({shortest}, the end included): "
+                    "shorten the prompt or the schema"
+                )
             raise ConfigError(
                 f"max_new_tokens={opts.max_new_tokens} cannot hold the shortest text this "
                 f"{constraint.kind} constraint accepts ({shortest}, the end included): "
@@ -658,7 +672,7 @@ class _Live:
                     RowState(
                         RowText(opts.stop),
                         opts,
-                        matcher=ByteMatcher(job.constraint) if job.constraint else None,
+                        matcher=job.matcher.copy() if job.matcher else None,
                         generator=_generator(opts, home),
                         n_in=[len(p[r]) for p in job.prompts],
                         owner=req,
@@ -690,6 +704,14 @@ class _Live:
         for req in self.rows:
             req.events.put(Failed(error))
         self.rows.clear()
+
+
+def stream_chunk(event: Delta | Done) -> StreamChunk:
+    """A streamed request's event as a chunk: its text, and with the last one the result."""
+    if isinstance(event, Delta):
+        return StreamChunk(text=event.text)
+    result = event.results[0]
+    return StreamChunk(text=event.text, finish_reason=result.finish_reason, result=result)
 
 
 def _give_back_memory() -> None:

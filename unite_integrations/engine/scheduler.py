@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import EngineClosedError, OverloadedError
 from .config import GenerationOptions
-from .constraints import Constraint
+from .constraints import ByteMatcher, Constraint
 
 if TYPE_CHECKING:
     from .results import GenerationResult
@@ -56,6 +56,8 @@ class Job:
     prompts: list[list[list[int]]]
     options: GenerationOptions
     constraint: Constraint | None = None
+    #: The constraint's grammar, compiled once when the call was made (each row copies it).
+    matcher: ByteMatcher | None = None
 
     @property
     def n_rows(self) -> int:

@@ -13,12 +13,10 @@ from ..cli_members import add_member_options, member_specs
 
 __all__ = ["add_subcommands"]
 
-#: The engine's bounds (``engine.scheduler``'s ``MAX_BATCH_ROWS``/``MAX_QUEUE``, ``engine.decode``'s
-#: ``PREFILL_CHUNK``), written out so that ``unite --help`` need not import the engine (and
-#: torch); a test keeps them equal.
+#: The engine's bounds (``engine.scheduler``'s ``MAX_BATCH_ROWS``/``MAX_QUEUE``), written out so
+#: that ``unite --help`` need not import the engine (and torch); a test keeps them equal.
 MAX_BATCH_ROWS = 64
 MAX_QUEUE = 256
-PREFILL_CHUNK = 256
 
 
 def add_subcommands(sub: Any) -> None:
@@ -72,10 +70,10 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument(
         "--prefill-chunk",
         type=int,
-        default=PREFILL_CHUNK,
+        default=None,
         metavar="IDS",
-        help=f"prompt ids a member runs per step for a long prompt (default {PREFILL_CHUNK}): "
-        "requests decoding and short newcomers never wait for a long prompt's whole prefill",
+        help="prompt ids a member runs per step for a long prompt (default: 64 on a CPU, 512 on "
+        "a GPU): requests decoding and short newcomers never wait for a long prompt's prefill",
     )
     p.add_argument(
         "--graceful-timeout",
@@ -104,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     for flag, value in (
         ("--max-batch-rows", args.max_batch_rows),
         ("--max-queue", args.max_queue),
-        ("--prefill-chunk", args.prefill_chunk),
+        ("--prefill-chunk", args.prefill_chunk or 1),
     ):
         if value < 1:
             raise ConfigError(f"{flag} {value}: give a whole number >= 1")

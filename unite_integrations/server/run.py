@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..chat import ChatDefaults
 from ..engine.config import MemberSpec, ensemble_config
-from ..engine.decode import PREFILL_CHUNK
 from ..engine.engine import UniTEEngine
 from ..engine.scheduler import MAX_BATCH_ROWS, MAX_QUEUE
 from .app import DEFAULT_MAX_BODY_BYTES, create_app
@@ -37,7 +36,7 @@ def serve(
     max_batch_rows: int = MAX_BATCH_ROWS,
     max_queue: int = MAX_QUEUE,
     prefix_cache: int | str = "auto",
-    prefill_chunk: int = PREFILL_CHUNK,
+    prefill_chunk: int | None = None,
     graceful_timeout: int = 30,
     log_level: str = "info",
 ) -> None:
@@ -48,7 +47,8 @@ def serve(
     ``ConfigError`` before anything loads); ``prefix_cache``: how much of earlier prompts' and
     answers' KV columns each member keeps (a shared system prompt runs once; see
     ``UniTEEngine``); ``prefill_chunk``: prompt ids a member runs per step for a long prompt
-    (chunked prefill: decoding rows and short requests do not wait for it whole). The engine is the server's own (not the
+    (chunked prefill: decoding rows and short requests do not wait for it whole; None: 64 on a
+    CPU, 512 on a GPU). The engine is the server's own (not the
     process's shared one, whose bounds are the defaults) and closes with it."""
     import uvicorn
 

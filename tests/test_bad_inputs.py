@@ -166,6 +166,12 @@ ENGINE_CASES: list[tuple[str, Callable[[UniTEEngine], Any], type[UniteError]]] =
         gen([user("hi")], tools=[tool(name="f", parameters="{}")]),
         ConfigError,
     ),
+    ("tool-int-parameters", gen([user("hi")], tools=[tool(name="f", parameters=7)]), ConfigError),
+    (
+        "tool-list-parameters",
+        gen([user("hi")], tools=[tool(name="f", parameters=[1])]),
+        ConfigError,
+    ),
     ("tool-int-description", gen([user("hi")], tools=[tool(name="f", description=5)]), ConfigError),
     (
         "tool-nan-in-schema",

@@ -345,7 +345,7 @@ def _post(base: str, body: object, headers: dict[str, str] | None = None, raw: b
             400,
             "frequency_penalty",
         ),
-        ({"model": "tiny", "messages": USER, "tools": ["add"]}, None, 400, "tools"),
+        ({"model": "tiny", "messages": USER, "tools": ["add"]}, None, 400, "tools[0]"),
         (
             {"model": "tiny", "messages": USER, "tools": [WEATHER], "tool_choice": "sub"},
             None,

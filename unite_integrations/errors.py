@@ -11,7 +11,9 @@
     └── EngineClosedError      the engine was closed (``close()``, or the interpreter is exiting)
 
 Every message names the member concerned (where there is one) and what to do about it, because a
-user who sees these errors usually cannot read the engine to find out.
+user who sees these errors usually cannot read the engine to find out. Where the check knows which
+field of a request is wrong, the error carries it as ``param`` in OpenAI's spelling
+(``"tools[0].function.parameters"``); the server reports it as the error body's ``param``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,17 @@ __all__ = [
 
 
 class UniteError(Exception):
-    """Base class of every error unite-integrations raises on purpose."""
+    """Base class of every error unite-integrations raises on purpose.
+
+    ``param``: the request field the error is about, where the check knows it (else ``None``).
+    """
+
+    param: str | None = None
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        if param is not None:  # an instance attribute: it survives pickling (Ray), as __dict__
+            self.param = param
 
 
 class ConfigError(UniteError, ValueError):

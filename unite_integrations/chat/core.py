@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..engine.config import EnsembleConfig, MemberSpec
-from ..engine.engine import Prompt, UniTEEngine
+from ..engine.engine import Prompt, UniTEEngine, stream_chunk
+from ..engine.inputs import check_text
 from ..engine.registry import get_engine
-from ..engine.results import GenerationResult
-from ..errors import ConfigError, InputError
-from .bridge import primed, thread_stream
+from ..engine.results import GenerationResult, StreamChunk
+from ..engine.scheduler import Done, Failed, Request
+from ..errors import ConfigError, ContextWindowError, InputError
+from .bridge import checked, thread_stream
 from .messages import render
 from .options import ChatDefaults, engine_options, keeps_tokens
 from .tools import ToolCallStream, grammar, parse_calls, response_format
@@ -36,7 +38,7 @@ from .types import (
     ToolCallChunk,
 )
 
-__all__ = ["ChatCore", "PreparedCall", "default_model_name"]
+__all__ = ["ChatCore", "Decoding", "PreparedCall", "default_model_name"]
 
 
 def default_model_name(members: Sequence[str | MemberSpec]) -> str:
@@ -47,7 +49,10 @@ def default_model_name(members: Sequence[str | MemberSpec]) -> str:
 
 @dataclass(frozen=True)
 class PreparedCall:
-    """A request resolved into one engine call (validated: building it raised any error)."""
+    """A request resolved into one engine call (validated: building it raised any error).
+
+    ``ChatCore.check`` leaves the grammar unbuilt (``build``, ``constraint`` None): ``built()``
+    is the call with its constraint, as ``ChatCore.prepare`` returns it."""
 
     prompt: Prompt
     options: dict[str, Any]
@@ -55,8 +60,17 @@ class PreparedCall:
     constraint: Any
     parse_calls: bool
     tokens: bool = False  # keep per-token provenance in the result
+    build: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+
+    def built(self) -> PreparedCall:
+        """This call with its constraint built (rewriting a deep schema can take long)."""
+        if self.build is None:
+            return self
+        return replace(self, constraint=self.build(), build=None)
 
     def engine_kwargs(self) -> dict[str, Any]:
+        if self.build is not None:
+            raise RuntimeError("the call's grammar is not built yet: call built() first")
         return {"tools": self.tools, "constraint": self.constraint, **self.options}
 
 
@@ -103,6 +117,13 @@ class ChatCore:
     def prepare(self, request: ChatRequest) -> PreparedCall:
         """Validate a request and resolve it into an engine call (``ConfigError`` for a bad
         option, tool or tool choice, ``InputError`` for bad messages), before any decoding."""
+        return self.check(request).built()
+
+    def check(self, request: ChatRequest) -> PreparedCall:
+        """``prepare`` but for building the grammar: every check of the request's own (options,
+        messages, tools, tool choice, response format), each cheap enough for an event loop;
+        the constraint, whose building can take long for a deeply nested schema, is left to
+        ``PreparedCall.built()``."""
         if not isinstance(request, ChatRequest):
             raise InputError(f"a chat call takes a ChatRequest, got {type(request).__name__}")
         if not isinstance(request.options, ChatOptions):
@@ -120,13 +141,13 @@ class ChatCore:
         options = engine_options(self.defaults, request.options, forced=g.forced)
         tokens = keeps_tokens(self.defaults, request.options)
         prompt: Prompt
-        if request.text is not None:
+        if request.text is not None:  # a raw completion: OpenAI's ``prompt``
             if not isinstance(request.text, str) or not request.text:
-                raise InputError("the prompt is empty: pass some text")
-            prompt = request.text
+                raise InputError("the prompt is empty: pass some text", param="prompt")
+            prompt = check_text("the prompt", request.text, "prompt")
         else:
             prompt = render(request.messages, g.instruction)
-        return PreparedCall(prompt, options, g.tools, g.constraint, g.parse_calls, tokens)
+        return PreparedCall(prompt, options, g.tools, None, g.parse_calls, tokens, g.build)
 
     # -- sync -------------------------------------------------------------------------------
 
@@ -152,10 +173,33 @@ class ChatCore:
         """The answer in chunks: content as it becomes safe to show, each tool call once its
         block closes, and a last chunk with the finish reason and the complete result. Closing
         (or dropping) the iterator cancels the engine request, so decoding stops. Bad input
-        raises here, before the first chunk is read."""
+        raises here, before the first chunk is read; the call returns once the request is queued
+        (it does not wait for decoding)."""
         call = self.prepare(request)
-        pieces = self.engine.stream(call.prompt, **call.engine_kwargs())
-        return primed(self._chunks(call, pieces))
+        return self._chunks(call, self.submit(call))
+
+    def submit(self, call: PreparedCall) -> Decoding:
+        """Queue a checked call on the engine without waiting for any decoding: its grammar is
+        built, and the engine's own checks (each member's prompt encoding and context window,
+        the grammar's compilation, the shortest text it accepts against the token budget) and
+        its queue bound (``OverloadedError``) raise here, in the caller's thread; nothing was
+        queued then. The returned ``Decoding`` gives the engine's stream chunks as the engine
+        decodes them."""
+        [request] = self._submit([call.prompt], call, stream=True)
+        return Decoding(request)
+
+    def _submit(self, prompts: list[Prompt], call: PreparedCall, stream: bool) -> list[Request]:
+        """``engine.submit``, its errors naming the request field they are about."""
+        call = call.built()
+        try:
+            return self.engine.submit(prompts, stream=stream, **call.engine_kwargs())
+        except ContextWindowError as e:  # OpenAI's field: the prompt, or the conversation
+            e.param = e.param or ("prompt" if isinstance(call.prompt, str) else "messages")
+            raise
+        except ConfigError as e:
+            if e.param is None and call.constraint is not None and "grammar" in str(e):
+                e.param = "tools" if call.tools else "response_format"  # the grammar's source
+            raise
 
     def _chunks(self, call: PreparedCall, pieces: Iterator[Any]) -> Iterator[ChatChunk]:
         splitter = ToolCallStream() if call.parse_calls else None
@@ -188,10 +232,19 @@ class ChatCore:
     # -- async ------------------------------------------------------------------------------
 
     async def astream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk, None]:
-        """``stream`` for async code: ``async for chunk in await core.astream(request)``. The
-        engine runs in a worker thread; bad input raises at the ``await``; closing the async
-        generator or cancelling the task that reads it cancels the engine request."""
-        return await thread_stream(lambda: self.stream(request))
+        """``stream`` for async code: ``async for chunk in await core.astream(request)``. Bad
+        input raises at the ``await``; closing the async generator or cancelling the task that
+        reads it cancels the engine request.
+
+        Checking never waits behind a busy engine: the request's own checks (``check``: the
+        options, messages, tools, tool choice and response format) run here, on the event loop,
+        and building its grammar and the engine's checks (``submit``: prompt encoding, context
+        window, grammar and token budget, the queue bound) in the bridge's pool of checking
+        threads, which never wait for decoding. Only a valid, queued request gets a
+        worker thread to wait for its chunks."""
+        call = self.check(request)
+        decoding = await checked(lambda: self.submit(call), discard=Decoding.abandon)
+        return await thread_stream(lambda: self._chunks(call, decoding), abandon=decoding.abandon)
 
     async def ainvoke(self, request: ChatRequest) -> ChatResult:
         """``invoke`` for async code, without blocking the event loop. Cancelling the awaiting
@@ -204,6 +257,28 @@ class ChatCore:
         finally:
             await chunks.aclose()
         raise RuntimeError("the engine's stream ended without a result")  # pragma: no cover
+
+    async def ainvoke_many(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Answers for requests that differ only in their prompt (a completions call's list of
+        prompts), in order: every one is checked before any is queued, then they are queued
+        together (all or none: ``OverloadedError`` queues none) and decoded together.
+        Cancelling the awaiting task cancels them all."""
+        if any(_but_prompt(r) != _but_prompt(requests[0]) for r in requests[1:]):
+            raise ConfigError("ainvoke_many takes requests that differ in their prompt only")
+        calls = [self.check(r) for r in requests]
+        if not calls:
+            return []
+        first = calls[0]
+        answers = await checked(
+            lambda: _Answers(self._submit([c.prompt for c in calls], first, stream=False)),
+            discard=_Answers.abandon,
+        )
+        items = await thread_stream(lambda: iter(answers), abandon=answers.abandon)
+        try:
+            results = [r async for r in items]
+        finally:
+            await items.aclose()
+        return [self.result(r, c.parse_calls, tokens=c.tokens) for r, c in zip(results, calls)]
 
     # -- engine results -> chat results ------------------------------------------------------
 
@@ -236,6 +311,71 @@ class ChatCore:
             text=result.text,
             tokens=tuple(result.provenance.tokens) if tokens else (),
         )
+
+
+class Decoding:
+    """A queued engine request's stream chunks (``UniTEEngine.stream`` over ``submit``, so the
+    request is checked and queued before anything waits). ``close()``, or dropping it, cancels
+    the request (its row leaves the batch at the next step); ``abandon()`` does too and also
+    wakes a thread waiting for its next chunk (from any thread)."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._done = False
+
+    def __iter__(self) -> Decoding:
+        return self
+
+    def __next__(self) -> StreamChunk:
+        if self._done:
+            raise StopIteration
+        event = self._request.next_event()  # a Failed event (the engine's error) raises here
+        self._done = isinstance(event, Done)
+        return stream_chunk(event)
+
+    def close(self) -> None:
+        self._done = True
+        self._request.cancel()
+
+    def abandon(self) -> None:
+        """Cancel, and wake a reader blocked on the next event (a cancelled request that is still
+        waiting for its row gets no more events from the engine)."""
+        self.close()
+        self._request.events.put(Failed(_Abandoned("the caller left")))
+
+    def __del__(self) -> None:
+        self._request.cancel()
+
+
+class _Answers:
+    """The results of requests queued together (not streamed), in order, as each request's
+    ``Done`` event comes; ``abandon()`` cancels them all and wakes a waiting reader."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        self._requests = requests
+
+    def __iter__(self) -> Iterator[GenerationResult]:
+        for request in self._requests:
+            event = request.next_event()  # a Failed event (the engine's error) raises here
+            if isinstance(event, Done):  # the only event of a request that does not stream
+                yield from event.results
+
+    def abandon(self) -> None:
+        for request in self._requests:
+            request.cancel()
+            request.events.put(Failed(_Abandoned("the caller left")))
+
+    def __del__(self) -> None:
+        for request in self._requests:
+            request.cancel()
+
+
+class _Abandoned(Exception):
+    """Ends a reader's wait on a request whose caller went away (nobody sees it)."""
+
+
+def _but_prompt(request: ChatRequest) -> ChatRequest:
+    return replace(request, messages=(), text=None) if isinstance(request, ChatRequest) else request
 
 
 def _part_chunks(parts: list[str | ToolCall], index: int) -> Iterator[ChatChunk]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..engine.inputs import check_text
 from ..errors import InputError
 from .types import ROLES, Message, Role, ToolCall
 
@@ -28,13 +29,15 @@ __all__ = [
 _ENGINE_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
-def role_of(raw: object, where: str) -> Role:
-    """The engine role for a front end's role name (``types.ROLES``), or an ``InputError``."""
+def role_of(raw: object, where: str, param: str | None = None) -> Role:
+    """The engine role for a front end's role name (``types.ROLES``), or an ``InputError``
+    (carrying ``param``, the role's field in the caller's API, where given)."""
     role = ROLES.get(str(raw).lower()) if isinstance(raw, str) else None
     if role is None:
         raise InputError(
             f"{where} has role {raw!r}, which the members' chat templates cannot render; use "
-            f"system, user, assistant or tool ({', '.join(sorted(ROLES))} are accepted)"
+            f"system, user, assistant or tool ({', '.join(sorted(ROLES))} are accepted)",
+            param=param,
         )
     return role
 
@@ -44,9 +47,9 @@ def join_text(parts: Iterable[str]) -> str:
     return "\n".join(parts)
 
 
-def decode_arguments(value: object, where: str) -> dict[str, Any]:
+def decode_arguments(value: object, where: str, param: str | None = None) -> dict[str, Any]:
     """A tool call's arguments as a dict: a dict as is, a JSON object string decoded, nothing
-    (``None`` or ``""``) as ``{}``; anything else is an ``InputError``."""
+    (``None`` or ``""``) as ``{}``; anything else is an ``InputError`` (carrying ``param``)."""
     if value is None or value == "":
         return {}
     if isinstance(value, Mapping):
@@ -55,57 +58,103 @@ def decode_arguments(value: object, where: str) -> dict[str, Any]:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as e:
-            raise InputError(f"{where}: tool call arguments are not valid JSON ({e})") from e
+            raise InputError(
+                f"{where}: tool call arguments are not valid JSON ({e})", param=param
+            ) from e
+        except RecursionError:
+            raise InputError(
+                f"{where}: tool call arguments nest too deeply; flatten them", param=param
+            ) from None
         if isinstance(parsed, dict):
             return parsed
     raise InputError(
         f"{where}: tool call arguments must be a JSON object (a dict or its JSON text), got "
-        f"{type(value).__name__}"
+        f"{type(value).__name__}",
+        param=param,
     )
 
 
-def make_tool_call(call_id: object, name: object, arguments: object, where: str) -> ToolCall:
-    """A validated ``ToolCall`` (a missing id becomes ``""``; the renderer numbers it)."""
+def make_tool_call(
+    call_id: object, name: object, arguments: object, where: str, param: str | None = None
+) -> ToolCall:
+    """A validated ``ToolCall`` (a missing id becomes ``""``; the renderer numbers it).
+    ``param``: the call's field in the caller's API (the server: ``messages[1].tool_calls[0]``),
+    carried by the errors (``...function.name``)."""
+    fn = f"{param}.function" if param else None
     if not isinstance(name, str) or not name:
-        raise InputError(f"{where}: a tool call needs a tool name (a non-empty string)")
+        raise InputError(
+            f"{where}: a tool call needs a tool name (a non-empty string)", param=_at(fn, "name")
+        )
+    check_text(f"{where}: the tool call's name", name, _at(fn, "name"))
     if call_id is not None and not isinstance(call_id, str):
-        raise InputError(f"{where}: a tool call id must be a string, got {call_id!r}")
-    return ToolCall(call_id or "", name, decode_arguments(arguments, where))
+        raise InputError(
+            f"{where}: a tool call id must be a string, got {call_id!r}", param=_at(param, "id")
+        )
+    if call_id:
+        check_text(f"{where}: the tool call's id", call_id, _at(param, "id"))
+    return ToolCall(call_id or "", name, decode_arguments(arguments, where, _at(fn, "arguments")))
 
 
 def make_message(
     role: object,
-    content: str | Sequence[str],
+    content: str | Sequence[str] | None,
     *,
     where: str,
     tool_calls: Sequence[ToolCall] = (),
     tool_call_id: object = None,
     name: object = None,
+    param: str | None = None,
 ) -> Message:
-    """A validated ``Message``: the role through the role table, text blocks joined."""
-    engine_role = role_of(role, where)
-    if isinstance(content, str):
+    """A validated ``Message``: the role through the role table, text blocks joined. ``content``
+    may be ``None`` only on an assistant turn with tool calls (as in OpenAI's API and the
+    engine's rule). ``param``: the message's field in the caller's API (the server:
+    ``messages[0]``), carried by the errors (``messages[0].content``)."""
+    engine_role = role_of(role, where, _at(param, "role"))
+    if content is None and engine_role == "assistant" and tool_calls:
+        text = ""
+    elif content is None:
+        raise InputError(
+            f"{where} ({engine_role}) has no content; give text (an empty string will do): only "
+            "an assistant message with tool calls may leave it out",
+            param=_at(param, "content"),
+        )
+    elif isinstance(content, str):
         text = content
     elif isinstance(content, Sequence) and all(isinstance(p, str) for p in content):
         text = join_text(content)
     else:
-        raise InputError(f"{where}: content must be text (a string or a list of text blocks)")
+        raise InputError(
+            f"{where}: content must be text (a string or a list of text blocks)",
+            param=_at(param, "content"),
+        )
+    check_text(f"{where} content", text, _at(param, "content"))
     if tool_calls and engine_role != "assistant":
         raise InputError(
             f"{where} ({engine_role}) carries tool calls; tool calls belong to assistant "
-            "messages (tool results are messages with role 'tool')"
+            "messages (tool results are messages with role 'tool')",
+            param=_at(param, "tool_calls"),
         )
-    if tool_call_id is not None and not isinstance(tool_call_id, str):
-        raise InputError(f"{where}: tool_call_id must be a string, got {tool_call_id!r}")
-    if name is not None and not isinstance(name, str):
-        raise InputError(f"{where}: name must be a string, got {name!r}")
+    call_id = _optional_text(tool_call_id, f"{where} tool_call_id", _at(param, "tool_call_id"))
+    tool_name = _optional_text(name, f"{where} name", _at(param, "name"))
     return Message(
         role=engine_role,
         content=text,
         tool_calls=tuple(tool_calls),
-        tool_call_id=tool_call_id if engine_role == "tool" else None,
-        name=name or None if engine_role == "tool" else None,
+        tool_call_id=call_id if engine_role == "tool" else None,
+        name=tool_name or None if engine_role == "tool" else None,
     )
+
+
+def _optional_text(value: object, field: str, param: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be a string, got {value!r}", param=param)
+    return check_text(field, value, param)
+
+
+def _at(param: str | None, field: str) -> str | None:
+    return f"{param}.{field}" if param else None
 
 
 def render(messages: Sequence[Message], instruction: str | None = None) -> list[dict[str, Any]]:

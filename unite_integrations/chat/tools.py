@@ -8,8 +8,9 @@ splits the whole text, so a stream and a call give the same content and the same
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..engine.constraints import (
     parse_tool_calls,
     tool_schema,
 )
+from ..engine.inputs import check_nesting, check_tools
 from ..engine.text import partial_suffix
 from ..errors import ConfigError
 from .types import ResponseFormat, ToolCall
@@ -38,17 +40,10 @@ __all__ = [
 
 
 def tool_names(tools: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Names of OpenAI-style tools; a tool that is not one is a ``ConfigError``."""
-    names = []
-    for n, tool in enumerate(tools):
-        if not isinstance(tool, Mapping):
-            raise ConfigError(
-                f"tool {n} is a {type(tool).__name__}; pass tools as OpenAI-style dicts "
-                "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}} (or the "
-                "front end's tool objects)"
-            )
-        names.append(tool_schema(tool)[0])
-    return names
+    """Names of OpenAI-style tools, checked by the engine's one rule for tools
+    (``engine.inputs.check_tools``): a malformed tool is a ``ConfigError`` whose ``param`` names
+    the field (``tools[0].function.parameters``), never a ``TypeError`` from deeper down."""
+    return [tool_schema(t)[0] for t in check_tools(tools) or ()]
 
 
 def tool_choice(choice: object, names: Sequence[str]) -> str:
@@ -96,9 +91,28 @@ def response_format(value: object) -> ResponseFormat | None:
         return None
     if kind == "json_schema" and "json_schema" in value:
         wrapper = value["json_schema"]
-        schema = wrapper.get("schema") if isinstance(wrapper, Mapping) else None
+        if not isinstance(wrapper, Mapping):
+            raise ConfigError(
+                f"response_format.json_schema is a {type(wrapper).__name__}; give an object "
+                "like {'name': ..., 'schema': {...}}",
+                param="response_format.json_schema",
+            )
+        schema = wrapper.get("schema")
+        _check_schema(schema, "response_format.json_schema.schema")
         return ResponseFormat("json_schema", dict(schema) if schema else {"type": "object"})
+    _check_schema(value, "response_format")
     return ResponseFormat("json_schema", dict(value))
+
+
+def _check_schema(schema: object, param: str) -> None:
+    """A response format's JSON schema: a dict (or nothing), nested within ``MAX_NESTING``."""
+    if schema is not None and not isinstance(schema, Mapping):
+        raise ConfigError(
+            f"{param} is a {type(schema).__name__}; give a JSON schema object like "
+            "{'type': 'object', 'properties': {...}}",
+            param=param,
+        )
+    check_nesting(param, schema, ConfigError, param)
 
 
 def json_instruction(schema: Mapping[str, Any] | None) -> str:
@@ -115,7 +129,10 @@ def json_instruction(schema: Mapping[str, Any] | None) -> str:
 class Grammar:
     """What a request's tools and response format mean for decoding."""
 
-    constraint: Constraint | None
+    build: Callable[[], Constraint] | None
+    """Builds the constraint (``None``: unconstrained). Kept apart from the checks because
+    rewriting a deeply nested schema can take long: it runs where waiting is fine, never on an
+    event loop."""
     tools: list[dict[str, Any]] | None
     """Tools shown to the members (``None`` with ``tool_choice="none"``)."""
     parse_calls: bool
@@ -132,21 +149,33 @@ def grammar(
     fmt: ResponseFormat | None,
     max_string_length: int | None,
 ) -> Grammar:
-    """The grammar for a request (``ConfigError`` for a bad combination)."""
+    """The grammar for a request (``ConfigError`` for a bad combination): every check is made
+    here; the constraint itself is built by ``Grammar.build``."""
     names = tool_names(tools)
     chosen = tool_choice(choice, names)
     if names and chosen != "none":
         if fmt is not None:
             raise ConfigError("give either tools or a response_format, not both")
         specs = [dict(t) for t in tools]
-        constraint = Constraint.tool_calls(
-            specs, chosen, parallel=parallel, max_string_length=max_string_length
+        return Grammar(
+            functools.partial(
+                Constraint.tool_calls,
+                specs,
+                chosen,
+                parallel=parallel,
+                max_string_length=max_string_length,
+            ),
+            specs,
+            True,
+            chosen != "auto",
         )
-        return Grammar(constraint, specs, True, chosen != "auto")
     if fmt is not None:
+        _check_schema(fmt.schema, "response_format")
         schema = fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"}
-        constraint = Constraint.json_schema(schema, max_string_length=max_string_length)
-        return Grammar(constraint, None, False, True, json_instruction(schema))
+        build = functools.partial(
+            Constraint.json_schema, schema, max_string_length=max_string_length
+        )
+        return Grammar(build, None, False, True, json_instruction(schema))
     return Grammar(None, None, False, False)
 
 

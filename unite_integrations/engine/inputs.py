@@ -14,14 +14,17 @@ The rules (``docs/guarantees.md`` has them as one table):
   LangChain); ``content`` may be missing or ``None`` only on an assistant turn with ``tool_calls``.
 * ``tool_calls`` (assistant turns only) is a list of ``{"function": {"name", "arguments"}}`` dicts,
   ``arguments`` a JSON string or a dict.
-* ``tools`` is ``None`` or a list of OpenAI-style tool dicts, each naming its function.
+* ``tools`` is ``None`` or a list of OpenAI-style tool dicts, each naming its function; a tool's
+  ``parameters``, if given, is a dict (a JSON schema). Tools and tool calls nest dicts and lists at
+  most :data:`MAX_NESTING` deep.
 * No text anywhere holds a lone surrogate (``"\\ud800"``): it has no UTF-8 encoding, so no tokenizer
   can read it. That is an :class:`~unite_integrations.errors.InputError` wherever it is found
   (prompt, message, tool schema, stop string), never a silent replacement.
 
 Malformed tools are a :class:`~unite_integrations.errors.ConfigError`, as in the adapters and
 :class:`~unite_integrations.engine.constraints.Constraint` (tools configure a call); everything else
-here is an ``InputError``.
+here is an ``InputError``. A tool's error carries the field as ``param`` in OpenAI's spelling
+(``tools[0].function.parameters``), which the server reports.
 """
 
 from __future__ import annotations
@@ -32,9 +35,22 @@ from typing import Any
 
 from ..errors import ConfigError, InputError
 
-__all__ = ["ROLES", "check_messages", "check_prompts", "check_text", "check_tools"]
+__all__ = [
+    "MAX_NESTING",
+    "ROLES",
+    "check_messages",
+    "check_nesting",
+    "check_prompts",
+    "check_text",
+    "check_tools",
+]
 
 ROLES = ("system", "user", "assistant", "tool")
+
+#: Deepest nesting of dicts and lists accepted in a tool, a tool call or a JSON schema. Deeper
+#: input is refused before any recursive code (schema rewriting, JSON, chat templates) could run
+#: out of Python's stack and fail with a ``RecursionError`` instead of a typed error.
+MAX_NESTING = 200
 
 Message = Mapping[str, Any]
 Prompt = str | Sequence[Message]
@@ -42,17 +58,19 @@ Prompt = str | Sequence[Message]
 _MESSAGE_HINT = "a message is a dict like {'role': 'user', 'content': '...'}"
 
 
-def check_text(field: str, value: object) -> str:
-    """``value`` if it is a string UTF-8 can encode; else an ``InputError`` naming ``field``."""
+def check_text(field: str, value: object, param: str | None = None) -> str:
+    """``value`` if it is a string UTF-8 can encode; else an ``InputError`` naming ``field``
+    (``param``: the request field, carried by the error)."""
     if not isinstance(value, str):
-        raise InputError(f"{field} is {_kind(value)}, not a string: pass text")
+        raise InputError(f"{field} is {_kind(value)}, not a string: pass text", param=param)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise InputError(
             f"{field} holds a lone surrogate {value[e.start]!r} at position {e.start}, which no "
             "tokenizer can read; remove it, or clean the text with "
-            "text.encode('utf-8', 'replace').decode()"
+            "text.encode('utf-8', 'replace').decode()",
+            param=param,
         ) from None
     return value
 
@@ -96,17 +114,44 @@ def check_messages(messages: Sequence[Message], field: str = "the conversation")
 
 
 def check_tools(tools: object) -> list[dict[str, Any]] | None:
-    """OpenAI-style tool schemas, checked and copied; ``None`` (or an empty list) for no tools."""
+    """OpenAI-style tool schemas, checked and copied; ``None`` (or an empty list) for no tools.
+
+    Each error carries the field as ``param`` in OpenAI's spelling (``tools[0].function.name``)."""
     if tools is None:
         return None
     if not _is_list(tools):
         raise ConfigError(
             f"tools is {_kind(tools)}; pass a list of tool dicts like "
-            "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}"
+            "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}",
+            param="tools",
         )
     assert isinstance(tools, (list, tuple))
-    checked = [_check_tool(t, f"tool {n}") for n, t in enumerate(tools)]
+    checked = [_check_tool(t, f"tool {n}", f"tools[{n}]") for n, t in enumerate(tools)]
     return checked or None
+
+
+def check_nesting(
+    field: str,
+    value: object,
+    error: type[InputError] | type[ConfigError],
+    param: str | None = None,
+) -> None:
+    """Refuse ``value`` (with ``error``) if its dicts and lists nest deeper than MAX_NESTING."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > MAX_NESTING:
+            raise error(
+                f"{field} nests dicts and lists more than {MAX_NESTING} deep; flatten it",
+                param=param,
+            )
+        stack.extend((c, depth + 1) for c in children)
 
 
 # -- one message, one tool -----------------------------------------------------------------------
@@ -168,34 +213,50 @@ def _check_tool_calls(calls: object, field: str) -> list[dict[str, Any]]:
             raise InputError(
                 f"{where} has arguments {_kind(arguments)}; pass a JSON object string or a dict"
             )
+        check_nesting(where, call, InputError)
         _check_strings(where, call)
         _check_json(where, call, InputError)
         out.append({**call, "function": dict(function)})
     return out
 
 
-def _check_tool(tool: object, field: str) -> dict[str, Any]:
+def _check_tool(tool: object, field: str, param: str) -> dict[str, Any]:
     if not isinstance(tool, Mapping):
         raise ConfigError(
             f"{field} is {_kind(tool)}; a tool is a dict like "
-            "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}"
+            "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}",
+            param=param,
         )
     function = tool.get("function", tool)
+    at = f"{param}.function" if "function" in tool else param  # OpenAI's shape, or a bare one
     if not isinstance(function, Mapping):
-        raise ConfigError(f"{field} has 'function' {_kind(function)}; it must be a dict")
+        raise ConfigError(
+            f"{field} has 'function' {_kind(function)}; it must be a dict like "
+            "{'name': ..., 'parameters': {...}}",
+            param=at,
+        )
     name = function.get("name")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{field} has name {name!r}; give every tool a non-empty string name")
+        raise ConfigError(
+            f"{field} has name {name!r}; give every tool a non-empty string name",
+            param=f"{at}.name",
+        )
     description = function.get("description")
     if description is not None and not isinstance(description, str):
-        raise ConfigError(f"{field} ({name!r}) has description {_kind(description)}; give a string")
+        raise ConfigError(
+            f"{field} ({name!r}) has description {_kind(description)}; give a string",
+            param=f"{at}.description",
+        )
     parameters = function.get("parameters")
     if parameters is not None and not isinstance(parameters, Mapping):
         raise ConfigError(
-            f"{field} ({name!r}) has parameters {_kind(parameters)}; give a JSON schema dict"
+            f"{field} ({name!r}) has parameters {_kind(parameters)}; give a JSON schema object "
+            "like {'type': 'object', 'properties': {...}} (or leave parameters out)",
+            param=f"{at}.parameters",
         )
-    _check_strings(f"{field} ({name!r})", tool)
-    _check_json(f"{field} ({name!r})", tool, ConfigError)
+    check_nesting(f"{field} ({name!r})", tool, ConfigError, param)
+    _check_strings(f"{field} ({name!r})", tool, param)
+    _check_json(f"{field} ({name!r})", tool, ConfigError, param)
     return dict(tool)
 
 
@@ -222,24 +283,30 @@ def _kind(value: object) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name} ({shown})"
 
 
-def _check_strings(field: str, value: object) -> None:
+def _check_strings(field: str, value: object, param: str | None = None) -> None:
     """Every string inside ``value`` (keys too) must be encodable; walks dicts and lists."""
     if isinstance(value, str):
-        check_text(field, value)
+        check_text(field, value, param)
     elif isinstance(value, Mapping):
         for k, v in value.items():
-            _check_strings(field, k)
-            _check_strings(f"{field}.{_label(k)}", v)
+            _check_strings(field, k, param)
+            _check_strings(f"{field}.{_label(k)}", v, param and f"{param}.{_label(k)}")
     elif isinstance(value, (list, tuple)):
-        for v in value:
-            _check_strings(field, v)
+        for n, v in enumerate(value):
+            _check_strings(field, v, param and f"{param}[{n}]")
 
 
-def _check_json(field: str, value: object, error: type[InputError] | type[ConfigError]) -> None:
+def _check_json(
+    field: str,
+    value: object,
+    error: type[InputError] | type[ConfigError],
+    param: str | None = None,
+) -> None:
     """Tool schemas and calls are written into prompts as JSON, so they must serialise."""
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise error(
-            f"{field} is not JSON-serialisable ({e}); use dicts, lists, str, numbers"
+            f"{field} is not JSON-serialisable ({e}); use dicts, lists, str, numbers",
+            param=param,
         ) from None

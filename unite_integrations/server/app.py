@@ -8,10 +8,13 @@ own: HTTP (body limits, the API key, status codes and OpenAI's error body), the 
 ``unite`` extension field with the ensemble's provenance, OpenAI's log-probability objects built
 from the per-token provenance the core keeps on request, and ``/metrics``.
 
-Concurrency comes from the engine: each request runs in a worker thread of its own (the core's
-bridge), so the event loop never blocks, and requests waiting at the same time are decoded
-together by the engine's scheduler. A client that disconnects mid-stream closes its stream, which
-cancels its engine request.
+Concurrency comes from the engine: requests waiting at the same time are decoded together by its
+scheduler. A request is checked before it waits for anything: its body, options, messages and
+tools on the event loop, the engine's checks (prompt encoding, context window, grammar and token
+budget) and its queueing in the chat core's pool of checking threads, which never wait for
+decoding; so a malformed request is answered at once however busy the engine is. Only a queued
+request gets a worker thread of its own to wait for its chunks (the core's bridge), so the event
+loop never blocks. A client that disconnects closes its stream, which cancels its engine request.
 """
 
 from __future__ import annotations
@@ -195,9 +198,13 @@ class _Server:
         except ClientDisconnect as e:
             raise APIError(400, "the client went away while sending the body") from e
         try:
-            data = json.loads(b"".join(chunks))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = json.loads(b"".join(chunks), parse_constant=_not_json)
+        except ValueError as e:  # not JSON, not UTF-8, or NaN/Infinity
             raise APIError(400, f"the body is not valid JSON: {e}", code="invalid_json") from e
+        except RecursionError:
+            raise APIError(
+                400, "the body nests arrays and objects too deeply", code="invalid_json"
+            ) from None
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", code="invalid_json")
         try:
@@ -291,6 +298,8 @@ class _Server:
             "batches": self.engine.stats.get("batches", 0),
             "prefix_ids_reused": m.prefix_ids_reused,
             "prefix_ids_stored": m.prefix_ids_stored,
+            "prefix_bytes_held": m.prefix_bytes_held,
+            "prefix_bytes_max": m.prefix_bytes_max,
         }
         return PlainTextResponse(self.metrics.render(stats), media_type="text/plain; version=0.0.4")
 
@@ -431,7 +440,7 @@ class _Server:
                 request, requests[0], want, "text_completion", _text_chunk, "completions"
             )
         results = await _unless_disconnected(
-            request, asyncio.gather(*(self.core.ainvoke(r) for r in requests)), self.metrics
+            request, self.core.ainvoke_many(requests), self.metrics
         )
         for r in results:
             self._count(r)
@@ -595,15 +604,23 @@ def _message(m: Any, n: int) -> Message:
     """An OpenAI message as the core's ``Message`` (text parts only)."""
     where = f"messages[{n}]"
     content = m.content
-    if content is None:
-        text: str | list[str] = ""
+    if content is None:  # an assistant turn with tool calls only (the core says so otherwise)
+        text: str | list[str] | None = None
     elif isinstance(content, str):
         text = content
     else:
         text = []
-        for part in content:
+        for i, part in enumerate(content):
             if part.get("type") == "text" and isinstance(part.get("text"), str):
                 text.append(part["text"])
+            elif part.get("type") == "text":
+                raise APIError(
+                    400,
+                    f"{where}.content[{i}] is a text part whose 'text' is not a string: send "
+                    "{'type': 'text', 'text': '...'}",
+                    param=f"{where}.content[{i}].text",
+                    code="invalid_type",
+                )
             else:
                 raise APIError(
                     400,
@@ -617,16 +634,20 @@ def _message(m: Any, n: int) -> Message:
         if not isinstance(fn, Mapping):
             raise APIError(
                 400,
-                f"{where}.tool_calls[{i}] has no 'function' object",
-                param=f"{where}.tool_calls",
+                f"{where}.tool_calls[{i}] has no 'function' object: send "
+                "{'type': 'function', 'function': {'name': ..., 'arguments': '...'}}",
+                param=f"{where}.tool_calls[{i}].function",
             )
-        calls.append(
-            make_tool_call(
-                call.get("id"), fn.get("name"), fn.get("arguments"), f"{where}.tool_calls[{i}]"
-            )
-        )
+        at = f"{where}.tool_calls[{i}]"
+        calls.append(make_tool_call(call.get("id"), fn.get("name"), fn.get("arguments"), at, at))
     return make_message(
-        m.role, text, where=where, tool_calls=calls, tool_call_id=m.tool_call_id, name=m.name
+        m.role,
+        text,
+        where=where,
+        tool_calls=calls,
+        tool_call_id=m.tool_call_id,
+        name=m.name,
+        param=where,
     )
 
 
@@ -734,6 +755,11 @@ def _sse(data: Mapping[str, Any]) -> bytes:
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity``, which Python's parser reads but JSON lacks."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _too_large(limit: int) -> APIError:

@@ -2,9 +2,12 @@
 
 Only the shape is checked here (types and required fields): values (ranges of options, roles,
 tools, tool choices, schemas, empty conversations) are the chat core's to check, once for every
-front end, and its typed errors become 400s. Unknown fields are ignored, as vLLM does, so clients that send more than we read still
-work; fields we read but cannot honour (``n`` other than 1, penalties) are refused by the app
-with a message that says so.
+front end, and its typed errors become 400s. Types are strict, as OpenAI's API is: an integer
+field takes a JSON integer only (not ``"12"``, ``12.5``, ``12.0`` or ``true``), a number field
+a JSON number (an integer will do, a string or a boolean not), a boolean field ``true`` or
+``false``; anything else is a 400 naming the field. Unknown fields are ignored, as vLLM does, so
+clients that send more than we read still work; fields we read but cannot honour (``n`` other
+than 1, penalties) are refused by the app with a message that says so.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ MAX_STOP = 4
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Body):

@@ -183,3 +183,27 @@ def test_a_budget_the_context_window_cannot_hold_is_refused_at_the_call(tiny_dir
     [ok] = small.generate(["x"], constraint=constraint, max_new_tokens=need + 50)
     assert json.loads(ok.text)
     small.close()
+
+
+def test_a_60_deep_schema_beside_a_normal_request_costs_that_request_nothing_in_steps(roomy):
+    """The pathological request of issue 26, with its schema in its prompt as the chat core
+    writes it (over a thousand ids): the normal request beside it is answered in as many
+    engine steps as it has tokens (plus its admission), with the text it gets alone; the deep
+    one is answered and parses."""
+    schema = _deep(60)
+    constraint = Constraint.json_schema(schema, max_string_length=4)
+    deep_prompt = "Answer in JSON following this schema: " + json.dumps(schema)
+    assert all(len(m.encode_prompt(deep_prompt)) > 1000 for m in roomy.members)
+    normal = {"max_new_tokens": 12, "min_new_tokens": 12}
+    alone = roomy.generate(["Once upon a time"], **normal)[0].text
+    need = shortest(roomy, constraint)
+    [deep] = roomy.submit([deep_prompt], constraint=constraint, max_new_tokens=need + 8)
+    before = roomy.stats["steps"]
+    [result] = roomy.generate(["Once upon a time"], **normal)
+    assert roomy.stats["steps"] - before <= 12 + 2
+    assert result.text == alone
+    [answer] = deep.next_event().results
+    data = json.loads(answer.text)
+    for _ in range(60):
+        data = data["a"]
+    assert isinstance(data, str)

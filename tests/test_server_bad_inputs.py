@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("uvicorn")
 
 from server_harness import running
-from test_bad_inputs import ENGINE_CASES, SUR
+from test_bad_inputs import ENGINE_CASES, SUR, call, tool, user, with_calls
 from test_cancellation import gate_after
 
 from unite_integrations import ConfigError
@@ -65,26 +65,6 @@ def comp(param: str | None, status: int = 400, code: str | None = None, **fields
 
 def raw(path: str, text: bytes, code: str = "invalid_json") -> Row:
     return Row(path, text, None, 400, code)
-
-
-def user(content: Any) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": content}]
-
-
-def with_calls(calls: Any, content: Any = "") -> list[dict[str, Any]]:
-    return [
-        {"role": "user", "content": "What is 2 + 3?"},
-        {"role": "assistant", "content": content, "tool_calls": calls},
-        {"role": "user", "content": "go on"},
-    ]
-
-
-def call(name: Any = "add", arguments: Any = '{"a": 2}') -> dict[str, Any]:
-    return {"id": "c0", "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def tool(**function: Any) -> dict[str, Any]:
-    return {"type": "function", "function": function}
 
 
 def nested(depth: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 from conftest import PROMPTS
 from reference import as_engine_text, reference_of
 from test_cancellation import gate_after
+from test_reliability import needs_proc, rss_mib
 from test_sequences import _assert_rows_as_alone, _gemma3, _tiny
 from tiny_models import tiny_model_dir
 
@@ -302,3 +303,85 @@ def test_a_gated_batch_computes_only_for_the_rows_that_vote(
     with counted(other.get_decoder()) as ran:  # the decoder runs with or without the head
         engine.generate(PROMPTS[:8], max_new_tokens=12, gate=0.0)
     assert tops["other"] == [] and ran[0] == 8
+
+
+def test_long_prompts_chunks_leave_no_lasting_holes_in_the_others_caches(
+    model: torch.nn.Module,
+) -> None:
+    """Each chunk forward appends columns to every row (holes for the rows that took fewer):
+    three long prompts prefilled one after another beside decoding rows would leave the cache
+    three prompts wide. It is compacted once holes are most of it, and every row keeps its own
+    logits."""
+    from unite_integrations.engine.sequences import COMPACT_SLACK
+
+    longs = [[(11 * n + k) % 90 + 1 for n in range(200)] for k in range(3)]
+    batch = MemberBatch(model, [], 0)
+    batch.add_rows([[5, 6, 7], *(p[:1] for p in longs), [8, 9]])
+    widths = []
+    for k, prompt in enumerate(longs):  # the oldest first, 20 ids a step
+        for start in range(1, len(prompt), 20):
+            updates: list[Any] = [(len(ids), [start % 90 + 1]) for ids in batch.ids]
+            updates[1 + k] = (start, prompt[start : start + 20])
+            for j in range(3):
+                if j != k:
+                    updates[1 + j] = None  # waiting for their turn
+            batch.advance(updates)
+            widths.append(batch.mask.shape[1])
+            live = max(len(ids) for ids in batch.ids)
+            assert batch.mask.shape[1] <= 2 * live + COMPACT_SLACK
+    assert [batch.ids[1 + k] for k in range(3)] == longs
+    assert max(widths) < 2 * 230 + COMPACT_SLACK < 3 * 200  # without: three prompts wide
+    _assert_rows_as_alone(batch, model)
+    for _ in range(3):  # and decoding goes on exactly
+        batch.advance([(len(ids), [7]) for ids in batch.ids])
+    _assert_rows_as_alone(batch, model)
+
+
+@needs_proc
+def test_memory_stays_within_its_bound_over_500_mixed_requests(
+    make_engine: Any, tiny_dirs: Any
+) -> None:
+    """500 requests of different prompts (5 to ~350 ids, so the store fills and evicts, long
+    ones prefilled in chunks), greedy, sampled and gated, from 8 threads, a tenth of them
+    abandoned streams: the stores never hold more than their size, and the process's memory
+    after the first 100 requests grows by less than a store's worth."""
+    import gc
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefix_cache="256KiB"
+    )
+    words = " ".join(PROMPTS).split()
+    rng = random.Random(0)
+    calls = []
+    for n in range(500):
+        prompt = " ".join(rng.choice(words) for _ in range(rng.choice([2, 5, 20, 40, 80])))
+        kw: dict[str, Any] = {"max_new_tokens": rng.randint(2, 8)}
+        if n % 5 == 1:
+            kw.update(temperature=0.8, seed=n)
+        if n % 7 == 2:
+            kw["gate"] = 0.5
+        calls.append((f"{n}: {prompt}", kw, n % 10 == 3))
+
+    def one(call: tuple[str, dict[str, Any], bool]) -> None:
+        prompt, kw, abandon = call
+        if abandon:
+            it = engine.stream(prompt, **kw)
+            next(it, None)
+            it.close()
+        else:
+            engine.generate([prompt], **kw)
+        assert all(s.bytes <= s.max_bytes for s in engine._ens.stores)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, calls[:100]))
+        gc.collect()
+        before = rss_mib()
+        list(pool.map(one, calls[100:]))
+    gc.collect()
+    grown = rss_mib() - before
+    stores = engine._ens.stores
+    assert all(0 < s.bytes <= s.max_bytes == 256 * 1024 for s in stores)
+    assert all(s.stored * s.bytes / len(s) > 2 * s.max_bytes for s in stores)  # it evicted
+    assert grown < 48, f"RSS grew by {grown:.1f} MiB over 400 requests"

@@ -130,6 +130,10 @@ class RowState:
 PREFILL_CHUNK = {"cpu": 64, "cuda": 512}
 
 
+#: Chunks a step runs when every row is still being prefilled (nobody decodes, so nobody waits).
+IDLE_CHUNKS = 4
+
+
 def prefill_chunk(device: torch.device | str) -> int:
     """The default chunk for members whose first is on ``device`` (a GPU's for any but CPU)."""
     return PREFILL_CHUNK["cpu" if torch.device(device).type == "cpu" else "cuda"]
@@ -193,7 +197,11 @@ class Batch:
         being prefilled take their next chunk, at most ``chunk`` ids a member, oldest first."""
         if self.rows:
             eager = [not _may_gate(row) for row in self.rows]
-            self._advance([[True] * len(eager)] + [eager] * (len(self.members) - 1), self.chunk)
+            prompt = self.members[0].n_prompt
+            waiting = [u is not None and u[0] < n for u, n in zip(self.updates[0], prompt)]
+            # While no row decodes, no one waits on a step: a larger share goes at once.
+            budget = self.chunk if not all(waiting) else IDLE_CHUNKS * self.chunk
+            self._advance([[True] * len(eager)] + [eager] * (len(self.members) - 1), budget)
 
     def catch_up(self, vote: list[bool]) -> None:
         """The members other than the primary consume the pending text of the rows that vote

@@ -233,6 +233,34 @@ class MemberBatch:
         for group in groups:
             mine = set(group)
             self._append([s if r in mine else [] for r, s in enumerate(segs)], logits)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Move every row's live columns to the right end of a cache as wide as the longest
+        row's, when holes are most of the width. A forward appends columns to every row (holes
+        for those that took fewer ids): a long prompt's chunks, a catch-up, a rollback widen
+        the others' caches, and every later step attends over that width (a burst of 16
+        chunked RAG prompts grew it to thousands of columns of holes and ran 2x slower)."""
+        if not self.cols or not _subsettable(self.cache):
+            return
+        live, width = max(len(c) for c in self.cols), self.mask.shape[1]
+        if width <= 2 * live + COMPACT_SLACK:
+            return
+        src = torch.zeros(len(self.cols), live, dtype=torch.long)  # [B, live]: old columns
+        mask = torch.zeros(len(self.cols), live, dtype=torch.long)
+        for r, cols in enumerate(self.cols):
+            src[r, live - len(cols) :] = torch.tensor(cols, dtype=torch.long)
+            mask[r, live - len(cols) :] = 1
+            self.cols[r] = list(range(live - len(cols), live))
+        src = src.to(self.device)
+        for layer in _layers(self.cache):
+            k, v = layer.keys, layer.values  # [B, H, T, D]
+            index = src[:, None, :, None].expand(k.shape[0], k.shape[1], live, k.shape[-1])
+            layer.keys, layer.values = k.gather(2, index), v.gather(2, index)
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length = live
+        self.pos = self.pos.gather(1, src) * mask.to(self.device)
+        self.mask = mask.to(self.device)
 
     def _append(self, segs: list[list[int]], logits: bool = True) -> None:
         """One forward pass taking ``segs[r]``, the ids row r appends (already in ``ids``);
@@ -379,6 +407,9 @@ class MemberBatch:
         result: torch.Tensor = out.logits[:, -1, :]
         return result
 
+
+#: Hole columns a cache may hold beyond its live ones before ``_compact`` (besides half its width).
+COMPACT_SLACK = 64
 
 #: What one more forward pass costs, in padded tokens: ``advance`` runs the rows with the most
 #: ids apart from the others when that pads more than this many fewer tokens (e.g. a gated row

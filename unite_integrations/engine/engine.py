@@ -452,12 +452,11 @@ class UniTEEngine:
         batch: Batch | None = None  # opened with the first arrivals, again after a failure
         live = _Live()
         try:
-            loops = 0
             while (arrivals := scheduler.admit(len(batch.rows) if batch else 0)) is not None:
-                busy, loops = bool(batch and batch.rows), loops + 1
+                busy = bool(batch and batch.rows)
                 batch = self._step(batch, live, arrivals)
-                if (busy and not (batch and batch.rows)) or loops % TRIM_STEPS == 0:
-                    _give_back_memory()  # the batch emptied (or a while passed): free pages go
+                if busy and not (batch and batch.rows):
+                    _give_back_memory()  # the batch emptied: its caches' memory leaves too
         except BaseException as e:  # the loop itself broke: no caller may wait forever
             live.fail(EngineClosedError(f"the engine's worker stopped ({type(e).__name__}: {e})"))
             raise  # the scheduler closes itself: later calls are refused, not left waiting
@@ -713,10 +712,6 @@ def stream_chunk(event: Delta | Done) -> StreamChunk:
         return StreamChunk(text=event.text)
     result = event.results[0]
     return StreamChunk(text=event.text, finish_reason=result.finish_reason, result=result)
-
-
-#: Steps between two ``_give_back_memory`` calls while the batch never empties (a busy server).
-TRIM_STEPS = 256
 
 
 def _give_back_memory() -> None:

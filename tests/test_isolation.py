@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import PROMPTS
+from test_workloads import finishing
 
 from unite_integrations import UniTEEngine
 from unite_integrations.engine.scheduler import Done
@@ -91,15 +92,7 @@ def test_with_every_row_taken_requests_are_admitted_in_arrival_order(
     small = make_engine(
         tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], max_batch_rows=2
     )
-    order: list[str] = []
-    result = small._result
-
-    def record(row: Any) -> Any:  # the worker builds results in the order rows finish
-        order.append(row.owner.job.options.stop[0])
-        return result(row)
-
-    small._result = record  # type: ignore[method-assign]
-    try:
+    with finishing(small) as finished:
         # Two long rows take both rows; then a two-row request, then one-row requests arrive.
         # None of them may pass the two-row one, though each would fit beside one long row.
         held = [
@@ -113,8 +106,7 @@ def test_with_every_row_taken_requests_are_admitted_in_arrival_order(
         ]
         for req in [*(r for rs in held for r in rs), *pair, *(r for rs in singles for r in rs)]:
             assert isinstance(req.next_event(), Done)
-    finally:
-        del small._result
+    order = [row.opts.stop[0] for row in finished]  # each request's marker
     assert order[:2] == ["<0>", "<1>"]
     assert order[2:4] == ["<pair>", "<pair>"]
     assert order[4:] == ["<s0>", "<s1>", "<s2>"]

@@ -89,6 +89,24 @@ def model(request: pytest.FixtureRequest) -> torch.nn.Module:
 
 
 @contextmanager
+def finishing(engine: UniTEEngine) -> Iterator[list[Any]]:
+    """The rows that finish while inside, in the order the worker builds their results (the
+    order they finish in, whatever the threads reading them do)."""
+    finished: list[Any] = []
+    result = engine._result
+
+    def record(row: Any) -> Any:
+        finished.append(row)
+        return result(row)
+
+    engine._result = record  # type: ignore[method-assign]
+    try:
+        yield finished
+    finally:
+        del engine._result
+
+
+@contextmanager
 def counted(model: torch.nn.Module) -> Iterator[list[int]]:
     """Ids (padding included) that go through the model's forward passes while inside."""
     seen = [0]
@@ -230,28 +248,20 @@ def test_a_short_request_finishes_while_a_long_prompt_still_prefills(
     )
     long_prompt = " ".join(PROMPTS[:8])
     assert all(len(m.encode_prompt(long_prompt)) > 40 for m in engine.members)
-    finished: list[int] = []
-    result = engine._result
-
-    def record(row: Any) -> Any:  # the worker builds results in the order rows finish
-        finished.append(row.n_in[0])
-        return result(row)
-
-    engine._result = record  # type: ignore[method-assign]
-    try:
-        # The long request's first chunk is held at the gate: the short one is provably
-        # admitted while the long prompt has some 20 chunks to go.
-        with gate_after(engine.members[0].model, forwards=1) as opened:
-            [long] = engine.submit([long_prompt], max_new_tokens=1)
-            assert opened.waiting.wait(60)  # type: ignore[attr-defined]
-            [short] = engine.submit(["Hello"], max_new_tokens=4, min_new_tokens=4)
-            opened.set()
-            assert isinstance(short.next_event(), Done)
-            assert isinstance(long.next_event(), Done)
-    finally:
-        del engine._result
+    # The long request's first chunk is held at the gate: the short one is provably admitted
+    # while the long prompt has some 20 chunks to go.
+    with finishing(engine) as finished, gate_after(engine.members[0].model, forwards=1) as opened:
+        [long] = engine.submit([long_prompt], max_new_tokens=1)
+        assert opened.waiting.wait(60)  # type: ignore[attr-defined]
+        [short] = engine.submit(["Hello"], max_new_tokens=4, min_new_tokens=4)
+        opened.set()
+        assert isinstance(short.next_event(), Done)
+        assert isinstance(long.next_event(), Done)
     n_short = len(engine.members[0].encode_prompt("Hello"))
-    assert finished == [n_short, len(engine.members[0].encode_prompt(long_prompt))]
+    assert [row.n_in[0] for row in finished] == [
+        n_short,
+        len(engine.members[0].encode_prompt(long_prompt)),
+    ]
 
 
 def test_requests_in_flight_are_counted_from_admission_to_their_last_step(

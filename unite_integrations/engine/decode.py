@@ -236,6 +236,12 @@ class Batch:
         """Member i's ids for row r once its pending ids are taken (they spell the text)."""
         return _apply(self.members[i].ids[r], self.updates[i][r])
 
+    def state(self, rows: Sequence[int]) -> tuple[list[list[list[int]]], list[list[int]]]:
+        """What ``restore`` takes to rebuild ``rows`` elsewhere: ``held[i][r]`` and
+        ``n_prompt[i][r]``, member by member."""
+        held = [[self.held(i, r) for r in rows] for i in range(len(self.members))]
+        return held, [[b.n_prompt[r] for r in rows] for b in self.members]
+
     def restore(
         self, rows: list[RowState], held: list[list[list[int]]], n_prompt: list[list[int]]
     ) -> None:

@@ -507,7 +507,6 @@ class UniTEEngine:
         if batch is None or len(requests) <= 1:
             live.fail(error)
             return None
-        n = len(self._ens.members)
         index = {id(row): r for r, row in enumerate(batch.rows)}
         going: list[tuple[list[RowState], list[list[list[int]]], list[list[int]]]] = []
         for req in requests:
@@ -517,8 +516,7 @@ class UniTEEngine:
                     at = [index[id(row)] for row in rows]
                     if not all(batch.consistent(r) for r in at):
                         raise error  # the failure struck inside one of these rows
-                    held = [[batch.held(i, r) for r in at] for i in range(n)]
-                    n_prompt = [[batch.members[i].n_prompt[r] for r in at] for i in range(n)]
+                    held, n_prompt = batch.state(at)
                 else:  # admitted this step: its prompts
                     held = [list(map(list, p)) for p in req.job.prompts]
                     n_prompt = [[len(p) for p in ps] for ps in held]
@@ -527,14 +525,7 @@ class UniTEEngine:
                 step(self._ens, solo)
                 solo.keep([r for r, row in enumerate(solo.rows) if row.finish_reason is None])
                 solo.forward()
-                left = [(r, row) for r, row in enumerate(solo.rows)]
-                going.append(
-                    (
-                        [row for _, row in left],
-                        [[solo.held(i, r) for r, _ in left] for i in range(n)],
-                        [[solo.members[i].n_prompt[r] for r, _ in left] for i in range(n)],
-                    )
-                )
+                going.append((solo.rows, *solo.state(range(len(solo.rows)))))
             except Exception as e:  # this request is at fault: it fails alone
                 req.events.put(Failed(e))
                 del live.rows[req]

@@ -171,12 +171,13 @@ def main() -> None:
         f"with {torch.get_num_threads()} threads; {args.requests} requests, {args.clients} clients"
     )
     engine = UniTEEngine(list(DEFAULT_MEMBERS))
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[int, int, int]] = []  # RSS, KV caches of the rows in flight, stores
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            samples.append((time.perf_counter(), _rss()))
+            m = engine.metrics()
+            samples.append((_rss(), m.kv_bytes, m.prefix_bytes_held))
             done.wait(1.0)
 
     statuses: Counter[tuple[str, int]] = Counter()
@@ -202,7 +203,13 @@ def main() -> None:
                     latency.append(seconds)
                 finished[0] += 1
                 if finished[0] % 50 == 0:
-                    print(f"  {finished[0]} answered, RSS {_rss() / 2**30:.2f} GiB", flush=True)
+                    m = engine.metrics()
+                    print(
+                        f"  {finished[0]} answered, RSS {_rss() / 2**30:.2f} GiB, KV caches of "
+                        f"{m.rows_in_flight} rows {m.kv_bytes / 2**30:.2f} GiB, stores "
+                        f"{m.prefix_bytes_held / 2**30:.2f} GiB",
+                        flush=True,
+                    )
 
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(one, jobs))
@@ -223,13 +230,24 @@ def main() -> None:
         f"latency of answered requests (streams read to the end included): p50 "
         f"{statistics.median(ordered):.2f} s, p99 {ordered[int(0.99 * (len(ordered) - 1))]:.2f} s"
     )
-    rss = [r for _, r in samples]
+    rss = [r for r, _, _ in samples]
     third = max(len(rss) // 3, 1)
     print(
         f"RSS: start {rss[0] / 2**30:.2f} GiB, middle {rss[len(rss) // 2] / 2**30:.2f} GiB, end "
         f"{rss[-1] / 2**30:.2f} GiB, peak {max(rss) / 2**30:.2f} GiB; mean of the first and last "
         f"thirds {statistics.mean(rss[:third]) / 2**30:.2f} / "
         f"{statistics.mean(rss[-third:]) / 2**30:.2f} GiB"
+    )
+    # What the growth is: the KV caches of the rows in flight and the stores, or something else
+    # (the rest: weights, activations, allocator slack). Sampled together, once a second.
+    rest = [r - kv - held for r, kv, held in samples]
+    peak = max(range(len(samples)), key=lambda n: rss[n])
+    print(
+        f"at the RSS peak: KV caches {samples[peak][1] / 2**30:.2f} GiB, stores "
+        f"{samples[peak][2] / 2**30:.2f} GiB, the rest {rest[peak] / 2**30:.2f} GiB; the rest "
+        f"at start {rest[0] / 2**30:.2f}, middle {rest[len(rest) // 2] / 2**30:.2f}, end "
+        f"{rest[-1] / 2**30:.2f}, peak {max(rest) / 2**30:.2f} GiB; KV caches peak "
+        f"{max(kv for _, kv, _ in samples) / 2**30:.2f} GiB"
     )
     for line in metrics.splitlines():
         if line.startswith(("unite_engine_prefix", "unite_requests_cancelled")):

@@ -26,7 +26,8 @@ SLACK = 3  # the step in flight when the stream closed, and the one that notices
 
 @contextmanager
 def gate_after(model, forwards: int) -> Iterator[threading.Event]:
-    """Block the model's forward passes after ``forwards`` of them until the event is set."""
+    """Block the model's forward passes after ``forwards`` of them until the event is set
+    (counted at its decoder, which every pass runs: a chunk inside a prompt skips the head)."""
     opened = threading.Event()
     opened.waiting = threading.Event()  # type: ignore[attr-defined]  # set once a pass is held
     seen = [0]
@@ -37,7 +38,8 @@ def gate_after(model, forwards: int) -> Iterator[threading.Event]:
             opened.waiting.set()  # type: ignore[attr-defined]
             assert opened.wait(120), "the gate was never opened"
 
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    handle = decoder.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield opened
     finally:

@@ -108,14 +108,15 @@ def finishing(engine: UniTEEngine) -> Iterator[list[Any]]:
 
 @contextmanager
 def counted(model: torch.nn.Module) -> Iterator[list[int]]:
-    """Ids (padding included) that go through the model's forward passes while inside."""
+    """Ids (padding included) that go through the model's forward passes while inside
+    (counted at its decoder, which every pass runs)."""
     seen = [0]
 
     def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids")
         seen[0] += 0 if ids is None else ids.numel()
 
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield seen
     finally:
@@ -170,6 +171,29 @@ def test_prompts_of_very_different_lengths_are_not_padded_to_the_longest(
         batch.add_rows(prompts)
     assert batch.ids == prompts
     assert ran[0] == 150 + 3 * 3  # the long one alone, the short ones padded to 3
+    _assert_rows_as_alone(batch, model)
+
+
+def test_a_chunk_that_stops_inside_its_prompt_skips_the_output_layer(
+    model: torch.nn.Module,
+) -> None:
+    prompt = [(11 * n) % 90 + 1 for n in range(23)]
+    batch = MemberBatch(model, [], 0)
+    batch.add_rows([prompt, [4, 5, 6]], now=[1, 3])  # the long one joins with one id
+    heads = [0]
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda *_: heads.__setitem__(0, heads[0] + 1)
+    )
+    try:
+        for start in range(1, 21, 5):  # four chunks inside the prompt: no output layer
+            batch.advance([(start, prompt[start : start + 5]), None])
+        assert heads[0] == 0
+        batch.advance([None, (3, [9])])  # a decoding row's step computes its logits
+        assert heads[0] == 1
+        batch.advance([(21, prompt[21:]), None])  # the last chunk: its logits are read
+        assert heads[0] == 2
+    finally:
+        handle.remove()
     _assert_rows_as_alone(batch, model)
 
 
@@ -264,23 +288,59 @@ def test_a_short_request_finishes_while_a_long_prompt_still_prefills(
     ]
 
 
+def test_a_request_queued_while_every_row_prefills_joins_before_the_next_chunk(
+    make_engine: Any, tiny_dirs: Any
+) -> None:
+    engine = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefill_chunk=4
+    )
+    engine.reset_prefix_cache()
+    primary = engine.members[0]
+    widths: list[int] = []
+    handle = primary.model.get_decoder().register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        # The long request's admission (its first id) is held; the short one queues meanwhile.
+        with gate_after(primary.model, forwards=0) as opened:
+            [long] = engine.submit([" ".join(PROMPTS[:6])], max_new_tokens=1)
+            assert opened.waiting.wait(60)  # type: ignore[attr-defined]
+            [short] = engine.submit(["Hello"], max_new_tokens=1)
+            opened.set()
+            assert isinstance(short.next_event(), Done) and isinstance(long.next_event(), Done)
+    finally:
+        handle.remove()
+    # Nobody decoded after the long one's admission: the short one was admitted (its whole
+    # prompt in one forward) before the long prompt's first chunk ran.
+    assert widths[:2] == [1, len(primary.encode_prompt("Hello"))]
+
+
 def test_requests_in_flight_are_counted_from_admission_to_their_last_step(
     make_engine: Any, tiny_dirs: Any
 ) -> None:
     engine = make_engine(
         tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefill_chunk=2
     )
+    engine.reset_prefix_cache()  # the prompt runs whole, in chunks: some steps end before the gate
     seen: list[int] = []
-    with gate_after(engine.members[0].model, forwards=1) as opened:
+    with gate_after(engine.members[0].model, forwards=4) as opened:
         [req] = engine.submit([" ".join(PROMPTS[:4])], max_new_tokens=2)
         assert opened.waiting.wait(60)  # type: ignore[attr-defined]
-        seen.append(engine.metrics().rows_in_flight)  # prefilling: in flight, not queued
-        seen.append(engine.metrics().queued)
+        held = engine.metrics()
+        seen.append(held.rows_in_flight)  # prefilling: in flight, not queued
+        seen.append(held.queued)
         opened.set()
     done = threading.Event()
     threading.Thread(target=lambda: (req.next_event(), done.set()), daemon=True).start()
     assert done.wait(120)
     assert seen == [1, 0] and engine.metrics().rows_in_flight == 0
+    # The row's KV caches, counted while it prefilled (a few chunks in), given back after.
+    per_id = sum(
+        2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4
+        for c in (m.model.config for m in engine.members)
+    )
+    assert held.kv_bytes >= 3 * per_id
+    assert engine.metrics().kv_bytes == 0
 
 
 # -- gating in batches: the other members work for the rows that vote only ------------------------

@@ -182,6 +182,11 @@ class Batch:
         self.rows = [self.rows[r] for r in keep]
         self.updates = [[u[r] for r in keep] for u in self.updates]
 
+    def cache_bytes(self) -> int:
+        """Bytes of the in-process members' KV caches for the rows in flight (a remote
+        member's live in its own process)."""
+        return sum(b.batch.cache_bytes for b in self.members if isinstance(b, LocalMember))
+
     def ready(self) -> list[bool]:
         """[B] whether row r may decide: every member that votes for it holds its whole prompt
         (a row being prefilled in chunks waits; a gated row's other members may lag)."""

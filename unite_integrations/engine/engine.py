@@ -131,7 +131,7 @@ class UniTEEngine:
         self._views: dict[int, UniTEEngine] = {}
         #: Requests admitted, admissions (requests joining at the same step share one prefill),
         #: union steps decoded, and rows in flight now.
-        self.stats = {"requests": 0, "batches": 0, "steps": 0, "rows": 0}
+        self.stats = {"requests": 0, "batches": 0, "steps": 0, "rows": 0, "kv_bytes": 0}
 
     def _build(self, check_invariants: bool, loaded: list[LoadedMember] | None) -> Ensemble:
         members = loaded or [self._load(spec, n) for n, spec in enumerate(self.config.members)]
@@ -361,6 +361,7 @@ class UniTEEngine:
             prefix_ids_stored=sum(s.stored for s in self._ens.stores),
             prefix_bytes_held=sum(s.bytes for s in self._ens.stores),
             prefix_bytes_max=sum(s.max_bytes or 0 for s in self._ens.stores),
+            kv_bytes=self.stats["kv_bytes"],
         )
 
     def reset_prefix_cache(self) -> None:
@@ -463,7 +464,7 @@ class UniTEEngine:
         else:
             live.fail(EngineClosedError("the engine was closed while this call was decoding"))
         finally:
-            self.stats["rows"] = 0
+            self.stats["rows"] = self.stats["kv_bytes"] = 0
             self._scheduler.running(0)
 
     def _step(self, batch: Batch | None, live: _Live, arrivals: list[Request]) -> Batch | None:
@@ -489,10 +490,15 @@ class UniTEEngine:
                 )
                 self._scheduler.running(len(batch.rows))
                 live.report(self._result)
-                batch.forward()
+                # A forward that only prefills (no row decodes, so nobody waits on it) yields to
+                # arrivals: they join first, and a short one's first token does not wait for a
+                # long prompt's chunks (a burst whose first request is long admits in two).
+                if any(batch.ready()) or not self._scheduler.arrivals_fit(len(batch.rows)):
+                    batch.forward()
         except Exception as e:  # the requests at fault fail; the others and the engine go on
             batch = self._recover(batch, live, e)
         self.stats["rows"] = len(batch.rows) if batch else 0
+        self.stats["kv_bytes"] = batch.cache_bytes() if batch else 0
         self._scheduler.running(self.stats["rows"])
         return batch
 
@@ -641,6 +647,9 @@ class EngineMetrics:
     # bytes of KV columns the stores hold now, and at most (0 where a store counts ids)
     prefix_bytes_held: int = 0
     prefix_bytes_max: int = 0
+    # bytes of the KV caches of the rows in flight (in-process members, room to grow included):
+    # with the weights and the stores, what the process holds; bounded by ``max_batch_rows``
+    kv_bytes: int = 0
 
 
 class _Live:

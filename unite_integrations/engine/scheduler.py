@@ -193,6 +193,13 @@ class Scheduler:
             self._rows = rows_in_flight
             return taken
 
+    def arrivals_fit(self, rows_in_flight: int) -> bool:
+        """Whether a request waits that ``admit`` would take now beside ``rows_in_flight`` rows
+        (the worker asks before a forward that only prefills: admitting first costs nobody)."""
+        with self._cond:
+            first = next((r for r in self._waiting if not r.cancelled), None)
+            return first is not None and rows_in_flight + first.job.n_rows <= self.max_rows
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop the worker after its current step; waiting calls fail with ``EngineClosedError``
         (in-flight ones too, failed by the worker)."""

@@ -78,6 +78,17 @@ class MemberBatch:
         self.advance([(0, list(p)) for p in self._prompts], logits)
 
     @property
+    def cache_bytes(self) -> int:
+        """Bytes of this batch's KV cache, room to grow and hole columns included: what its rows
+        cost in memory now (rows x columns x per-column bytes of every layer)."""
+        total = 0
+        for la in getattr(self.cache, "layers", None) or []:
+            own = hasattr(la, "_k")  # a ColumnLayer: its buffers, not the live views
+            for t in (la._k, la._v) if own else (la.keys, la.values):
+                total += t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+        return total
+
+    @property
     def n_rows(self) -> int:
         return len(self.ids)
 
@@ -232,7 +243,11 @@ class MemberBatch:
         groups = _groups([len(s) for s in segs]) if _subsettable(self.cache) else [range(len(segs))]
         for group in groups:
             mine = set(group)
-            self._append([s if r in mine else [] for r, s in enumerate(segs)], logits)
+            # 2. A group whose rows all stop inside their prompts (chunks of a chunked prefill)
+            #    skips the output layer: nobody reads their logits before the last chunk, and
+            #    a member's output layer can cost as much as its decoder (Gemma-3's, 262k wide).
+            wanted = logits and any(len(self.ids[r]) >= self.n_prompt[r] for r in group)
+            self._append([s if r in mine else [] for r, s in enumerate(segs)], wanted)
         self._compact()
 
     def _compact(self) -> None:

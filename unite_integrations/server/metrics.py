@@ -117,6 +117,7 @@ _ENGINE_HELP = {
     "prefix_ids_stored": "Ids (prompts and answers) written into the members' prefix caches.",
     "prefix_bytes_held": "Bytes of KV columns the members' prefix caches hold now.",
     "prefix_bytes_max": "Bytes the members' prefix caches may hold together (LRU beyond).",
+    "kv_bytes": "Bytes of the KV caches of the rows in flight (room to grow included).",
 }
 
 

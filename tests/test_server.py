@@ -328,7 +328,7 @@ def _post(base: str, body: object, headers: dict[str, str] | None = None, raw: b
         ({"model": "tiny", "messages": USER, "max_tokens": 0}, None, 400, "max_tokens"),
         ({"model": "tiny", "messages": USER, "max_tokens": 10**9}, None, 400, "max_tokens"),
         ({"model": "tiny", "messages": USER, "temperature": -1}, None, 400, "temperature"),
-        ({"model": "tiny", "messages": USER, "n": 2}, None, 400, "n"),
+        ({"model": "tiny", "messages": USER, "n": 17}, None, 400, "n"),  # over MAX_CHOICES
         (
             {"model": "tiny", "messages": USER, "top_logprobs": 21, "logprobs": True},
             None,

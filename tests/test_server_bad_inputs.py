@@ -324,7 +324,9 @@ SERVER_ROWS: dict[str, Row] = {
     "model-other": chat("model", status=404, model="gpt-4o"),
     "model-int": chat("model", code="invalid_type", model=5),
     "role-list": chat("messages[0].role", messages=[{"role": ["user"], "content": "hi"}]),
-    "n-two": chat("n", n=2),
+    "n-over-the-bound": chat("n", code="invalid_value", n=17),  # MAX_CHOICES is 16
+    "n-zero": chat("n", code="invalid_value", n=0),
+    "best-of-unlike-n": comp("best_of", n=2, best_of=3),
     "frequency-penalty": chat("frequency_penalty", frequency_penalty=0.5),
     "logit-bias-string": chat("logit_bias.1", code="invalid_type", logit_bias={"1": "x"}),
     "max-tokens-over-the-window": chat("max_tokens", max_tokens=10**9),

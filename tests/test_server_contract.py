@@ -1,7 +1,8 @@
 """The chat core's contract (``test_chat_contract``) with the OpenAI-compatible server as a third
 front end: every contract test runs here against ``ServerDriver``, which speaks HTTP to an
 in-process server (raw ``httpx``, so the wire format is what is tested) and turns its answers and
-OpenAI error bodies back into the contract's neutral answers and typed errors.
+OpenAI error bodies back into the contract's neutral answers and typed errors, and against
+``ResponsesDriver``, the same server through its Responses API (``/v1/responses``).
 """
 
 from __future__ import annotations
@@ -169,6 +170,112 @@ class ServerDriver(Driver):
                     yield json.loads(line[6:])
 
 
+class ResponsesDriver(ServerDriver):
+    """The same server through OpenAI's Responses API (``/v1/responses``): the conversation as
+    ``input`` message items, function tools and tool choice in the Responses shape, the budget as
+    ``max_output_tokens``; the answer read from the ``response`` object's output items, and a
+    stream from its typed events (text deltas; each call as its ``output_item.done``)."""
+
+    name = "responses"
+
+    @staticmethod
+    def body(messages: list[tuple[str, str]], call: dict[str, Any]) -> dict[str, Any]:
+        call = dict(call)
+        body: dict[str, Any] = {"input": [{"role": r, "content": t} for r, t in messages]}
+        tools = call.pop("tools", None)
+        if tools is not None:  # the chat shape's function, flattened (malformed ones as they are)
+            body["tools"] = [
+                {"type": "function", **t["function"]}
+                if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                else t
+                for t in tools
+            ]
+        choice = call.pop("tool_choice", None)
+        if choice is not None:
+            known = ("auto", "none", "required")
+            body["tool_choice"] = (
+                choice if choice in known else {"type": "function", "name": choice}
+            )
+        if "max_tokens" in call:
+            body["max_output_tokens"] = call.pop("max_tokens")
+        return {**body, **call}
+
+    @staticmethod
+    def answer(data: dict[str, Any]) -> Answer:
+        output = data["output"]
+        calls = [o for o in output if o["type"] == "function_call"]
+        text = [p["text"] for o in output if o["type"] == "message" for p in o["content"]]
+        u = data["usage"]
+        incomplete = data["status"] == "incomplete"  # the budget ran out
+        finish = "tool_calls" if calls else ("length" if incomplete else "stop")
+        return Answer(
+            "".join(text),
+            [(c["name"], json.loads(c["arguments"])) for c in calls],
+            [c["call_id"] for c in calls],
+            (u["input_tokens"], u["output_tokens"], u["total_tokens"]),
+            finish,
+        )
+
+    def invoke(self, messages: list[tuple[str, str]], **call: Any) -> Answer:
+        r = httpx.post(self.url + "/responses", json=self.body(messages, call), timeout=300)
+        if r.status_code != 200:
+            _raise(r.status_code, r.content)
+        return self.answer(r.json())
+
+    def open_stream(self, messages: list[tuple[str, str]], **call: Any) -> Iterator[Any]:
+        return _Primed(self._events({**self.body(messages, call), "stream": True}))
+
+    def _events(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        with (
+            httpx.Client(timeout=300) as client,
+            client.stream("POST", self.url + "/responses", json=body) as r,
+        ):
+            if r.status_code != 200:
+                _raise(r.status_code, r.read())
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if event["type"] == "error":
+                        _raise(500, json.dumps({"error": event}).encode())
+                    yield event
+
+    def stream(self, messages: list[tuple[str, str]], **call: Any) -> Answer:
+        events = list(self.open_stream(messages, **call))
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        answer = self.answer(events[-1]["response"])
+        answer.deltas = [
+            e["delta"] for e in events if e["type"] == "response.output_text.delta" and e["delta"]
+        ]
+        calls = [
+            e["item"]
+            for e in events
+            if e["type"] == "response.output_item.done" and e["item"]["type"] == "function_call"
+        ]
+        answer.call_chunks = [
+            (i, c["call_id"], c["name"], json.loads(c["arguments"])) for i, c in enumerate(calls)
+        ]
+        return answer
+
+    async def ainvoke(self, messages: list[tuple[str, str]], **call: Any) -> Answer:
+        async with httpx.AsyncClient(timeout=300) as client:
+            r = await client.post(self.url + "/responses", json=self.body(messages, call))
+        if r.status_code != 200:
+            _raise(r.status_code, r.content)
+        return self.answer(r.json())
+
+    async def astream(self, messages: list[tuple[str, str]], **call: Any) -> AsyncIterator[Any]:
+        body = {**self.body(messages, call), "stream": True}
+        async with (
+            httpx.AsyncClient(timeout=300) as client,
+            client.stream("POST", self.url + "/responses", json=body) as r,
+        ):
+            if r.status_code != 200:
+                _raise(r.status_code, await r.aread())
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+
+
 class _Primed:
     """A stream whose request is sent (and errors raised) at creation, like the core's; closing
     or dropping it closes the connection, which the server takes as a disconnect."""
@@ -196,7 +303,7 @@ def _stop_servers() -> Iterator[None]:
     _SERVERS.close()
 
 
-@pytest.fixture(params=[ServerDriver], ids=lambda d: d.name)
+@pytest.fixture(params=[ServerDriver, ResponsesDriver], ids=lambda d: d.name)
 def front(request: pytest.FixtureRequest) -> Driver:
     driver: Driver = request.param(tiny_members(), **DEFAULTS)
     return driver

@@ -7,12 +7,21 @@ to a ``ChatRequest``, call a ``ChatCore`` and translate its ``ChatResult``/``Cha
     result = core.invoke(ChatRequest(messages=(Message("user", "Hi"),)))
     for chunk in core.stream(request): ...
     result = await core.ainvoke(request)
+    choices = core.choices(replace(request, options=ChatOptions(n=3)))  # n answers
     async for chunk in await core.astream(request): ...
 """
 
 from .core import ChatCore, PreparedCall, default_model_name
 from .messages import decode_arguments, make_message, make_tool_call, render, role_of
-from .options import DEFAULT_MAX_TOKENS, ChatDefaults, engine_options, no_bool_for_int, stop_strings
+from .options import (
+    DEFAULT_MAX_TOKENS,
+    MAX_CHOICES,
+    ChatDefaults,
+    choice_seed,
+    engine_options,
+    no_bool_for_int,
+    stop_strings,
+)
 from .tools import ToolCallStream, parse_calls, response_format, tool_choice, tool_names
 from .types import (
     ROLES,
@@ -31,6 +40,7 @@ from .types import (
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "MAX_CHOICES",
     "ROLES",
     "ChatChunk",
     "ChatCore",
@@ -47,6 +57,7 @@ __all__ = [
     "ToolCall",
     "ToolCallChunk",
     "ToolCallStream",
+    "choice_seed",
     "decode_arguments",
     "default_model_name",
     "engine_options",

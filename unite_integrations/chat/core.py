@@ -6,11 +6,18 @@ between is here, once: option resolution (``options``), message rendering (``mes
 tool choice and structured output as grammars, the streaming tool-call parser (``tools``),
 usage and provenance, the model-name default and the sync/async bridge (``bridge``). Batching
 is the engine's: concurrent calls on one engine are decoded together by its scheduler.
+
+``n`` choices of one prompt (OpenAI's ``n``) are rows of the engine's batch, queued together:
+``choices``/``achoices`` return them, a stream interleaves their chunks (``ChatChunk.choice``),
+and ``ainvoke_many`` gives ``n`` per prompt, prompt-major. Each choice has a random stream of
+its own (``options.choice_seed``).
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -26,7 +33,7 @@ from ..engine.scheduler import Done, Failed, Request
 from ..errors import ConfigError, ContextWindowError, InputError
 from .bridge import checked, thread_stream
 from .messages import render
-from .options import ChatDefaults, engine_options, keeps_tokens
+from .options import ChatDefaults, choice_seed, engine_options, keeps_tokens, n_choices
 from .tools import ToolCallStream, grammar, parse_calls, response_format
 from .types import (
     ChatChunk,
@@ -61,6 +68,15 @@ class PreparedCall:
     parse_calls: bool
     tokens: bool = False  # keep per-token provenance in the result
     build: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    n: int = 1  # choices: rows of the prompt, queued together
+
+    @property
+    def own_seeds(self) -> bool:
+        """Whether its choices sample with seeds of their own (several choices, sampled, with a
+        seed: choice i's is ``choice_seed(seed, i)``); otherwise they share the call's options
+        (greedy choices are equal, unseeded ones each draw from a fresh generator)."""
+        opts = self.options
+        return self.n > 1 and opts.get("seed") is not None and opts.get("temperature", 0) > 0
 
     def built(self) -> PreparedCall:
         """This call with its constraint built (rewriting a deep schema can take long)."""
@@ -140,6 +156,7 @@ class ChatCore:
         )
         options = engine_options(self.defaults, request.options, forced=g.forced)
         tokens = keeps_tokens(self.defaults, request.options)
+        n = n_choices(self.defaults, request.options)
         prompt: Prompt
         if request.text is not None:  # a raw completion: OpenAI's ``prompt``
             if not isinstance(request.text, str) or not request.text:
@@ -147,20 +164,40 @@ class ChatCore:
             prompt = check_text("the prompt", request.text, "prompt")
         else:
             prompt = render(request.messages, g.instruction)
-        return PreparedCall(prompt, options, g.tools, None, g.parse_calls, tokens, g.build)
+        return PreparedCall(prompt, options, g.tools, None, g.parse_calls, tokens, g.build, n=n)
 
     # -- sync -------------------------------------------------------------------------------
 
     def invoke(self, request: ChatRequest) -> ChatResult:
-        """One complete answer."""
-        call = self.prepare(request)
+        """One complete answer (``n`` > 1 is refused: ``choices`` returns several)."""
+        return self._invoke(_one(self.prepare(request), "invoke"))
+
+    def _invoke(self, call: PreparedCall) -> ChatResult:
         result = self.engine.generate([call.prompt], **call.engine_kwargs())[0]
         return self.result(result, call.parse_calls, tokens=call.tokens)
 
+    def choices(self, request: ChatRequest) -> list[ChatResult]:
+        """The request's ``n`` choices (``ChatOptions.n``; one by default), in order: their rows
+        are queued together and decoded in one batch."""
+        call = self.prepare(request)
+        if call.n == 1:
+            return [self._invoke(call)]
+        queued = self._queue([call.prompt], call, stream=False)
+        try:
+            results = list(_Answers([r for rs in queued for r in rs]))
+        finally:
+            for request_ in (r for rs in queued for r in rs):  # an interrupted wait frees rows
+                request_.cancel()
+        return [
+            self.result(r, call.parse_calls, tokens=call.tokens)
+            for r in _order(results, len(queued))
+        ]
+
     def batch(self, requests: Sequence[ChatRequest], max_concurrency: int = 16) -> list[ChatResult]:
         """Answers for several requests, as concurrent engine calls: the engine's scheduler
-        decodes the ones that wait together (and share options) in one batch."""
-        calls = [self.prepare(r) for r in requests]
+        decodes the ones that wait together (and share options) in one batch (one answer each:
+        ``n`` > 1 is refused)."""
+        calls = [_one(self.prepare(r), "batch") for r in requests]
         engine = self.engine
         with ThreadPoolExecutor(max(1, min(max_concurrency, len(calls)))) as pool:
             futures = [pool.submit(engine.generate, [c.prompt], **c.engine_kwargs()) for c in calls]
@@ -174,9 +211,11 @@ class ChatCore:
         block closes, and a last chunk with the finish reason and the complete result. Closing
         (or dropping) the iterator cancels the engine request, so decoding stops. Bad input
         raises here, before the first chunk is read; the call returns once the request is queued
-        (it does not wait for decoding)."""
+        (it does not wait for decoding). With ``n`` > 1 the choices' chunks come interleaved as
+        they decode, each tagged with its ``choice``, and each choice ends with a chunk of its
+        own carrying its result; the iterator ends after the last."""
         call = self.prepare(request)
-        return self._chunks(call, self.submit(call))
+        return self._streams(call, self._decodings(call))
 
     def submit(self, call: PreparedCall) -> Decoding:
         """Queue a checked call on the engine without waiting for any decoding: its grammar is
@@ -184,9 +223,41 @@ class ChatCore:
         the grammar's compilation, the shortest text it accepts against the token budget) and
         its queue bound (``OverloadedError``) raise here, in the caller's thread; nothing was
         queued then. The returned ``Decoding`` gives the engine's stream chunks as the engine
-        decodes them."""
-        [request] = self._submit([call.prompt], call, stream=True)
+        decodes them. One choice only: ``stream``/``astream`` stream ``n`` of them."""
+        [request] = self._submit([call.prompt], _one(call, "submit"), stream=True)
         return Decoding(request)
+
+    def _decodings(self, call: PreparedCall) -> list[Decoding]:
+        """A streamed call's choices queued (``_queue``): their ``Decoding``s, in choice order."""
+        return [Decoding(r) for rs in self._queue([call.prompt], call, stream=True) for r in rs]
+
+    def _queue(
+        self, prompts: list[Prompt], call: PreparedCall, stream: bool
+    ) -> list[list[Request]]:
+        """Queue ``call.n`` choices of every prompt: each engine call's requests, in call order.
+
+        One engine call queues them all (their rows are admitted together) where the choices
+        share the call's options: one choice, greedy ones, or sampled ones without a seed (each
+        row draws from a fresh generator of its own), and they do not stream; its results are
+        prompt-major. Otherwise (``own_seeds``, or a stream: the engine streams a request's
+        first row only) one engine call per choice, choice i seeded with ``choice_seed(seed,
+        i)``, each for every prompt, queued back to back so that an engine between two steps
+        admits them at its next step (an idle one may start the first a step ahead; rows are
+        independent, so the text is the same). All or none: an error cancels the calls queued
+        before it."""
+        call = call.built()
+        if call.n == 1 or not (stream or call.own_seeds):
+            return [self._submit([p for p in prompts for _ in range(call.n)], call, stream)]
+        queued: list[list[Request]] = []
+        try:
+            for i in range(call.n):
+                seed = choice_seed(call.options.get("seed"), i)
+                queued.append(self._submit(prompts, _with_seed(call, seed), stream))
+        except BaseException:
+            for request in (r for rs in queued for r in rs):
+                request.cancel()
+            raise
+        return queued
 
     def _submit(self, prompts: list[Prompt], call: PreparedCall, stream: bool) -> list[Request]:
         """``engine.submit``, its errors naming the request field they are about."""
@@ -200,6 +271,44 @@ class ChatCore:
             if e.param is None and call.constraint is not None and "grammar" in str(e):
                 e.param = "tools" if call.tools else "response_format"  # the grammar's source
             raise
+
+    def _streams(self, call: PreparedCall, decodings: list[Decoding]) -> Iterator[ChatChunk]:
+        """One choice's chunks, or several choices' merged (``_merged``)."""
+        if len(decodings) == 1:
+            return self._chunks(call, decodings[0])
+        return self._merged(call, decodings)
+
+    def _merged(self, call: PreparedCall, decodings: list[Decoding]) -> Iterator[ChatChunk]:
+        """Several choices' chunks as they come, each tagged with its choice (a reader thread
+        per choice: each waits on its own request's events). The first failure raises here;
+        leaving early, or a failure, abandons every choice still decoding."""
+        out: queue.SimpleQueue[tuple[ChatChunk | BaseException | None]] = queue.SimpleQueue()
+
+        def read(i: int, decoding: Decoding) -> None:
+            try:
+                for chunk in self._chunks(call, decoding):
+                    out.put((replace(chunk, choice=i),))
+            except BaseException as e:
+                out.put((e,))
+            else:
+                out.put((None,))
+
+        for i, decoding in enumerate(decodings):
+            threading.Thread(
+                target=read, args=(i, decoding), name="unite-choice", daemon=True
+            ).start()
+        left = len(decodings)
+        try:
+            while left:
+                (item,) = out.get()
+                if item is None:
+                    left -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            _abandon(decodings)  # wakes the readers of choices still decoding
 
     def _chunks(self, call: PreparedCall, pieces: Iterator[Any]) -> Iterator[ChatChunk]:
         splitter = ToolCallStream() if call.parse_calls else None
@@ -241,15 +350,33 @@ class ChatCore:
         and building its grammar and the engine's checks (``submit``: prompt encoding, context
         window, grammar and token budget, the queue bound) in the bridge's pool of checking
         threads, which never wait for decoding. Only a valid, queued request gets a
-        worker thread to wait for its chunks."""
-        call = self.check(request)
-        decoding = await checked(lambda: self.submit(call), discard=Decoding.abandon)
-        return await thread_stream(lambda: self._chunks(call, decoding), abandon=decoding.abandon)
+        worker thread to wait for its chunks. ``n`` > 1 choices come interleaved, as ``stream``
+        gives them."""
+        return await self._astream(self.check(request))
+
+    async def _astream(self, call: PreparedCall) -> AsyncGenerator[ChatChunk, None]:
+        decodings = await checked(lambda: self._decodings(call), discard=_abandon)
+        return await thread_stream(
+            lambda: self._streams(call, decodings), abandon=lambda: _abandon(decodings)
+        )
 
     async def ainvoke(self, request: ChatRequest) -> ChatResult:
         """``invoke`` for async code, without blocking the event loop. Cancelling the awaiting
-        task (``wait_for``, ``task.cancel()``) cancels the engine request."""
-        chunks = await self.astream(request)
+        task (``wait_for``, ``task.cancel()``) cancels the engine request. One answer: ``n`` > 1
+        is refused (``achoices`` returns several)."""
+        return await self._ainvoke(_one(self.check(request), "ainvoke"))
+
+    async def achoices(self, request: ChatRequest) -> list[ChatResult]:
+        """``choices`` for async code: the request's ``n`` choices, in order, their rows queued
+        together (all or none) and decoded in one batch. Cancelling the awaiting task cancels
+        them all."""
+        call = self.check(request)
+        if call.n == 1:
+            return [await self._ainvoke(call)]
+        return await self._answers([call])
+
+    async def _ainvoke(self, call: PreparedCall) -> ChatResult:
+        chunks = await self._astream(call)
         try:
             async for chunk in chunks:
                 if chunk.result is not None:
@@ -262,23 +389,34 @@ class ChatCore:
         """Answers for requests that differ only in their prompt (a completions call's list of
         prompts), in order: every one is checked before any is queued, then they are queued
         together (all or none: ``OverloadedError`` queues none) and decoded together.
-        Cancelling the awaiting task cancels them all."""
+        Cancelling the awaiting task cancels them all. With ``n`` > 1, ``n`` answers per
+        request, prompt-major (request p's choice i at ``p * n + i``, as OpenAI orders them)."""
         if any(_but_prompt(r) != _but_prompt(requests[0]) for r in requests[1:]):
             raise ConfigError("ainvoke_many takes requests that differ in their prompt only")
-        calls = [self.check(r) for r in requests]
+        return await self._answers([self.check(r) for r in requests])
+
+    async def _answers(self, calls: list[PreparedCall]) -> list[ChatResult]:
+        """The ``n`` choices of calls that differ in their prompt only, queued together (not
+        streamed), prompt-major."""
         if not calls:
             return []
         first = calls[0]
-        answers = await checked(
-            lambda: _Answers(self._submit([c.prompt for c in calls], first, stream=False)),
-            discard=_Answers.abandon,
-        )
+        n_calls = 1
+
+        def queue_all() -> _Answers:
+            nonlocal n_calls
+            queued = self._queue([c.prompt for c in calls], first, stream=False)
+            n_calls = len(queued)
+            return _Answers([r for rs in queued for r in rs])
+
+        answers = await checked(queue_all, discard=_Answers.abandon)
         items = await thread_stream(lambda: iter(answers), abandon=answers.abandon)
         try:
-            results = [r async for r in items]
+            results = _order([r async for r in items], n_calls)
         finally:
             await items.aclose()
-        return [self.result(r, c.parse_calls, tokens=c.tokens) for r, c in zip(results, calls)]
+        owners = [c for c in calls for _ in range(first.n)]
+        return [self.result(r, c.parse_calls, tokens=c.tokens) for r, c in zip(results, owners)]
 
     # -- engine results -> chat results ------------------------------------------------------
 
@@ -372,6 +510,37 @@ class _Answers:
 
 class _Abandoned(Exception):
     """Ends a reader's wait on a request whose caller went away (nobody sees it)."""
+
+
+def _one(call: PreparedCall, method: str) -> PreparedCall:
+    """``call``, refused when it asks for several choices (``method`` gives one answer)."""
+    if call.n != 1:
+        raise ConfigError(
+            f"n={call.n}: {method} gives one answer; call choices() or achoices() for n choices "
+            "(or stream them: stream() and astream() tag each chunk with its choice)",
+            param="n",
+        )
+    return call
+
+
+def _with_seed(call: PreparedCall, seed: int | None) -> PreparedCall:
+    return replace(call, options={**call.options, "seed": seed})
+
+
+def _abandon(decodings: list[Decoding]) -> None:
+    for decoding in decodings:
+        decoding.abandon()
+
+
+def _order(results: list[GenerationResult], calls: int) -> list[GenerationResult]:
+    """Prompt-major results (prompt p's choice i at ``p * n + i``) from ``_queue``'s ``calls``
+    engine calls' results in call order: one call's already are; with one call per choice,
+    call i holds choice i of every prompt."""
+    if calls == 1:
+        return results
+    size = len(results) // calls
+    groups = [results[k * size : (k + 1) * size] for k in range(calls)]
+    return [r for row in zip(*groups) for r in row]
 
 
 def _but_prompt(request: ChatRequest) -> ChatRequest:

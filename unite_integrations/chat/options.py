@@ -10,11 +10,17 @@ its ``ChatDefaults``; a call's options (``ChatOptions``) override them one by on
   token budget ends).
 * ``token_provenance`` keeps each token's provenance in the result (``ChatResult.tokens``);
   ``top_logprobs`` > 0 asks the engine for that many alternatives per token and implies it.
+* ``n`` choices (1..``MAX_CHOICES``): with a ``seed``, choice 0 samples with the seed itself
+  and choice i > 0 with ``choice_seed(seed, i)``, a seed derived from both, so the whole answer
+  is reproducible and its first choice is the ``n=1`` answer; without a seed each choice draws
+  from a fresh generator of its own.
 * a bad value is a ``ConfigError`` naming the option, raised before anything is decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,15 +30,21 @@ from .types import ChatOptions
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "MAX_CHOICES",
     "ChatDefaults",
+    "choice_seed",
     "engine_options",
     "keeps_tokens",
+    "n_choices",
     "no_bool_for_int",
     "stop_strings",
 ]
 
 #: Tokens generated when neither the front end nor the call says otherwise.
 DEFAULT_MAX_TOKENS = 256
+
+#: Most choices one call may ask for (``n``): they are rows of one batch, decoded together.
+MAX_CHOICES = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class ChatDefaults:
     top_logprobs: int = 0
     stop: tuple[str, ...] = ()
     parallel_tool_calls: bool = False
+    n: int = 1
     max_json_string_length: int | None = 512
     """Longest string the grammar lets the members write in a call's arguments or a structured
     output, where the schema does not bound it itself; ``None``: unbounded."""
@@ -81,6 +94,7 @@ _NEEDED = frozenset(
         "parallel_tool_calls",
         "token_provenance",
         "top_logprobs",
+        "n",
     }
 )
 
@@ -140,6 +154,30 @@ def keeps_tokens(defaults: ChatDefaults, options: ChatOptions) -> bool:
             f"token_provenance={keep!r}: give True or False (or None for the default)"
         )
     return keep or bool(_pick(options.top_logprobs, defaults.top_logprobs))
+
+
+def n_choices(defaults: ChatDefaults, options: ChatOptions) -> int:
+    """How many choices a call asks for (``n``): a whole number from 1 to ``MAX_CHOICES``, else
+    a ``ConfigError`` naming ``n``."""
+    n = _pick(options.n, defaults.n)
+    if isinstance(n, numbers.Integral) and not isinstance(n, bool) and 1 <= int(n) <= MAX_CHOICES:
+        return int(n)
+    raise ConfigError(
+        f"n={n!r}: give a whole number of choices from 1 to {MAX_CHOICES} (each is a row "
+        "decoded beside the others; ask again for more)",
+        param="n",
+    )
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """The seed choice ``choice`` of an ``n``-choice call samples with: the call's own for
+    choice 0 (so it is the ``n=1`` answer), for the others one derived from (seed, choice) by a
+    hash (BLAKE2b, 64 bits), the same on every machine and Python; ``None`` stays ``None`` (each
+    choice draws from a fresh generator)."""
+    if seed is None or choice == 0:
+        return seed
+    digest = hashlib.blake2b(f"unite-choice:{seed}:{choice}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")  # 0 .. 2**64 - 1: every seed the engine takes
 
 
 def _pick(value: Any, default: Any) -> Any:

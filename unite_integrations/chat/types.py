@@ -118,6 +118,13 @@ class ChatOptions:
     top_logprobs: int | None = None
     """0..20: also keep, per token, that many most likely strings of the mixed distribution it
     was chosen from (``TokenProvenance.top``); more than 0 implies ``token_provenance``."""
+    n: int | None = None
+    """Choices to generate for the prompt (1..``MAX_CHOICES``), decoded together as rows of one
+    batch; OpenAI's ``n``. Each choice samples from a random stream of its own: with a ``seed``,
+    choice 0 uses the seed itself (so it equals the answer with ``n=1``) and choice i > 0 a seed
+    derived from (seed, i) (``chat.options.choice_seed``); without one, independent draws.
+    Greedy choices are equal. ``ChatCore.choices``/``achoices`` return them; a stream tags each
+    chunk with its ``ChatChunk.choice``; ``invoke``/``ainvoke`` give one answer and refuse n > 1."""
 
 
 @dataclass(frozen=True)
@@ -197,9 +204,13 @@ class ChatResult:
 @dataclass(frozen=True)
 class ChatChunk:
     """A piece of a streamed answer: new content, tool calls completed since the last chunk.
-    The last chunk has ``finish_reason`` and the complete ``result`` (usage, provenance)."""
+    The last chunk has ``finish_reason`` and the complete ``result`` (usage, provenance).
+
+    With ``n`` > 1 choices, one stream carries them all, interleaved as they decode: ``choice``
+    says whose chunk it is (0..n-1), and each choice has a last chunk of its own."""
 
     content: str = ""
     tool_calls: tuple[ToolCallChunk, ...] = ()
     finish_reason: FinishReason | None = None
     result: ChatResult | None = None
+    choice: int = 0

@@ -56,6 +56,7 @@ CALL_KWARGS = frozenset(
         "top_p",
         "seed",
         "gate",
+        "n",
         "tools",
         "tool_choice",
         "parallel_tool_calls",
@@ -158,6 +159,7 @@ def to_core_request(
             seed=kwargs.get("seed"),
             stop=stop,
             gate=kwargs.get("gate"),
+            n=kwargs.get("n"),
         ),
         tools=tuple(tools),
         tool_choice=kwargs.get("tool_choice"),  # the core reads every spelling

@@ -28,6 +28,7 @@ from ..chat import (
     ChatCore,
     ChatDefaults,
     ChatOptions,
+    ChatRequest,
     default_model_name,
     engine_options,
     no_bool_for_int,
@@ -35,6 +36,7 @@ from ..chat import (
     tool_choice,
     tool_names,
 )
+from ..chat.options import n_choices
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..engine.engine import UniTEEngine
 from ..engine.registry import get_engine
@@ -54,6 +56,7 @@ _OPTION_FIELDS = (
     "top_p",
     "seed",
     "gate",
+    "n",
 )
 
 _PROVIDER = "unite"
@@ -135,6 +138,12 @@ class UniTEChatModel(BaseChatModel):
     seed: int | None = None
     """Seed for sampling: the same seed gives the same text."""
 
+    n: int = 1
+    """Choices per call (1..16), as ``ChatOpenAI``'s ``n``: ``generate``/``agenerate`` return
+    ``n`` generations per input (``invoke`` the first); their rows decode together, each with a
+    random stream of its own (with a ``seed``, the first choice is the ``n=1`` answer). Streaming
+    needs ``n=1``, as ``ChatOpenAI``'s does."""
+
     gate: float | None = None
     """Gated ensembling: where the primary member's top-1 probability is at least ``gate``
     (and ``gate < 1``), its token is taken without consulting the others (faster); ``None``:
@@ -173,13 +182,14 @@ class UniTEChatModel(BaseChatModel):
             raise ConfigError(f"invalid UniTEChatModel settings: {e}") from e
         self._ensemble_config()
         engine_options(self._defaults(), ChatOptions())
+        n_choices(self._defaults(), ChatOptions())
 
     @model_validator(mode="before")
     @classmethod
     def _coerce(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
-        for key in ("top_k", "max_tokens", "min_tokens", "seed"):
+        for key in ("top_k", "max_tokens", "min_tokens", "seed", "n"):
             no_bool_for_int(values.get(key))  # pydantic would take True as 1
         if isinstance(values.get("members"), (str, MemberSpec)):
             values = {**values, "members": [values["members"]]}
@@ -279,8 +289,8 @@ class UniTEChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = self.core.invoke(to_core_request(messages, stop, kwargs, self.model_name))
-        return ChatResult(generations=[ai_message(result)])
+        results = self.core.choices(to_core_request(messages, stop, kwargs, self.model_name))
+        return ChatResult(generations=[ai_message(r) for r in results])
 
     async def _agenerate(
         self,
@@ -290,7 +300,7 @@ class UniTEChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         request = to_core_request(messages, stop, kwargs, self.model_name)
-        return ChatResult(generations=[ai_message(await self.core.ainvoke(request))])
+        return ChatResult(generations=[ai_message(r) for r in await self.core.achoices(request)])
 
     def _stream(
         self,
@@ -299,7 +309,8 @@ class UniTEChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        chunks = self.core.stream(to_core_request(messages, stop, kwargs, self.model_name))
+        request = self._one_choice(to_core_request(messages, stop, kwargs, self.model_name))
+        chunks = self.core.stream(request)
         try:
             for chunk in chunks:
                 item = generation_chunk(chunk)
@@ -316,7 +327,8 @@ class UniTEChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        chunks = await self.core.astream(to_core_request(messages, stop, kwargs, self.model_name))
+        request = self._one_choice(to_core_request(messages, stop, kwargs, self.model_name))
+        chunks = await self.core.astream(request)
         try:
             async for chunk in chunks:
                 item = generation_chunk(chunk)
@@ -325,6 +337,13 @@ class UniTEChatModel(BaseChatModel):
                 yield item
         finally:
             await chunks.aclose()  # cancelled or stopped early: the engine request is cancelled
+
+    def _one_choice(self, request: ChatRequest) -> ChatRequest:
+        """A streamed call's request: ``n`` must be 1, as ``ChatOpenAI`` requires."""
+        n = n_choices(self._defaults(), request.options)
+        if n != 1:
+            raise ConfigError(f"n={n}: streaming gives one choice; set n=1 to stream", param="n")
+        return request
 
     # -- batches -------------------------------------------------------------------------------
 

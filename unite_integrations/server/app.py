@@ -69,6 +69,22 @@ T = TypeVar("T")
 #: OpenAI's log-probability for a token whose probability is 0 (or that the union did not hold).
 FLOOR_LOGPROB = -9999.0
 
+#: Why ``echo`` (the prompt's own log-probabilities) is refused, and what to do instead.
+_NO_ECHO = (
+    "echo=true (the prompt's tokens with their log-probabilities) is not supported: the "
+    "ensemble's members split a text into different tokens, so a prompt or a continuation has "
+    "no log-likelihood under the ensemble, and log-likelihood scoring (lm-evaluation-harness's "
+    "multiple-choice and perplexity tasks) cannot run against it. Evaluate generation tasks "
+    "(output_type: generate_until) here, and score multiple choice with `unite eval "
+    "--constrained`, which decodes each answer under a grammar that allows only the option letters"
+)
+#: Why a prompt of token ids is refused.
+_NO_TOKEN_IDS = (
+    "the prompt is token ids: the ensemble's members have different vocabularies, so ids name "
+    "no text; send the prompt as text (lm-evaluation-harness: tokenizer_backend=None, or "
+    "tokenized_requests=False)"
+)
+
 
 def create_app(
     engine: UniTEEngine,
@@ -126,6 +142,12 @@ class _Server:
             ),
             Route(
                 "/v1/completions", self._guard("completions", self.completions), methods=["POST"]
+            ),
+            Route("/v1/responses", self._guard("responses", self.responses), methods=["POST"]),
+            Route(
+                "/v1/responses/{response_id:path}",  # nothing is stored: a 404 saying so
+                self._guard("responses", self.responses),
+                methods=["GET", "POST", "DELETE"],
             ),
         ]
         self.app = Starlette(
@@ -221,14 +243,6 @@ class _Server:
                 param="model",
                 code="model_not_found",
             )
-        if body.n not in (None, 1):
-            raise APIError(
-                400,
-                f"n={body.n}: the ensemble returns one choice per request; send n=1 (or omit it) "
-                "and make several requests",
-                param="n",
-                code="unsupported_value",
-            )
         for name in ("frequency_penalty", "presence_penalty", "logit_bias"):
             if getattr(body, name):
                 raise APIError(
@@ -265,6 +279,7 @@ class _Server:
             temperature=body.temperature,
             top_p=body.top_p,
             seed=body.seed,
+            n=body.n,
             stop=tuple(body.stops()) if body.stop is not None else None,
             gate=body.unite.gate,
             token_provenance=want.logprobs or want.tokens,
@@ -330,6 +345,13 @@ class _Server:
             )
         return JSONResponse(self._model_card())
 
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API, stateless: translated to and from the chat endpoint's body
+        and result in ``responses.py`` (imported here: that module builds on this one)."""
+        from .responses import handle
+
+        return await handle(self, request)
+
     # -- chat completions ---------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
@@ -353,9 +375,11 @@ class _Server:
             return await self._stream(
                 request, chat_request, want, "chat.completion.chunk", _chat_chunk, "chat"
             )
-        result = await _unless_disconnected(request, self.core.ainvoke(chat_request), self.metrics)
-        self._count(result)
-        return JSONResponse(self._chat_response(result, want))
+        results = await _unless_disconnected(
+            request, self.core.achoices(chat_request), self.metrics
+        )
+        self._count(results)
+        return JSONResponse(self._chat_response(results, want))
 
     def _chat_request(self, body: ChatCompletionRequest, want: _Wants) -> ChatRequest:
         messages = tuple(_message(m, n) for n, m in enumerate(body.messages))
@@ -371,23 +395,7 @@ class _Server:
             response_format=fmt,
         )
 
-    def _chat_response(self, result: ChatResult, want: _Wants) -> dict[str, Any]:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": result.content if result.content or not result.tool_calls else None,
-        }
-        if result.tool_calls:
-            message["tool_calls"] = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {
-                        "name": c.name,
-                        "arguments": json.dumps(c.arguments, ensure_ascii=False),
-                    },
-                }
-                for c in result.tool_calls
-            ]
+    def _chat_response(self, results: list[ChatResult], want: _Wants) -> dict[str, Any]:
         return {
             "id": _id("chatcmpl"),
             "object": "chat.completion",
@@ -395,14 +403,15 @@ class _Server:
             "model": self.model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": message,
+                    "index": i,
+                    "message": _assistant(result),
                     "logprobs": _logprobs(result, want.top) if want.logprobs else None,
                     "finish_reason": result.finish_reason,
                 }
+                for i, result in enumerate(results)
             ],
-            "usage": _usage(result),
-            "unite": _extension(result, want.tokens),
+            "usage": _usage(results),
+            "unite": _extensions(results, want.tokens),
         }
 
     # -- completions --------------------------------------------------------------------------
@@ -410,15 +419,23 @@ class _Server:
     async def completions(self, request: Request) -> Response:
         body: CompletionRequest = await self._body(request, CompletionRequest)
         self._check_common(body)
+        if body.echo:  # lm-evaluation-harness's log-likelihood requests (multiple choice)
+            raise APIError(400, _NO_ECHO, param="echo", code="unsupported_value")
+        if body.token_ids():
+            raise APIError(400, _NO_TOKEN_IDS, param="prompt", code="unsupported_value")
         for field, bad in (
-            ("echo", body.echo),
             ("suffix", body.suffix),
-            ("best_of", body.best_of not in (None, 1)),
+            ("best_of", body.best_of not in (None, body.n or 1)),
         ):
             if bad:
                 raise APIError(
                     400,
-                    f"{field} is not supported by the ensemble",
+                    f"{field} is not supported by the ensemble"
+                    + (
+                        " (other than equal to n: n choices are returned)"
+                        if field == "best_of"
+                        else ""
+                    ),
                     param=field,
                     code="unsupported_value",
                 )
@@ -441,9 +458,9 @@ class _Server:
             )
         results = await _unless_disconnected(
             request, self.core.ainvoke_many(requests), self.metrics
-        )
-        for r in results:
-            self._count(r)
+        )  # n per prompt, prompt-major: OpenAI's order (choice index = prompt * n + i)
+        n = len(results) // len(requests)
+        self._count(results, n)
         choices = [
             {
                 "index": i,
@@ -453,11 +470,6 @@ class _Server:
             }
             for i, r in enumerate(results)
         ]
-        usage = {
-            "prompt_tokens": sum(r.usage.input_tokens for r in results),
-            "completion_tokens": sum(r.usage.output_tokens for r in results),
-            "total_tokens": sum(r.usage.total_tokens for r in results),
-        }
         return JSONResponse(
             {
                 "id": _id("cmpl"),
@@ -465,10 +477,8 @@ class _Server:
                 "created": int(time.time()),
                 "model": self.model,
                 "choices": choices,
-                "usage": usage,
-                "unite": [_extension(r, want.tokens) for r in results]
-                if len(results) > 1
-                else _extension(results[0], want.tokens),
+                "usage": _usage(results, n),
+                "unite": _extensions(results, want.tokens),
             }
         )
 
@@ -507,31 +517,36 @@ class _Server:
         endpoint: str,
     ) -> AsyncIterator[bytes]:
         finished = False
-        first = True
+        started: set[int] = set()  # choices whose first chunk went out
+        results: dict[int, ChatResult] = {}  # each choice's, as it finishes
         try:
-            async for chunk in chunks:
-                choices = render(chunk, first)
-                first = False
-                if chunk.result is not None:
-                    result = chunk.result
-                    for choice in choices[:-1]:
+            async for chunk in chunks:  # n > 1: the choices' chunks interleaved, by ``choice``
+                i = chunk.choice
+                choices = render(chunk, i not in started)
+                started.add(i)
+                if chunk.result is None:
+                    for choice in choices:
                         yield self._event(head, choice, want)
-                    last = choices[-1] if choices else {"index": 0, "delta": {}, "logprobs": None}
-                    last["finish_reason"] = chunk.finish_reason
-                    if want.logprobs:
-                        last["logprobs"] = (
-                            _completion_logprobs(result, want.top)
-                            if head["object"] == "text_completion"
-                            else _logprobs(result, want.top)
-                        )
-                    yield self._event(head, last, want, unite=_extension(result, want.tokens))
-                    if want.usage:
-                        yield _sse({**head, "choices": [], "usage": _usage(result)})
-                    self._count(result)
-                    finished = True
-                    break
-                for choice in choices:
+                    continue
+                result = chunk.result
+                for choice in choices[:-1]:
                     yield self._event(head, choice, want)
+                last = choices[-1] if choices else {"index": i, "delta": {}, "logprobs": None}
+                last["finish_reason"] = chunk.finish_reason
+                if want.logprobs:
+                    last["logprobs"] = (
+                        _completion_logprobs(result, want.top)
+                        if head["object"] == "text_completion"
+                        else _logprobs(result, want.top)
+                    )
+                # each choice's last chunk carries its own provenance (the chunk has one choice)
+                yield self._event(head, last, want, unite=_extension(result, want.tokens))
+                results[i] = result
+            answers = [results[i] for i in sorted(results)]
+            if want.usage and answers:
+                yield _sse({**head, "choices": [], "usage": _usage(answers)})
+            self._count(answers)
+            finished = True
             yield b"data: [DONE]\n\n"
         except Exception as e:  # after the headers: the error goes out as an event
             finished = True
@@ -549,12 +564,16 @@ class _Server:
             event["usage"] = None  # as OpenAI: every chunk has the key; the last one the counts
         return _sse(event)
 
-    def _count(self, result: ChatResult) -> None:
-        self.metrics.answer(
-            result.usage.input_tokens,
-            result.usage.output_tokens,
-            float(result.provenance.get("agreement_rate", 0.0)),
-        )
+    def _count(self, results: list[ChatResult], n: int = 0) -> None:
+        """Count answers (``n`` choices per prompt, prompt-major; 0: one prompt): each prompt's
+        tokens once, each choice's output."""
+        n = n or len(results)
+        for k, result in enumerate(results):
+            self.metrics.answer(
+                result.usage.input_tokens if k % n == 0 else 0,
+                result.usage.output_tokens,
+                float(result.provenance.get("agreement_rate", 0.0)),
+            )
 
 
 class _Wants:
@@ -702,6 +721,35 @@ def _top_dict(t: TokenProvenance, top: int) -> dict[str, float]:
     return out
 
 
+def _assistant(result: ChatResult) -> dict[str, Any]:
+    """A chat choice's ``message``: its content and tool calls."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": result.content if result.content or not result.tool_calls else None,
+    }
+    if result.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.name,
+                    "arguments": json.dumps(c.arguments, ensure_ascii=False),
+                },
+            }
+            for c in result.tool_calls
+        ]
+    return message
+
+
+def _extensions(results: list[ChatResult], tokens: bool) -> dict[str, Any] | list[dict[str, Any]]:
+    """A response's ``unite`` field: one choice's object, or with several choices (``n`` > 1, or
+    a list of prompts) a list of them, one per choice in ``index`` order."""
+    if len(results) == 1:
+        return _extension(results[0], tokens)
+    return [_extension(r, tokens) for r in results]
+
+
 def _extension(result: ChatResult, tokens: bool) -> dict[str, Any]:
     """The ``unite`` field: the ensemble's provenance (per token only when asked for)."""
     out = {k: v for k, v in result.provenance.items() if k != "tokens"}
@@ -714,11 +762,16 @@ def _extension(result: ChatResult, tokens: bool) -> dict[str, Any]:
     return out
 
 
-def _usage(result: ChatResult) -> dict[str, int]:
+def _usage(results: list[ChatResult], n: int = 0) -> dict[str, int]:
+    """OpenAI's ``usage`` of choices (``n`` per prompt, prompt-major; 0: all of one prompt):
+    each prompt counted once, as OpenAI does, and every choice's completion tokens."""
+    n = n or len(results)
+    prompt = sum(r.usage.input_tokens for r in results[::n])
+    completion = sum(r.usage.output_tokens for r in results)
     return {
-        "prompt_tokens": result.usage.input_tokens,
-        "completion_tokens": result.usage.output_tokens,
-        "total_tokens": result.usage.total_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
 
 
@@ -728,7 +781,7 @@ def _chat_chunk(chunk: ChatChunk, first: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def choice(delta: dict[str, Any]) -> None:
-        out.append({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        out.append({"index": chunk.choice, "delta": delta, "logprobs": None, "finish_reason": None})
 
     if first or chunk.content:
         choice(
@@ -746,7 +799,7 @@ def _chat_chunk(chunk: ChatChunk, first: bool) -> list[dict[str, Any]]:
 def _text_chunk(chunk: ChatChunk, first: bool) -> list[dict[str, Any]]:
     if not chunk.content and chunk.result is None:
         return []
-    return [{"index": 0, "text": chunk.content, "logprobs": None, "finish_reason": None}]
+    return [{"index": chunk.choice, "text": chunk.content, "logprobs": None, "finish_reason": None}]
 
 
 def _sse(data: Mapping[str, Any]) -> bytes:

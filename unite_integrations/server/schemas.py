@@ -6,8 +6,8 @@ front end, and its typed errors become 400s. Types are strict, as OpenAI's API i
 field takes a JSON integer only (not ``"12"``, ``12.5``, ``12.0`` or ``true``), a number field
 a JSON number (an integer will do, a string or a boolean not), a boolean field ``true`` or
 ``false``; anything else is a 400 naming the field. Unknown fields are ignored, as vLLM does, so
-clients that send more than we read still work; fields we read but cannot honour (``n`` other
-than 1, penalties) are refused by the app with a message that says so.
+clients that send more than we read still work; fields we read but cannot honour (penalties,
+``best_of`` other than ``n``) are refused by the app with a message that says so.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..chat.options import MAX_CHOICES
 
 __all__ = [
     "ChatCompletionRequest",
@@ -68,7 +70,11 @@ class _Sampling(_Body):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(
+        default=None,
+        description=f"Choices to return (1..{MAX_CHOICES}; the chat core checks the value): rows "
+        "of one batch, choice i > 0 seeded from (seed, i).",
+    )
     min_tokens: int | None = Field(
         default=None,
         description="Tokens to generate before the answer may end (vLLM's extension).",
@@ -101,14 +107,23 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # Token ids (one list of integers, or a list of them) are read so that the app can refuse
+    # them by name: the members' vocabularies differ, so no id names a piece of text.
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=1)
 
     def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+        """The prompt texts (the app refuses token ids first: see ``token_ids``)."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        return [p for p in self.prompt if isinstance(p, str)]
+
+    def token_ids(self) -> bool:
+        """Whether the prompt is token ids, as lm-evaluation-harness sends with a tokenizer."""
+        return not isinstance(self.prompt, str) and any(not isinstance(p, str) for p in self.prompt)
 
     def token_budget(self) -> int | None:
         return self.max_tokens

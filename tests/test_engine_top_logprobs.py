@@ -154,3 +154,53 @@ def test_grammar_rows_report_the_unconstrained_distribution(hetero):
             assert p.logprob is None and bytes(t.bytes) not in {bytes(c.bytes) for c in t.top}
         else:
             assert t.logprob == pytest.approx(p.logprob, abs=1e-6) and t.logprob <= 0
+
+
+def test_a_row_decoding_beside_a_prompt_still_prefilling_keeps_its_top_strings(
+    make_engine, tiny_dirs
+):
+    """A step where some rows decide and others are still prefilled in chunks (no gate): the
+    deciding rows keep their top strings (they were dropped there, and the report raised)."""
+    engine = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefill_chunk=2
+    )
+    engine.reset_prefix_cache()
+    [long] = engine.submit([" ".join(PROMPTS[:6])], max_new_tokens=2)
+    [short] = engine.submit([PROMPTS[0]], max_new_tokens=6, top_logprobs=2)
+    result = short.next_event().results[0]
+    long.next_event()
+    assert result.provenance.tokens and all(len(t.top) == 2 for t in result.provenance.tokens)
+    assert result.text == engine.generate([PROMPTS[0]], max_new_tokens=6)[0].text
+
+
+def test_placeholder_picks_take_a_deciding_rows_top_strings():
+    """A step where only some rows decide (the others are still being prefilled, no gate) builds
+    placeholder picks and puts the deciding rows' in: their top strings come along (they were
+    dropped, and the row's report later raised)."""
+    from unite_integrations.engine.decode import Picks
+
+    decided = Picks([1], [4], [7], [True], [[4, 5]], [[0.5, 0.5]], [False], [[(7, 0.5), (9, 0.2)]])
+    picks = Picks.none(3, 2)
+    picks.put(2, decided, 0)
+    assert picks.gid[2] == 7 and picks.top == [[], [], [(7, 0.5), (9, 0.2)]]
+
+
+def test_a_report_that_raises_fails_its_request_alone(make_engine, tiny_dirs):
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], top_k=3)
+    real = engine._result
+
+    def result(row):
+        if row.opts.max_new_tokens == 3:  # the bad request's
+            raise RuntimeError("a result that cannot be built")
+        return real(row)
+
+    engine._result = result
+    try:
+        bad = engine.submit([PROMPTS[0]], max_new_tokens=3)
+        good = engine.submit([PROMPTS[1]], max_new_tokens=4)
+        with pytest.raises(RuntimeError, match="cannot be built"):
+            bad[0].next_event()
+        assert good[0].next_event().results[0].text
+    finally:
+        del engine._result
+    assert engine.generate([PROMPTS[2]], max_new_tokens=3)[0].text  # the engine goes on

@@ -523,9 +523,12 @@ class Picks:
         )
 
     def put(self, r: int, other: Picks, n: int) -> None:
-        """Row r takes row n of ``other``'s picks."""
+        """Row r takes row n of ``other``'s picks (its top strings too, where ``other`` has
+        them: placeholder picks have none of their own)."""
+        if other.top and not self.top:
+            self.top = [[] for _ in self.src]
         for f in ("src", "col", "gid", "agree", "own", "prob", "gated", "top"):
-            if f != "top" or self.top:  # top: only when asked
+            if f != "top" or other.top:  # top: only when asked
                 getattr(self, f)[r] = getattr(other, f)[n]
 
 

@@ -689,16 +689,23 @@ class _Live:
         return prompts, new
 
     def report(self, result: Any) -> None:
-        """Stream deltas; hand finished requests their results; forget cancelled ones."""
+        """Stream deltas; hand finished requests their results; forget cancelled ones. A
+        request whose report raises fails alone (its rows leave at the next step); the others
+        and the loop go on."""
         for req, rows in list(self.rows.items()):
-            if req.cancelled:
-                del self.rows[req]
-            elif all(row.finish_reason is not None for row in rows):
-                final = rows[0].text.take_delta(final=True) if req.stream else ""
-                req.events.put(Done([result(row) for row in rows], final))
-                del self.rows[req]
-            elif req.stream and (delta := rows[0].text.take_delta()):
-                req.events.put(Delta(delta))
+            try:
+                if req.cancelled:
+                    del self.rows[req]
+                elif all(row.finish_reason is not None for row in rows):
+                    final = rows[0].text.take_delta(final=True) if req.stream else ""
+                    req.events.put(Done([result(row) for row in rows], final))
+                    del self.rows[req]
+                elif req.stream and (delta := rows[0].text.take_delta()):
+                    req.events.put(Delta(delta))
+            except Exception as e:
+                req.cancel()  # its rows, if any are still decoding, leave at the next step
+                req.events.put(Failed(e))
+                self.rows.pop(req, None)
 
     def fail(self, error: BaseException) -> None:
         for req in self.rows:

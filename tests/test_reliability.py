@@ -245,3 +245,25 @@ def test_real_pair_load_prints_nothing():
     quiet, loud = load_in_subprocess(REAL_ALIASES, default_cache_dir())  # the converted models
     assert quiet.strip() == ""
     assert "Loading weights" in loud
+
+
+def test_the_engine_fixes_glibcs_mmap_threshold_unless_the_user_set_one(monkeypatch):
+    """glibc's mmap threshold is fixed when an engine starts decoding (its dynamic rise kept
+    gigabytes of fragmented heap under sustained load); a ``MALLOC_MMAP_THRESHOLD_`` the user
+    set stands."""
+    from unite_integrations.engine import engine as engine_module
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(engine_module, "_libc", lambda: FakeLibc())
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    engine_module._tune_malloc.__wrapped__()
+    assert calls == [(-3, 1 << 20)]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    engine_module._tune_malloc.__wrapped__()
+    assert calls == [(-3, 1 << 20)]

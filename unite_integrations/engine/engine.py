@@ -452,6 +452,7 @@ class UniTEEngine:
         report to each request, retire the rows that finished (or whose caller went away)."""
         batch: Batch | None = None  # opened with the first arrivals, again after a failure
         live = _Live()
+        _tune_malloc()
         try:
             while (arrivals := scheduler.admit(len(batch.rows) if batch else 0)) is not None:
                 busy = bool(batch and batch.rows)
@@ -729,6 +730,28 @@ def _give_back_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+#: glibc's ``M_MMAP_THRESHOLD`` (``malloc.h``) and the value the engine sets: allocations of
+#: 1 MiB and more get pages of their own, handed back to the system when freed.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+@functools.cache
+def _tune_malloc() -> None:
+    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD``, once a process, when an engine starts
+    decoding (unless ``MALLOC_MMAP_THRESHOLD_`` is set: the user's value stands).
+
+    By default glibc raises the threshold each time a large block is freed (up to 32 MiB), so
+    the tensors of later steps (caches growing, activations, logits) come from the heap, whose
+    free pages are fragmented and mostly never returned. Under sustained load that held about
+    4.5 GiB besides the members, stores and KV caches of a 2.3 GiB server (150 soak requests:
+    the rest grew 2.3 -> 6.7 GiB, RSS peak 7.6 GiB); with the threshold fixed the rest stayed
+    2.2-2.8 GiB (RSS peak 4.8 GiB). A no-op off glibc."""
+    libc = _libc()
+    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 @functools.cache

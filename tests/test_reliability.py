@@ -251,7 +251,7 @@ def test_the_engine_fixes_glibcs_mmap_threshold_unless_the_user_set_one(monkeypa
     """glibc's mmap threshold is fixed when an engine starts decoding (its dynamic rise kept
     gigabytes of fragmented heap under sustained load); a ``MALLOC_MMAP_THRESHOLD_`` the user
     set stands."""
-    from unite_integrations.engine import engine as engine_module
+    from unite_integrations.engine import memory
 
     calls = []
 
@@ -260,10 +260,10 @@ def test_the_engine_fixes_glibcs_mmap_threshold_unless_the_user_set_one(monkeypa
             calls.append((param, value))
             return 1
 
-    monkeypatch.setattr(engine_module, "_libc", lambda: FakeLibc())
+    monkeypatch.setattr(memory, "_libc", lambda: FakeLibc())
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    engine_module._tune_malloc.__wrapped__()
+    memory.tune_malloc.__wrapped__()
     assert calls == [(-3, 1 << 20)]
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    engine_module._tune_malloc.__wrapped__()
+    memory.tune_malloc.__wrapped__()
     assert calls == [(-3, 1 << 20)]

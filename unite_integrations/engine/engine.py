@@ -10,12 +10,10 @@ thread pool, so a step costs the slowest member.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from .decode import Batch, Ensemble, RowState, closing_need, prefill_chunk, step
 from .inputs import check_prompts, check_tools
 from .loading import default_cache_dir, load_member
 from .members import FALLBACK_STOP, LoadedMember, Message
+from .memory import give_back_memory, tune_malloc
 from .prefix import PrefixStore
 from .ray_members import RayMember, connect, describe, release, start_actor
 from .results import (
@@ -452,13 +451,13 @@ class UniTEEngine:
         report to each request, retire the rows that finished (or whose caller went away)."""
         batch: Batch | None = None  # opened with the first arrivals, again after a failure
         live = _Live()
-        _tune_malloc()
+        tune_malloc()
         try:
             while (arrivals := scheduler.admit(len(batch.rows) if batch else 0)) is not None:
                 busy = bool(batch and batch.rows)
                 batch = self._step(batch, live, arrivals)
                 if busy and not (batch and batch.rows):
-                    _give_back_memory()  # the batch emptied: its caches' memory leaves too
+                    give_back_memory()  # the batch emptied: its caches' memory leaves too
         except BaseException as e:  # the loop itself broke: no caller may wait forever
             live.fail(EngineClosedError(f"the engine's worker stopped ({type(e).__name__}: {e})"))
             raise  # the scheduler closes itself: later calls are refused, not left waiting
@@ -720,50 +719,6 @@ def stream_chunk(event: Delta | Done) -> StreamChunk:
         return StreamChunk(text=event.text)
     result = event.results[0]
     return StreamChunk(text=event.text, finish_reason=result.finish_reason, result=result)
-
-
-def _give_back_memory() -> None:
-    """Hand the heap's free memory back to the system (glibc's ``malloc_trim``) once a batch has
-    emptied. A batch's caches and prefill activations are freed when its rows leave, but glibc
-    keeps the pages, so a process's RSS stayed at its largest batch's (an MMLU evaluation: 5.5
-    GB after batches of 1,700-token prompts, 2.4 GB once trimmed). A no-op off glibc."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-#: glibc's ``M_MMAP_THRESHOLD`` (``malloc.h``) and the value the engine sets: allocations of
-#: 1 MiB and more get pages of their own, handed back to the system when freed.
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1 << 20
-
-
-@functools.cache
-def _tune_malloc() -> None:
-    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD``, once a process, when an engine starts
-    decoding (unless ``MALLOC_MMAP_THRESHOLD_`` is set: the user's value stands).
-
-    By default glibc raises the threshold each time a large block is freed (up to 32 MiB), so
-    the tensors of later steps (caches growing, activations, logits) come from the heap, whose
-    free pages are fragmented and mostly never returned. Under sustained load that held about
-    4.5 GiB besides the members, stores and KV caches of a 2.3 GiB server (150 soak requests:
-    the rest grew 2.3 -> 6.7 GiB, RSS peak 7.6 GiB); with the threshold fixed the rest stayed
-    2.2-2.8 GiB (RSS peak 4.8 GiB). A no-op off glibc."""
-    libc = _libc()
-    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-@functools.cache
-def _libc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018  # musl has none
-    except (OSError, AttributeError):
-        return None
-    return libc
 
 
 def _stores(size: int | str, members: list[LoadedMember]) -> list[PrefixStore]:

@@ -24,6 +24,7 @@ import torch
 from ..errors import MemberUnavailableError, ModelLoadError
 from .backends import LocalMember
 from .config import MemberSpec
+from .memory import tune_malloc
 from .prefix import PrefixStore
 from .sequences import MemberBatch, Update
 
@@ -112,6 +113,7 @@ class _MemberActor:
     ) -> None:
         from .loading import load_member
 
+        tune_malloc()  # the actor's process decodes too
         self.model, tok = load_member(spec, Path(cache_dir) if cache_dir else None)
         device = next(self.model.parameters()).device
         self.store = PrefixStore.sized(prefix_cache, device)  # outlives batches

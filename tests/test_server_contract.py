@@ -54,6 +54,7 @@ class ServerDriver(Driver):
     """The server, over HTTP: a call's neutral options become the request body's fields."""
 
     name = "server"
+    path = "/chat/completions"  # the endpoint invoke, ainvoke and astream post to
     takes_unknown_options = True  # any field can be sent; OpenAI's unsupported ones are refused
 
     def __init__(self, members: list[Any], **defaults: Any) -> None:
@@ -92,7 +93,7 @@ class ServerDriver(Driver):
         )
 
     def invoke(self, messages: list[tuple[str, str]], **call: Any) -> Answer:
-        r = httpx.post(self.url + "/chat/completions", json=self.body(messages, call), timeout=300)
+        r = httpx.post(self.url + self.path, json=self.body(messages, call), timeout=300)
         if r.status_code != 200:
             _raise(r.status_code, r.content)
         return self.answer(r.json())
@@ -152,7 +153,7 @@ class ServerDriver(Driver):
 
     async def ainvoke(self, messages: list[tuple[str, str]], **call: Any) -> Answer:
         async with httpx.AsyncClient(timeout=300) as client:
-            r = await client.post(self.url + "/chat/completions", json=self.body(messages, call))
+            r = await client.post(self.url + self.path, json=self.body(messages, call))
         if r.status_code != 200:
             _raise(r.status_code, r.content)
         return self.answer(r.json())
@@ -161,7 +162,7 @@ class ServerDriver(Driver):
         body = {**self.body(messages, call), "stream": True}
         async with (
             httpx.AsyncClient(timeout=300) as client,
-            client.stream("POST", self.url + "/chat/completions", json=body) as r,
+            client.stream("POST", self.url + self.path, json=body) as r,
         ):
             if r.status_code != 200:
                 _raise(r.status_code, await r.aread())
@@ -177,6 +178,7 @@ class ResponsesDriver(ServerDriver):
     stream from its typed events (text deltas; each call as its ``output_item.done``)."""
 
     name = "responses"
+    path = "/responses"
 
     @staticmethod
     def body(messages: list[tuple[str, str]], call: dict[str, Any]) -> dict[str, Any]:
@@ -216,12 +218,6 @@ class ResponsesDriver(ServerDriver):
             finish,
         )
 
-    def invoke(self, messages: list[tuple[str, str]], **call: Any) -> Answer:
-        r = httpx.post(self.url + "/responses", json=self.body(messages, call), timeout=300)
-        if r.status_code != 200:
-            _raise(r.status_code, r.content)
-        return self.answer(r.json())
-
     def open_stream(self, messages: list[tuple[str, str]], **call: Any) -> Iterator[Any]:
         return _Primed(self._events({**self.body(messages, call), "stream": True}))
 
@@ -255,25 +251,6 @@ class ResponsesDriver(ServerDriver):
             (i, c["call_id"], c["name"], json.loads(c["arguments"])) for i, c in enumerate(calls)
         ]
         return answer
-
-    async def ainvoke(self, messages: list[tuple[str, str]], **call: Any) -> Answer:
-        async with httpx.AsyncClient(timeout=300) as client:
-            r = await client.post(self.url + "/responses", json=self.body(messages, call))
-        if r.status_code != 200:
-            _raise(r.status_code, r.content)
-        return self.answer(r.json())
-
-    async def astream(self, messages: list[tuple[str, str]], **call: Any) -> AsyncIterator[Any]:
-        body = {**self.body(messages, call), "stream": True}
-        async with (
-            httpx.AsyncClient(timeout=300) as client,
-            client.stream("POST", self.url + "/responses", json=body) as r,
-        ):
-            if r.status_code != 200:
-                _raise(r.status_code, await r.aread())
-            async for line in r.aiter_lines():
-                if line.startswith("data: "):
-                    yield json.loads(line[6:])
 
 
 class _Primed:

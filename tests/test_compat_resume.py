@@ -21,8 +21,8 @@ import pytest
 from test_compat_eval import _members, data_dir  # noqa: F401  (data_dir: a fixture)
 
 from unite_integrations.cli import main
+from unite_integrations.cli.evaluate import _warn_unfinished
 from unite_integrations.compat import load_task
-from unite_integrations.compat.cli import _warn_unfinished
 from unite_integrations.compat.evaluate import ENSEMBLE, EvalReport, evaluate
 from unite_integrations.errors import ConfigError
 

@@ -67,8 +67,8 @@ def test_serve_help_mentions_the_binding(capsys):
 
 
 def test_serve_bounds_reach_serve_and_bad_ones_exit_2(monkeypatch, capsys):
+    from unite_integrations.cli import serve as serve_cli
     from unite_integrations.engine import scheduler
-    from unite_integrations.server import cli as serve_cli
     from unite_integrations.server import run
 
     assert (serve_cli.MAX_BATCH_ROWS, serve_cli.MAX_QUEUE) == (

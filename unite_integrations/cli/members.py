@@ -2,20 +2,23 @@
 
 ``-m/--member``, ``-w/--weight``, ``--device``, ``-k/--top-k``, ``--cache-dir`` and
 ``--ray-address`` mean the same in ``generate``, ``check``, ``eval`` and ``serve``: one definition,
-so the commands cannot drift apart.
+so the commands cannot drift apart. Converting them (``member_specs``) has no side effect;
+``start_ray`` is the one place the command line joins or starts Ray, when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
-from .defaults import DEFAULT_MEMBERS
+from ..defaults import DEFAULT_MEMBERS
 
 if TYPE_CHECKING:
-    from .engine.config import MemberSpec
+    from ..engine.config import MemberSpec
 
-__all__ = ["add_member_options", "member_specs"]
+__all__ = ["add_member_options", "announce", "member_specs", "start_ray"]
 
 
 def add_member_options(
@@ -23,7 +26,7 @@ def add_member_options(
 ) -> None:
     """Add the ensemble options to a subcommand (``weights=False``: no ``-w``;
     ``prefix_cache``: ``--prefix-cache``, for the commands that decode many prompts)."""
-    from .engine.loading import BUILTIN_ALIASES
+    from ..engine.loading import BUILTIN_ALIASES
 
     p.add_argument(
         "-m",
@@ -66,10 +69,12 @@ def add_member_options(
 
 
 def member_specs(args: argparse.Namespace) -> list[MemberSpec]:
-    """The members the options name (the built-in pair by default), one weight each."""
-    from .engine.config import MemberSpec
-    from .engine.ray_members import on_ray
-    from .errors import ConfigError
+    """The members the options name (the built-in pair by default), one weight each.
+
+    ``--ray-address`` places every member on Ray (``placement="ray"``, the one switch); it
+    starts nothing here: ``start_ray`` joins the cluster when the command runs."""
+    from ..engine.config import MemberSpec
+    from ..errors import ConfigError
 
     sources = args.members or list(DEFAULT_MEMBERS)
     weights = getattr(args, "weights", None) or [1.0] * len(sources)
@@ -77,10 +82,26 @@ def member_specs(args: argparse.Namespace) -> list[MemberSpec]:
         raise ConfigError(
             f"{len(weights)} --weight for {len(sources)} members: give one --weight per --member"
         )
+    placement: Literal["local", "ray"] = "local" if args.ray_address is None else "ray"
     return [
-        MemberSpec(source=s, weight=w, device=args.device, **on_ray(args.ray_address))
+        MemberSpec(source=s, weight=w, device=args.device, placement=placement)
         for s, w in zip(sources, weights)
     ]
+
+
+def start_ray(args: argparse.Namespace) -> None:
+    """Join the Ray that ``--ray-address`` names ('local': start one here), once, before the
+    command loads its members; without the option, nothing (the members stay in process)."""
+    if args.ray_address is not None:
+        from ..engine.ray_members import connect
+
+        connect(args.ray_address)
+
+
+def announce(verb: str, specs: Sequence[MemberSpec]) -> None:
+    """``loading 2 member(s): a, b ...`` on stderr, before the slow part."""
+    names = ", ".join(s.source for s in specs)
+    print(f"{verb} {len(specs)} member(s): {names} ...", file=sys.stderr)
 
 
 def _store_size(text: str) -> int | str:

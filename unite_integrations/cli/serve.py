@@ -6,12 +6,17 @@ Only argparse here (``unite --help`` stays fast); the server and torch load when
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
+import os
+from typing import TYPE_CHECKING
 
-from ..cli_members import add_member_options, member_specs
+from ..errors import ConfigError
+from .command import Command
+from .members import add_member_options, announce
 
-__all__ = ["add_subcommands"]
+if TYPE_CHECKING:
+    from ..engine.config import MemberSpec
+
+__all__ = ["COMMAND", "MAX_BATCH_ROWS", "MAX_QUEUE"]
 
 #: The engine's bounds (``engine.scheduler``'s ``MAX_BATCH_ROWS``/``MAX_QUEUE``), written out so
 #: that ``unite --help`` need not import the engine (and torch); a test keeps them equal.
@@ -19,14 +24,7 @@ MAX_BATCH_ROWS = 64
 MAX_QUEUE = 256
 
 
-def add_subcommands(sub: Any) -> None:
-    """Add ``serve`` to the ``unite`` command's subparsers."""
-    p = sub.add_parser(
-        "serve",
-        help="serve an ensemble as an OpenAI-compatible API (/v1/chat/completions ...)",
-        description="Serve an ensemble over HTTP with OpenAI's API: point the openai client, "
-        "LangChain's ChatOpenAI or LlamaIndex's OpenAILike at http://HOST:PORT/v1.",
-    )
+def _arguments(p: argparse.ArgumentParser) -> None:
     add_member_options(p, prefix_cache=True)
     p.add_argument(
         "--host",
@@ -82,23 +80,17 @@ def add_subcommands(sub: Any) -> None:
         help="seconds requests in flight may finish after SIGTERM before they are cancelled",
     )
     p.add_argument("--log-level", default="info")
-    p.set_defaults(handler=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import os
-
-    from ..chat import ChatDefaults
-    from ..errors import ConfigError
-
+def _validate(args: argparse.Namespace) -> None:
+    """The server's packages are installed and the bounds are whole numbers >= 1."""
     try:
-        from .run import serve
+        from ..server import run  # noqa: F401  (Starlette and uvicorn)
     except ImportError as e:
         raise ConfigError(
             f"unite serve needs Starlette and uvicorn ({e.name} is missing): "
             'pip install "unite-integrations[server]"'
         ) from e
-
     for flag, value in (
         ("--max-batch-rows", args.max_batch_rows),
         ("--max-queue", args.max_queue),
@@ -106,9 +98,13 @@ def _serve(args: argparse.Namespace) -> int:
     ):
         if value < 1:
             raise ConfigError(f"{flag} {value}: give a whole number >= 1")
-    specs = member_specs(args)
-    names = ", ".join(s.source for s in specs)
-    print(f"loading {len(specs)} member(s): {names} ...", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, specs: list[MemberSpec]) -> int:
+    from ..chat import ChatDefaults
+    from ..server.run import serve
+
+    announce("loading", specs)
     serve(
         specs,
         host=args.host,
@@ -127,3 +123,14 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+COMMAND = Command(
+    name="serve",
+    help="serve an ensemble as an OpenAI-compatible API (/v1/chat/completions ...)",
+    description="Serve an ensemble over HTTP with OpenAI's API: point the openai client, "
+    "LangChain's ChatOpenAI or LlamaIndex's OpenAILike at http://HOST:PORT/v1.",
+    arguments=_arguments,
+    run=_run,
+    validate=_validate,
+)

@@ -1,32 +1,22 @@
-"""``unite``: the command line. ``unite generate`` streams an ensemble's answer to the terminal.
-
-Examples::
-
-    unite generate "The capital of France is"
-    unite generate --chat "Tell me a joke" --member smollm2-135m-instruct --member gemma-3-270m
-    unite generate "Once upon a time" --provenance --max-new-tokens 24
-    unite serve -m smollm2-135m-instruct -m gemma-3-270m --port 8000
-"""
+"""``unite generate``: an ensemble's answer to one prompt, streamed to the terminal."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .cli_members import add_member_options, member_specs
-from .defaults import DEFAULT_MEMBERS
-from .engine.results import GenerationResult
-from .errors import UniteError
+from .command import Command
+from .members import add_member_options, announce
 
-__all__ = ["DEFAULT_MEMBERS", "main"]
+if TYPE_CHECKING:
+    from ..engine.config import MemberSpec
+    from ..engine.results import GenerationResult
+
+__all__ = ["COMMAND"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unite", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate text with an ensemble, streamed")
+def _arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("prompt", help="the prompt (raw text, or a user message with --chat)")
     gen.add_argument(
         "--chat",
@@ -52,13 +42,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after the answer, show which member proposed each token",
     )
-    from .compat.cli import add_subcommands  # `unite check` and `unite eval`
-
-    add_subcommands(sub)
-    from .server.cli import add_subcommands as add_serve  # `unite serve`
-
-    add_serve(sub)
-    return parser
 
 
 def _print_provenance(result: GenerationResult) -> None:
@@ -84,12 +67,10 @@ def _print_provenance(result: GenerationResult) -> None:
     )
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from .engine.engine import UniTEEngine  # torch is slow to import; keep --help fast
+def _run(args: argparse.Namespace, specs: list[MemberSpec]) -> int:
+    from ..engine.engine import UniTEEngine  # torch is slow to import; keep --help fast
 
-    specs = member_specs(args)
-    names = ", ".join(s.source for s in specs)
-    print(f"loading {len(specs)} member(s): {names} ...", file=sys.stderr)
+    announce("loading", specs)
     engine = UniTEEngine(
         specs, top_k=args.top_k, cache_dir=args.cache_dir, prefix_cache=args.prefix_cache
     )
@@ -117,20 +98,9 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "generate":
-            return _generate(args)
-        handler = getattr(args, "handler", None)
-        if handler is not None:
-            return int(handler(args))
-    except UniteError as e:
-        print(f"unite: error: {e}", file=sys.stderr)
-        return 2
-    return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+COMMAND = Command(
+    name="generate",
+    help="generate text with an ensemble, streamed",
+    arguments=_arguments,
+    run=_run,
+)

@@ -1,0 +1,5 @@
+"""``python -m unite_integrations.cli``: the ``unite`` command without its console script."""
+
+from . import main
+
+raise SystemExit(main())

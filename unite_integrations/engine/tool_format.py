@@ -235,6 +235,9 @@ class ToolCallStream:
                 block = f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
                 _, calls = parse_tool_calls(block)
                 if calls:
+                    # A block left open before this one is text, as the whole answer keeps it:
+                    # the call begins at the block's last opening tag (its JSON holds none).
+                    self._text(block[: block.rfind(TOOL_CALL_OPEN)], out)
                     self.calls += len(calls)
                     out.extend(calls)
                 else:

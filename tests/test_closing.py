@@ -10,8 +10,9 @@ from conftest import REAL_MODELS_MISSING
 from test_constraints import CONVERSATIONS, PERSON, TOOLS
 
 from unite_integrations import MemberSpec, UniTEEngine
-from unite_integrations.engine.constraints import ByteMatcher, Constraint, parse_tool_calls
+from unite_integrations.engine.constraints import ByteMatcher, Constraint
 from unite_integrations.engine.decode import closing_need
+from unite_integrations.engine.tool_format import parse_tool_calls
 from unite_integrations.errors import ConfigError
 
 

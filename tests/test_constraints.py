@@ -7,8 +7,8 @@ import json
 import pytest
 
 from unite_integrations import MemberSpec, UniTEEngine
-from unite_integrations.engine.constraints import Constraint, bounded_schema, parse_tool_calls
-from unite_integrations.engine.members import portable_messages
+from unite_integrations.engine.constraints import Constraint, bounded_schema
+from unite_integrations.engine.tool_format import parse_tool_calls, portable_messages
 from unite_integrations.errors import ConfigError
 
 TOOLS = [
@@ -411,7 +411,7 @@ def test_tool_call_grammar_accepts_exactly_the_calls_it_should(choice, parallel,
 
 def test_tool_schema_takes_bare_and_parameterless_tools():
     """A tool given as the function itself, and one without parameters (its arguments: {})."""
-    from unite_integrations.engine.constraints import tool_schema
+    from unite_integrations.engine.tool_format import tool_schema
 
     bare = {
         "name": "ping",

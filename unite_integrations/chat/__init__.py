@@ -11,6 +11,7 @@ to a ``ChatRequest``, call a ``ChatCore`` and translate its ``ChatResult``/``Cha
     async for chunk in await core.astream(request): ...
 """
 
+from ..engine.tool_format import ToolCallStream, parse_calls, tool_choice, tool_names
 from .core import ChatCore, PreparedCall, default_model_name
 from .messages import decode_arguments, make_message, make_tool_call, render, role_of
 from .options import (
@@ -22,7 +23,7 @@ from .options import (
     no_bool_for_int,
     stop_strings,
 )
-from .tools import ToolCallStream, parse_calls, response_format, tool_choice, tool_names
+from .request_grammar import response_format
 from .types import (
     ROLES,
     ChatChunk,

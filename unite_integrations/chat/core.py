@@ -30,11 +30,12 @@ from ..engine.inputs import check_text
 from ..engine.registry import get_engine
 from ..engine.results import GenerationResult, StreamChunk
 from ..engine.scheduler import Done, Failed, Request
+from ..engine.tool_format import ToolCallStream, parse_calls
 from ..errors import ConfigError, ContextWindowError, InputError
 from .bridge import checked, thread_stream
 from .messages import render
 from .options import ChatDefaults, choice_seed, engine_options, keeps_tokens, n_choices
-from .tools import ToolCallStream, grammar, parse_calls, response_format
+from .request_grammar import grammar, response_format
 from .types import (
     ChatChunk,
     ChatOptions,

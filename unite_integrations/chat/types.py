@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+# The one tool-call type is the format's (engine/tool_format.py); the chat core names it too.
+from ..engine.tool_format import ToolCall
+
 if TYPE_CHECKING:
     from ..engine.results import TokenProvenance
 
@@ -48,15 +51,6 @@ ROLES: Mapping[str, Role] = {
     "tool": "tool",
     "function": "tool",
 }
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One complete tool call: its id, the tool's name and the decoded arguments."""
-
-    id: str
-    name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,7 +129,7 @@ class ChatRequest:
     ``tool_choice``: ``"auto"`` (default: text or calls, the ensemble decides), ``"none"`` (text;
     the tools are not shown), ``"required"`` (at least one call) or a tool's name (that tool);
     every front end's spelling is read (``True``, ``"any"``, ``{"type": "function", "function":
-    {"name": ...}}``; see ``chat.tools.tool_choice``). ``parallel_tool_calls``: ``None``
+    {"name": ...}}``; see ``engine.tool_format.tool_choice``). ``parallel_tool_calls``: ``None``
     is the front end's default (off: small members repeat a call until the budget ends).
     """
 

@@ -6,50 +6,25 @@ into the required format (llguidance, matched over *bytes*, so any candidate str
 checked the same way), and END may win only where the grammar accepts. When no candidate survives,
 a member's best allowed token is taken instead (see ``decode``), so the output always parses.
 
-Tool calls are written in one format for every member (Hermes/Qwen style)::
-
-    <tool_call>
-    {"name": "get_weather", "arguments": {"city": "Paris"}}
-    </tool_call>
+The tool-call format (its tags, the shape of its grammar, its parsers) is ``tool_format``'s; this
+module adds the JSON bounds and turns grammars into byte matchers.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
+from .tool_format import call_object_schema, calls_grammar, tool_schema
 
-__all__ = [
-    "TOOL_CALL_CLOSE",
-    "TOOL_CALL_OPEN",
-    "ByteMatcher",
-    "Constraint",
-    "ParsedToolCall",
-    "bounded_schema",
-    "parse_tool_calls",
-    "tool_schema",
-]
+__all__ = ["ByteMatcher", "Constraint", "bounded_schema"]
 
-TOOL_CALL_OPEN = "<tool_call>"
-TOOL_CALL_CLOSE = "</tool_call>"
 _EOS = 256
-# A block's JSON may not contain another opening tag, so an unclosed block cannot swallow the next.
-_CALL_RE = re.compile(
-    re.escape(TOOL_CALL_OPEN)
-    + r"\s*(\{(?:(?!"
-    + re.escape(TOOL_CALL_OPEN)
-    + r").)*?\})\s*"
-    + re.escape(TOOL_CALL_CLOSE),
-    re.DOTALL,
-)
 # Fixed separators: with free whitespace, small members pad JSON with spaces until the budget ends.
 _LENIENT = {
     "x-guidance": {
@@ -59,16 +34,6 @@ _LENIENT = {
         "key_separator": ": ",
     }
 }
-
-
-def tool_schema(tool: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(name, JSON schema of arguments) of an OpenAI-style tool: {"type": "function", ...}."""
-    fn = tool.get("function", tool)
-    name = fn.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"a tool has no name: {dict(tool)!r}")
-    params = fn.get("parameters") or {"type": "object", "properties": {}}
-    return name, dict(params)
 
 
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
@@ -97,6 +62,11 @@ def bounded_schema(schema: Any, max_string_length: int | None) -> Any:
     return out
 
 
+def _json_rule(schema: Mapping[str, Any]) -> str:
+    """The Lark rule of one JSON instance of ``schema``, written with the fixed separators."""
+    return "%json " + json.dumps({**schema, **_LENIENT})
+
+
 class Constraint(BaseModel):
     """A grammar for the generated text, in llguidance's Lark dialect."""
 
@@ -110,8 +80,8 @@ class Constraint(BaseModel):
         cls, schema: Mapping[str, Any], max_string_length: int | None = 512
     ) -> Constraint:
         """The whole output is one JSON instance of ``schema`` (see ``bounded_schema``)."""
-        body = json.dumps({**bounded_schema(dict(schema), max_string_length), **_LENIENT})
-        return cls(lark=f"start: obj\nobj: %json {body}\n", kind="json_schema")
+        rule = _json_rule(bounded_schema(dict(schema), max_string_length))
+        return cls(lark=f"start: obj\nobj: {rule}\n", kind="json_schema")
 
     @classmethod
     def regex(cls, pattern: str) -> Constraint:
@@ -131,77 +101,8 @@ class Constraint(BaseModel):
             name: bounded_schema(params, max_string_length)
             for name, params in (tool_schema(t) for t in tools)
         }
-        if not schemas:
-            raise ConfigError("tool calling needs at least one tool")
-        if choice not in ("required", "auto", "any") and choice not in schemas:
-            raise ConfigError(
-                f"tool_choice {choice!r} is neither 'auto', 'required' nor one of the tools "
-                f"({', '.join(schemas)})"
-            )
-        names = [choice] if choice in schemas else list(schemas)
-        options = [
-            {
-                "type": "object",
-                "properties": {"name": {"const": n}, "arguments": schemas[n]},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-            for n in names
-        ]
-        obj = options[0] if len(options) == 1 else {"anyOf": options}
-        body = json.dumps({**obj, **_LENIENT})
-        calls = 'calls: call ("\\n" call)*' if parallel else "calls: call"
-        start = "start: calls | text" if choice == "auto" else "start: calls"
-        return cls(
-            lark=(
-                f"{start}\n{calls}\n"
-                f'call: "{TOOL_CALL_OPEN}\\n" obj "\\n{TOOL_CALL_CLOSE}"\n'
-                f"obj: %json {body}\n"
-                "text: /[^<](.|\\n)*/\n"
-            ),
-            kind="tool_calls",
-        )
-
-
-@dataclass
-class ParsedToolCall:
-    name: str
-    arguments: dict[str, Any]
-    id: str
-
-
-def parse_tool_calls(text: str) -> tuple[str, list[ParsedToolCall]]:
-    """Split generated text into (text outside tool-call blocks, the calls parsed from them).
-
-    A block whose JSON does not parse, or lacks a name, stays in the text: nothing is dropped.
-    """
-    calls: list[ParsedToolCall] = []
-    kept: list[str] = []
-    pos = 0
-    for m in _CALL_RE.finditer(text):
-        try:
-            data = json.loads(m.group(1))
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            continue
-        args = data.get("arguments", data.get("parameters", {}))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                args = {"input": args}
-        calls.append(
-            ParsedToolCall(
-                data["name"],
-                args if isinstance(args, dict) else {},
-                f"call_{uuid.uuid4().hex[:24]}",
-            )
-        )
-        kept.append(text[pos : m.start()])
-        pos = m.end()
-    kept.append(text[pos:])
-    return "".join(kept).strip() if calls else text, calls
+        obj = call_object_schema(schemas, choice)
+        return cls(lark=calls_grammar(_json_rule(obj), choice, parallel), kind="tool_calls")
 
 
 # -- matching bytes -------------------------------------------------------------------------------

@@ -2,20 +2,20 @@
 
 Each member renders a conversation with its *own* chat template: the generated text is shared, the
 prompts are not. A member without a template (a base model) uses the plain fallback below, and the
-engine then also stops on ``FALLBACK_STOP`` so a base model does not write the user's next turn.
+engine then also stops on ``FALLBACK_STOP`` so a base model does not write the user's next turn. A
+template without tool support gets the tool-call format written out (``tool_format``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContextWindowError, InputError
 from .config import MemberSpec
-from .constraints import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from .inputs import check_messages, check_text
+from .tool_format import portable_messages
 from .vocab import Vocab
 
 __all__ = ["FALLBACK_STOP", "LoadedMember", "Message", "render_fallback"]
@@ -29,57 +29,6 @@ def render_fallback(messages: Sequence[Message]) -> str:
     """``System: ...`` / ``User: ...`` / ``Assistant:`` blocks: what base models continue best."""
     blocks = [f"{_FALLBACK_NAMES[m['role']]}: {m['content']}" for m in messages]
     return "\n\n".join([*blocks, "Assistant:"])
-
-
-def tools_instruction(tools: Sequence[Mapping[str, Any]]) -> str:
-    """The system text that tells a member without native tool support how to call tools."""
-    listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-    return (
-        "You can call these tools:\n<tools>\n"
-        f"{listing}\n</tools>\n"
-        "To call a tool, reply with one block per call and nothing else:\n"
-        f'{TOOL_CALL_OPEN}\n{{"name": "<tool name>", "arguments": {{<arguments>}}}}\n'
-        f"{TOOL_CALL_CLOSE}"
-    )
-
-
-def portable_messages(
-    messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None
-) -> list[dict[str, Any]]:
-    """Messages for a template without tool support: tools described in the system message,
-    earlier tool calls written out as text, tool results sent as user turns."""
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        content = str(m.get("content") or "")
-        if m["role"] == "assistant" and m.get("tool_calls"):
-            blocks = [
-                f"{TOOL_CALL_OPEN}\n"
-                + json.dumps({"name": c["function"]["name"], "arguments": _args(c)})
-                + f"\n{TOOL_CALL_CLOSE}"
-                for c in m["tool_calls"]
-            ]
-            out.append({"role": "assistant", "content": "\n".join([content, *blocks]).strip()})
-        elif m["role"] == "tool":
-            out.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
-        else:
-            out.append({"role": m["role"], "content": content})
-    if tools:
-        text = tools_instruction(tools)
-        if out and out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{text}"}
-        else:
-            out.insert(0, {"role": "system", "content": text})
-    return out
-
-
-def _args(call: Mapping[str, Any]) -> Any:
-    args = call["function"].get("arguments", {})
-    if isinstance(args, str):
-        try:
-            return json.loads(args)
-        except json.JSONDecodeError:
-            return args
-    return args
 
 
 @dataclass

@@ -46,8 +46,8 @@ from tiny_models import (
     wrap_tokenizer,
 )
 
-from unite_integrations.compat.evaluate import DatasetResult, MachineInfo
 from unite_integrations.compat.report import CompatibilityReport
+from unite_integrations.compat.results import DatasetResult, MachineInfo
 from unite_integrations.compat.stats import PairedComparison, compare_paired
 from unite_integrations.compat.tasks import Item, Task
 from unite_integrations.errors import ConfigError

@@ -25,8 +25,9 @@ from ..engine.engine import UniTEEngine
 from ..errors import ConfigError
 from .assemble import Measurements, assemble_report
 from .datasets import load_task
-from .evaluate import ENSEMBLE, DatasetResult, evaluate_task, resolve_engine
+from .evaluate import evaluate_task, resolve_engine
 from .report import CompatibilityReport, EnsembleScore, Thresholds, VocabularyFacts
+from .results import ENSEMBLE, DatasetResult
 from .tasks import CalibrationExample, Task, custom_task
 from .vocabulary import SAMPLE_TEXTS, pair_facts
 

@@ -46,6 +46,7 @@ from tiny_models import (
     wrap_tokenizer,
 )
 
+from unite_integrations.compat.formatting import pyplot, save_figure
 from unite_integrations.compat.report import CompatibilityReport
 from unite_integrations.compat.results import DatasetResult, MachineInfo
 from unite_integrations.compat.stats import PairedComparison, compare_paired
@@ -438,12 +439,7 @@ class Demonstration(BaseModel):
 
     def plot(self, path: str | Path) -> Path:
         """Accuracy per system and case, with Wilson whiskers and chance as a dashed line."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(self.cases), figsize=(4.6 * len(self.cases), 3.8))
+        fig, axes = pyplot().subplots(1, len(self.cases), figsize=(4.6 * len(self.cases), 3.8))
         for ax, c in zip(axes if len(self.cases) > 1 else [axes], self.cases):
             rs = c.result.results
             ys = [100 * r.accuracy for r in rs]
@@ -459,12 +455,7 @@ class Demonstration(BaseModel):
             ax.set_title(f"{c.description}\ncheck: {c.check.verdict}", fontsize=9)
         axes_list = axes if len(self.cases) > 1 else [axes]
         axes_list[0].set_ylabel("facts answered (%), Wilson 95% CI")
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return out
+        return save_figure(fig, path, dpi=110)
 
 
 def _halves(result: DatasetResult, facts: Sequence[Fact]) -> list[HalfScores]:

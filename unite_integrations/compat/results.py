@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ..engine.engine import UniTEEngine
-from .formatting import text_table
+from .formatting import pyplot, save_figure, text_table
 from .options import Mode
 from .resume import EvalSettings, PendingPair
 from .stats import Interval, PairedComparison, wilson_interval
@@ -238,11 +238,7 @@ class EvalReport(BaseModel):
 
     def plot(self, path: str | Path) -> Path:
         """A grouped bar chart of accuracy (one group per data set), chance as a dashed line."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         systems = [s for s in [*self.members, ENSEMBLE] if any(_has(d, s) for d in self.datasets)]
         n_sys = max(len(systems), 1)
         width = 0.8 / n_sys
@@ -267,12 +263,7 @@ class EvalReport(BaseModel):
         ax.set_ylabel("accuracy (%), whiskers: Wilson 95% interval")
         ax.set_title("members alone and the UniTE ensemble (dashed: chance)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
-        return out
+        return save_figure(fig, path, dpi=120)
 
 
 def _has(d: DatasetResult, system: str) -> bool:

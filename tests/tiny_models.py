@@ -11,6 +11,10 @@ given a few dozen steps of next-token training so its outputs are not uniform
 noise. Builds are reproducible (same files for the same arguments, across
 processes) and take one to two seconds per model on two CPU cores.
 
+The byte-level BPE and SentencePiece-BPE builders (``train_bytelevel_bpe``,
+``train_sentencepiece_bpe``, ``wrap_tokenizer``) also serve ``synthetic_experts.py``, whose
+members train them on their own invented facts.
+
 Usage::
 
     path = tiny_model_dir("sentencepiece_bpe")          # cached per process

@@ -14,6 +14,10 @@ directory like the real models), and measures on every fact:
 For each case: accuracy with Wilson 95% intervals, the ensemble against each member paired on the
 same facts (Newcombe interval of the difference, exact McNemar p-value), and ``check_compatibility``
 on the facts, both halves alike. See docs/when_ensembling_helps.md.
+
+The demonstration itself (the facts, training, the two cases) is ``tests/synthetic_experts.py``:
+it trains models, which the library does not do, and shares its tokenizer builders with the test
+suite's tiny models, so it runs from a checkout of the repository.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ try:
     import unite_integrations  # noqa: F401
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The demonstration and the tiny models' tokenizer builders it uses.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from unite_integrations.compat.synthetic import run_demonstration
+from synthetic_experts import run_demonstration
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "when_ensembling_helps.md"

@@ -13,9 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from unite_integrations.compat.evaluate import ENSEMBLE
-from unite_integrations.compat.synthetic import (
+from synthetic_experts import (
     ATTRIBUTES,
     Demonstration,
     _balanced_sample,
@@ -24,6 +22,8 @@ from unite_integrations.compat.synthetic import (
     run_demonstration,
     train_member,
 )
+
+from unite_integrations.compat.evaluate import ENSEMBLE
 from unite_integrations.errors import ConfigError
 
 

@@ -11,6 +11,10 @@ given a few dozen steps of next-token training so its outputs are not uniform
 noise. Builds are reproducible (same files for the same arguments, across
 processes) and take one to two seconds per model on two CPU cores.
 
+The byte-level BPE and SentencePiece-BPE builders (``train_bytelevel_bpe``,
+``train_sentencepiece_bpe``, ``wrap_tokenizer``) also serve ``synthetic_experts.py``, whose
+members train them on their own invented facts.
+
 Usage::
 
     path = tiny_model_dir("sentencepiece_bpe")          # cached per process
@@ -34,7 +38,7 @@ import json
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -59,7 +63,16 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-__all__ = ["FAMILIES", "build_tiny_model", "corpus", "tiny_model_dir"]
+__all__ = [
+    "FAMILIES",
+    "build_tiny_model",
+    "corpus",
+    "deterministic_torch",
+    "tiny_model_dir",
+    "train_bytelevel_bpe",
+    "train_sentencepiece_bpe",
+    "wrap_tokenizer",
+]
 
 FAMILIES = ("bytelevel_bpe", "sentencepiece_unigram", "sentencepiece_bpe")
 """Tokenizer families :func:`build_tiny_model` can build."""
@@ -352,19 +365,22 @@ def _rebuild_with_byte_pieces(tokenizer: Tokenizer, n_specials: int) -> Tokenize
     return Tokenizer.from_str(json.dumps(data))
 
 
-def _train_bytelevel_bpe() -> tuple[Tokenizer, dict[str, Any]]:
-    """GPT-2/SmolLM style: byte-level BPE over the full 256-symbol byte alphabet."""
+def train_bytelevel_bpe(
+    texts: Iterable[str] | None = None, vocab_size: int = _BYTELEVEL_VOCAB
+) -> tuple[Tokenizer, dict[str, Any]]:
+    """GPT-2/SmolLM style: byte-level BPE over the full 256-symbol byte alphabet, trained on
+    ``texts`` (default: :func:`corpus`); the backend and its special-token roles."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=_BYTELEVEL_VOCAB,
+        vocab_size=vocab_size,
         special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus(), trainer)
+    tok.train_from_iterator(corpus() if texts is None else texts, trainer)
     # Offsets only; no BOS is ever added, as with GPT-2, SmolLM and Qwen.
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     # Same special-token roles as SmolLM2-Instruct.
@@ -415,22 +431,36 @@ def _train_sentencepiece_unigram() -> tuple[Tokenizer, dict[str, Any]]:
     return tok, roles
 
 
-def _train_sentencepiece_bpe() -> tuple[Tokenizer, dict[str, Any]]:
-    """Gemma style: spaces normalized to ``▁``, no pre-tokenizer, BPE with byte fallback."""
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+def train_sentencepiece_bpe(
+    texts: Sequence[str] | None = None,
+    vocab_size: int = _SP_BPE_TRAINED_VOCAB,
+    *,
+    chat_turns: bool = True,
+) -> tuple[Tokenizer, dict[str, Any]]:
+    """Gemma style: spaces normalized to ``▁``, no pre-tokenizer, BPE with byte fallback, trained
+    on ``texts`` (default: :func:`corpus`); the backend and its special-token roles.
+
+    ``chat_turns``: Gemma's ``<start_of_turn>``/``<end_of_turn>`` specials and the
+    ``add_bos_token``/``add_eos_token`` flags a real Gemma config has; without them, the four
+    plain specials and roles only (what the synthetic experts of ``synthetic_experts.py`` use).
+    """
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    if chat_turns:
+        specials += ["<start_of_turn>", "<end_of_turn>"]
+    docs = corpus() if texts is None else texts
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     tok.normalizer = normalizers.Replace(" ", "▁")
     # Split at ``▁`` during training only, so merges stay within words like
     # SentencePiece's; the final tokenizer has no pre-tokenizer, as Gemma's.
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
     trainer = trainers.BpeTrainer(
-        vocab_size=_SP_BPE_TRAINED_VOCAB,
+        vocab_size=vocab_size,
         special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
         show_progress=False,
     )
-    counts = collections.Counter(itertools.chain.from_iterable(corpus()))
+    counts = collections.Counter(itertools.chain.from_iterable(docs))
     rare = {c for c, n in counts.items() if not c.isascii() and n < _SP_BPE_MIN_CHAR_COUNT}
-    tok.train_from_iterator(("".join(c for c in doc if c not in rare) for doc in corpus()), trainer)
+    tok.train_from_iterator(("".join(c for c in doc if c not in rare) for doc in docs), trainer)
     data = json.loads(_rebuild_with_byte_pieces(tok, len(specials)).to_str())
     data["pre_tokenizer"] = None
     tok = Tokenizer.from_str(json.dumps(data))
@@ -441,15 +471,18 @@ def _train_sentencepiece_bpe() -> tuple[Tokenizer, dict[str, Any]]:
     tok.post_processor = processors.TemplateProcessing(
         single="<bos>:0 $A:0", pair="<bos>:0 $A:0 <bos>:1 $B:1", special_tokens=[("<bos>", bos)]
     )
-    roles = {
+    roles: dict[str, Any] = {
         "bos_token": "<bos>",
         "eos_token": "<eos>",
         "unk_token": "<unk>",
         "pad_token": "<pad>",
-        "extra_special_tokens": ["<start_of_turn>", "<end_of_turn>"],
-        "add_bos_token": True,
-        "add_eos_token": False,
     }
+    if chat_turns:
+        roles |= {
+            "extra_special_tokens": ["<start_of_turn>", "<end_of_turn>"],
+            "add_bos_token": True,
+            "add_eos_token": False,
+        }
     return tok, roles
 
 
@@ -488,9 +521,9 @@ def _train_wordpiece() -> tuple[Tokenizer, dict[str, Any]]:
 
 
 _TRAINERS = {
-    "bytelevel_bpe": _train_bytelevel_bpe,
+    "bytelevel_bpe": train_bytelevel_bpe,
     "sentencepiece_unigram": _train_sentencepiece_unigram,
-    "sentencepiece_bpe": _train_sentencepiece_bpe,
+    "sentencepiece_bpe": train_sentencepiece_bpe,
     "wordpiece": _train_wordpiece,
 }
 _TEMPLATES = {
@@ -508,13 +541,23 @@ def build_tokenizer(family: str, *, chat_template: bool = True) -> PreTrainedTok
     if family not in _TRAINERS:
         raise ValueError(f"unknown tokenizer family {family!r}; expected one of {[*_TRAINERS]}")
     backend, roles = _TRAINERS[family]()
+    return wrap_tokenizer(
+        backend, roles, chat_template=_TEMPLATES[family] if chat_template else None
+    )
+
+
+def wrap_tokenizer(
+    backend: Tokenizer, roles: dict[str, Any], **options: Any
+) -> PreTrainedTokenizerFast:
+    """A trained backend and its special-token roles as a transformers tokenizer; ``options``
+    (``chat_template``, ``model_max_length``: default the models' context) go to its constructor,
+    and only those given are saved with it."""
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        chat_template=_TEMPLATES[family] if chat_template else None,
         clean_up_tokenization_spaces=False,  # it would corrupt exact round trips
-        model_max_length=_MAX_POS,
         # No token_type_ids: a causal LM's generate() rejects them (4.x adds them by default).
         model_input_names=["input_ids", "attention_mask"],
+        **{"model_max_length": _MAX_POS, **options},
         **roles,
     )
 
@@ -523,16 +566,16 @@ def build_tokenizer(family: str, *, chat_template: bool = True) -> PreTrainedTok
 
 
 @contextlib.contextmanager
-def _deterministic_torch(seed: int) -> Iterator[None]:
-    """Seed torch and run single-threaded, restoring the caller's RNG and thread count."""
-    threads = torch.get_num_threads()
+def deterministic_torch(seed: int, threads: int = 1) -> Iterator[None]:
+    """Seed torch and run on ``threads`` threads, restoring the caller's RNG and thread count."""
+    before = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         try:
             yield
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(before)
 
 
 def _training_stream(tok: PreTrainedTokenizerFast) -> list[int]:
@@ -623,7 +666,7 @@ def build_tiny_model(
         pad_token_id=pad_id,
         dtype="float32",
     )
-    with _deterministic_torch(seed):
+    with deterministic_torch(seed):
         if sliding_window is None:
             model: Any = LlamaForCausalLM(LlamaConfig(**sizes))
         elif sliding_layout == "mistral":

@@ -8,7 +8,7 @@ alone and the ensemble on the paper's data sets.
 
 from .check import check_compatibility
 from .datasets import load_task
-from .evaluate import DatasetResult, EvalReport, SystemResult, evaluate, member_engines
+from .evaluate import evaluate, member_engines
 from .report import (
     CompatibilityReport,
     MemberReport,
@@ -18,6 +18,7 @@ from .report import (
     Verdict,
     VocabularyFacts,
 )
+from .results import DatasetResult, EvalReport, SystemResult
 from .tasks import CalibrationExample, Task, custom_task
 
 __all__ = [

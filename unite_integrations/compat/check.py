@@ -16,23 +16,52 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..engine.config import EnsembleConfig, MemberSpec
 from ..engine.engine import UniTEEngine
 from ..errors import ConfigError
-from .assemble import build_report
+from .assemble import Measurements, assemble_report
 from .datasets import load_task
-from .evaluate import ENSEMBLE, evaluate_task, resolve_engine
+from .evaluate import evaluate_task, resolve_engine
 from .report import CompatibilityReport, EnsembleScore, Thresholds, VocabularyFacts
+from .results import ENSEMBLE, DatasetResult
 from .tasks import CalibrationExample, Task, custom_task
 from .vocabulary import SAMPLE_TEXTS, pair_facts
 
-__all__ = ["DEFAULT_CALIBRATION_ITEMS", "check_compatibility"]
+__all__ = ["DEFAULT_CALIBRATION_ITEMS", "CheckOptions", "check_compatibility"]
 
 DEFAULT_CALIBRATION_ITEMS = 50
 Mode = Literal["auto", "quick", "measured"]
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """What ``check_compatibility`` was asked, validated once: ``mode`` resolved to quick or
+    measured (with its default task), ``examples`` read into a list, the default thresholds
+    filled in. The helpers below read this instead of passing twenty keywords along; each field
+    is the keyword of the same name (see ``check_compatibility``)."""
+
+    mode: Literal["quick", "measured"]
+    task: str | Task | None
+    examples: list[CalibrationExample | Mapping[str, Any]] | None
+    scores: Mapping[str, float] | None
+    lengths: Mapping[str, float] | None
+    n_items: int
+    seed: int
+    thresholds: Thresholds
+    vocabulary: bool
+    topk_overlap: bool
+    sample_texts: Sequence[str] | None
+    with_ensemble: bool
+    constrained: bool | None
+    top_k: int
+    batch_size: int
+    progress: bool
+    data_dir: str | Path | None
+    cache_dir: str | Path | None
 
 
 def _lookup(
@@ -109,8 +138,42 @@ def check_compatibility(
             whether a member follows the answer format; see ``unite eval --constrained``).
         progress: show a progress bar while measuring.
     """
-    t0 = time.perf_counter()
-    th = thresholds or Thresholds()
+    resolved, task, examples_list = _resolve_mode(mode, task, examples, n_items)
+    opts = CheckOptions(
+        mode=resolved,
+        task=task,
+        examples=examples_list,
+        scores=scores,
+        lengths=lengths,
+        n_items=n_items,
+        seed=seed,
+        thresholds=thresholds or Thresholds(),
+        vocabulary=vocabulary,
+        topk_overlap=topk_overlap,
+        sample_texts=sample_texts,
+        with_ensemble=with_ensemble,
+        constrained=constrained,
+        top_k=top_k,
+        batch_size=batch_size,
+        progress=progress,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+    )
+    return _check(members, opts)
+
+
+def _resolve_mode(
+    mode: Mode,
+    task: str | Task | None,
+    examples: Iterable[CalibrationExample | Mapping[str, Any]] | None,
+    n_items: int,
+) -> tuple[
+    Literal["quick", "measured"],
+    str | Task | None,
+    list[CalibrationExample | Mapping[str, Any]] | None,
+]:
+    """``auto`` measures when a task or examples are given; measuring without either uses the
+    short-answer format. Returns the mode, the task and the examples as a list."""
     examples_list = list(examples) if examples is not None else None
     if mode == "auto":
         mode = "measured" if (task is not None or examples_list) else "quick"
@@ -120,100 +183,133 @@ def check_compatibility(
         task = "short-answer"
     if n_items < 1:
         raise ConfigError(f"n_items must be >= 1, got {n_items}")
+    return mode, task, examples_list
 
-    engine = resolve_engine(members, top_k=top_k, cache_dir=cache_dir)
+
+def _check(
+    members: Sequence[str | MemberSpec] | EnsembleConfig | UniTEEngine, opts: CheckOptions
+) -> CompatibilityReport:
+    """The check on validated options: load, take the given numbers, measure (measured mode),
+    compare vocabularies, assemble the report."""
+    t0 = time.perf_counter()
+    engine = resolve_engine(members, top_k=opts.top_k, cache_dir=opts.cache_dir)
     loaded = engine.members
     names = [m.name for m in loaded]
     specs = [m.spec for m in loaded]
-    given_scores = _lookup(scores, names, specs)
-    given_lengths = _lookup(lengths, names, specs)
-
-    score_vals: list[float | None] = list(given_scores)
-    sources: list[Literal["measured", "given"] | None] = [
-        "given" if s is not None else None for s in given_scores
-    ]
-    length_vals: list[float | None] = list(given_lengths)
-    token_lengths: list[float | None] | None = None
-    truncated: list[float | None] | None = None
-    per_member_n: list[int | None] | None = None
-    task_name: str | None = None
-    n_used: int | None = None
-    ensemble_score: EnsembleScore | None = None
-    chance: float | None = None
-    per_item: list[Sequence[bool] | None] | None = None
-    texts = list(sample_texts) if sample_texts else list(SAMPLE_TEXTS)
-
-    if mode == "measured":
-        if examples_list:
-            cal = custom_task(examples_list)
-        elif isinstance(task, Task):
-            cal = task
-        else:
-            assert task is not None
-            cal = load_task(task, "dev", limit=n_items, seed=seed, data_dir=data_dir)
-        task_name = cal.title if cal.split in ("given",) else f"{cal.title} ({cal.split})"
-        use_constraint = cal.kind == "choice" if constrained is None else constrained
-        if use_constraint and cal.kind == "choice":
-            task_name += ", constrained"
-        result = evaluate_task(
-            engine,
-            cal,
-            members_alone=True,
-            ensemble=with_ensemble,
-            batch_size=batch_size,
-            progress=progress,
-            constrained=use_constraint and cal.kind == "choice",
+    given_scores = _lookup(opts.scores, names, specs)
+    given_lengths = _lookup(opts.lengths, names, specs)
+    texts = list(opts.sample_texts) if opts.sample_texts else list(SAMPLE_TEXTS)
+    cal: _Calibration | None = None
+    if opts.mode == "measured":
+        cal = _calibrate(engine, opts)
+        numbers = _measured(names, cal.result, vocab_sizes=[m.vocab.size for m in loaded])
+        if not opts.sample_texts:
+            texts += [it.question for it in cal.task.items[:8]]
+    else:
+        numbers = Measurements(
+            names=names,
+            scores=given_scores,
+            score_sources=["given" if s is not None else None for s in given_scores],
+            lengths=given_lengths,
+            vocab_sizes=[m.vocab.size for m in loaded],
         )
-        n_used = result.n
-        chance = result.chance
-        token_lengths, truncated, per_member_n, per_item = [], [], [], []
-        for i, name in enumerate(names):
-            r = result.result(name)
-            per_item.append(r.item_correct)
-            score_vals[i] = r.accuracy
-            sources[i] = "measured"
-            length_vals[i] = r.median_response_chars
-            token_lengths.append(r.median_response_tokens)
-            truncated.append(r.truncated_share)
-            per_member_n.append(r.n)
-        if with_ensemble and len(names) > 1:
-            e = result.result(ENSEMBLE)
-            best = max(s for s in score_vals if s is not None)
-            ensemble_score = EnsembleScore(
-                score=e.accuracy,
-                n_items=e.n,
-                gain_over_best=e.accuracy - best,
-                interval=e.interval,
-                comparison=result.comparison,
-            )
-        if not sample_texts:
-            texts += [it.question for it in cal.items[:8]]
-
-    facts: dict[tuple[int, int], VocabularyFacts] = {}
-    if vocabulary:
-        for a in range(len(loaded)):
-            for b in range(a + 1, len(loaded)):
-                facts[(a, b)] = pair_facts(
-                    loaded[a], loaded[b], texts=texts, k=engine.config.top_k, overlap=topk_overlap
-                )
-
-    return build_report(
-        specs=specs,
-        names=names,
-        mode=mode,
-        scores=score_vals,
-        score_sources=sources,
-        lengths=length_vals,
-        th=th,
-        task=task_name,
-        n_items=n_used,
-        n_items_per_member=per_member_n,
-        token_lengths=token_lengths,
-        truncated=truncated,
-        vocab_sizes=[m.vocab.size for m in loaded],
-        vocabulary=facts or None,
-        ensemble=ensemble_score,
-        chance=chance,
-        item_correct=per_item,
+    return assemble_report(
+        specs,
+        numbers,
+        mode=opts.mode,
+        th=opts.thresholds,
+        task=cal.title if cal is not None else None,
+        n_items=cal.result.n if cal is not None else None,
+        vocabulary=_vocabulary_facts(engine, texts, opts) or None,
+        ensemble=_ensemble_score(cal.result, names, opts) if cal is not None else None,
         seconds=time.perf_counter() - t0,
     )
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    """A measured run on the calibration sample: the task, its title as reported, the result."""
+
+    task: Task
+    title: str
+    result: DatasetResult
+
+
+def _calibrate(engine: UniTEEngine, opts: CheckOptions) -> _Calibration:
+    """Each member alone (and the ensemble, if asked) on the calibration sample: the user's
+    examples, a prepared task, or ``n_items`` drawn from a format or data set's dev split."""
+    if opts.examples:
+        cal = custom_task(opts.examples)
+    elif isinstance(opts.task, Task):
+        cal = opts.task
+    else:
+        assert opts.task is not None
+        cal = load_task(
+            opts.task, "dev", limit=opts.n_items, seed=opts.seed, data_dir=opts.data_dir
+        )
+    title = cal.title if cal.split in ("given",) else f"{cal.title} ({cal.split})"
+    use_constraint = cal.kind == "choice" if opts.constrained is None else opts.constrained
+    if use_constraint and cal.kind == "choice":
+        title += ", constrained"
+    result = evaluate_task(
+        engine,
+        cal,
+        members_alone=True,
+        ensemble=opts.with_ensemble,
+        batch_size=opts.batch_size,
+        progress=opts.progress,
+        constrained=use_constraint and cal.kind == "choice",
+    )
+    return _Calibration(cal, title, result)
+
+
+def _measured(
+    names: Sequence[str], result: DatasetResult, *, vocab_sizes: Sequence[int]
+) -> Measurements:
+    """Every member's measured numbers (they replace any given ones)."""
+    alone = [result.result(name) for name in names]
+    return Measurements(
+        names=names,
+        scores=[r.accuracy for r in alone],
+        score_sources=["measured"] * len(alone),
+        lengths=[r.median_response_chars for r in alone],
+        n_items=[r.n for r in alone],
+        token_lengths=[r.median_response_tokens for r in alone],
+        truncated=[r.truncated_share for r in alone],
+        vocab_sizes=vocab_sizes,
+        item_correct=[r.item_correct for r in alone],
+        chance=result.chance,
+    )
+
+
+def _ensemble_score(
+    result: DatasetResult, names: Sequence[str], opts: CheckOptions
+) -> EnsembleScore | None:
+    """The ensemble's own score on the sample, against the best member (if it was measured)."""
+    if not opts.with_ensemble or len(names) < 2:
+        return None
+    e = result.result(ENSEMBLE)
+    best = max(result.result(name).accuracy for name in names)
+    return EnsembleScore(
+        score=e.accuracy,
+        n_items=e.n,
+        gain_over_best=e.accuracy - best,
+        interval=e.interval,
+        comparison=result.comparison,
+    )
+
+
+def _vocabulary_facts(
+    engine: UniTEEngine, texts: Sequence[str], opts: CheckOptions
+) -> dict[tuple[int, int], VocabularyFacts]:
+    """Vocabulary facts of every pair of members (none unless ``opts.vocabulary``)."""
+    loaded = engine.members
+    if not opts.vocabulary:
+        return {}
+    return {
+        (a, b): pair_facts(
+            loaded[a], loaded[b], texts=texts, k=engine.config.top_k, overlap=opts.topk_overlap
+        )
+        for a in range(len(loaded))
+        for b in range(a + 1, len(loaded))
+    }

@@ -28,7 +28,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -318,34 +318,14 @@ def load_task(
     if spec.name == "triviaqa" and split == "test":
         note = "test file minus the 1,900 dev questions it contains"
     if spec.kind == "choice":
-        header = "The following is a multiple choice question. " + MC_INSTRUCTION
-        shots_by_group: dict[str, list[Item]] = {}
-        if n_shots:
-            shot_split = "train"
-            pool = _load_items(spec, shot_split, root) if shot_split in spec.files else []
-            if not pool:
-                raise ConfigError(f"{spec.title} has no train split for few-shot examples")
-            if spec.name == "mmlu":
-                header = "The following are multiple choice questions (with answers). " + (
-                    MC_INSTRUCTION
-                )
-                for it in pool:
-                    shots_by_group.setdefault(it.group, [])
-                    if len(shots_by_group[it.group]) < n_shots:
-                        shots_by_group[it.group].append(it)
-            else:
-                shots_by_group[""] = _sample(pool, n_shots, seed + 1)
-        render = mc_renderer(header, shots_by_group)
+        render = _choice_renderer(spec, root, n_shots, seed)
         chance = (
             spec.chance
             if spec.chance is not None
             else (sum(1 / len(it.choices) for it in items) / len(items) if items else 0.0)
         )
     else:
-        prefix = ""
-        if n_shots:
-            assert spec.prompt_file is not None
-            prefix = _few_shot_prefix(spec, root, n_shots)
+        prefix = _few_shot_prefix(spec, root, n_shots) if n_shots else ""
         render = math_renderer(prefix) if spec.kind == "number" else qa_renderer(prefix)
         chance = spec.chance or 0.0
     return Task(
@@ -365,7 +345,33 @@ def load_task(
     )
 
 
+def _choice_renderer(
+    spec: DatasetSpec, root: Path, n_shots: int, seed: int
+) -> Callable[[Item], str]:
+    """The multiple-choice prompt with ``n_shots`` examples from the train split: MMLU's of the
+    item's subject, the others' a seeded sample."""
+    header = "The following is a multiple choice question. " + MC_INSTRUCTION
+    shots_by_group: dict[str, list[Item]] = {}
+    if n_shots:
+        shot_split = "train"
+        pool = _load_items(spec, shot_split, root) if shot_split in spec.files else []
+        if not pool:
+            raise ConfigError(f"{spec.title} has no train split for few-shot examples")
+        if spec.name == "mmlu":
+            header = "The following are multiple choice questions (with answers). " + (
+                MC_INSTRUCTION
+            )
+            for it in pool:
+                shots_by_group.setdefault(it.group, [])
+                if len(shots_by_group[it.group]) < n_shots:
+                    shots_by_group[it.group].append(it)
+        else:
+            shots_by_group[""] = _sample(pool, n_shots, seed + 1)
+    return mc_renderer(header, shots_by_group)
+
+
 def _few_shot_prefix(spec: DatasetSpec, root: Path, n_shots: int) -> str:
+    """The first ``n_shots`` worked examples of the data set's prompt file."""
     assert spec.prompt_file is not None
     path = root / spec.folder / spec.prompt_file
     if not path.exists():

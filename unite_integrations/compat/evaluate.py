@@ -6,7 +6,7 @@ batches (sorted by length so rows of a batch pad little), greedy. The result is 
 with accuracy, its Wilson 95% interval and the number of items per system and data set, and the
 ensemble against its best member *paired on the same items* (difference with Newcombe's interval,
 exact McNemar p-value; see :mod:`.stats`), printable as a table, JSON, or a bar chart with
-interval whiskers.
+interval whiskers (the report's models: :mod:`.results`; the run's options: :mod:`.options`).
 
 Two answer modes for multiple choice (``mode``):
 
@@ -24,18 +24,15 @@ the run that file holds instead of starting again.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
-
-from pydantic import BaseModel, Field
 
 from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
 from ..engine.constraints import Constraint
@@ -43,7 +40,15 @@ from ..engine.engine import UniTEEngine
 from ..engine.results import GenerationResult
 from ..errors import ConfigError, ContextWindowError
 from .datasets import load_task
-from .formatting import text_table
+from .options import EvalOptions, Mode
+from .results import (
+    ENSEMBLE,
+    DatasetResult,
+    EvalReport,
+    ItemRecord,
+    MachineInfo,
+    SystemResult,
+)
 from .resume import (
     EvalSettings,
     ItemOutput,
@@ -52,10 +57,11 @@ from .resume import (
     eval_settings,
     write_atomic,
 )
-from .stats import Interval, PairedComparison, compare_paired, wilson_interval
+from .stats import PairedComparison, compare_paired, wilson_interval
 from .tasks import Task
 
 __all__ = [
+    "ENSEMBLE",
     "DatasetResult",
     "EvalReport",
     "EvalSettings",
@@ -74,10 +80,6 @@ __all__ = [
     "resolve_engine",
     "run_task",
 ]
-
-ENSEMBLE = "ensemble"
-Mode = Literal["free", "constrained", "both"]
-AnswerMode = Literal["free", "constrained"]
 
 
 # -- one-member views over a loaded ensemble -------------------------------------------------------
@@ -105,256 +107,6 @@ def resolve_engine(
         return get_engine(members)
     config = ensemble_config(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
     return get_engine(config)
-
-
-# -- results ---------------------------------------------------------------------------------------
-
-
-class ItemRecord(BaseModel):
-    id: str
-    output: str
-    extracted: str | None
-    correct: bool
-    finish_reason: str
-
-
-class SystemResult(BaseModel):
-    """One system (a member alone, or the ensemble) on one data set."""
-
-    system: str
-    kind: Literal["member", "ensemble"]
-    correct: int
-    n: int
-    accuracy: float
-    seconds: float
-    median_response_chars: float
-    median_response_tokens: float
-    truncated_share: float = Field(description="Share of answers cut by max_new_tokens.")
-    no_answer: int = Field(description="Answers from which nothing could be read.")
-    too_long: int = Field(
-        default=0, description="Items whose prompt did not fit a member's context (wrong)."
-    )
-    answer_counts: dict[str, int] | None = Field(
-        default=None, description="Multiple choice: how often each letter was answered."
-    )
-    interval: Interval | None = Field(
-        default=None, description="Wilson 95% interval of the accuracy."
-    )
-    item_correct: list[bool] = Field(
-        default_factory=list,
-        description="Per item (in the data set's order): right or wrong; for paired comparisons.",
-    )
-    records: list[ItemRecord] | None = None
-
-    def accuracy_text(self) -> str:
-        """``"41.2 [38.1, 44.3]"``: percent with the 95% interval."""
-        iv = self.interval or wilson_interval(self.correct, self.n)
-        return iv.text()
-
-
-class DatasetResult(BaseModel):
-    dataset: str
-    title: str
-    split: str
-    kind: str
-    shots: int
-    n: int
-    available: int = Field(description="Items in the split before --limit.")
-    chance: float
-    max_new_tokens: int
-    chat: bool = False
-    mode: AnswerMode = Field(
-        default="free",
-        description="free: read the letter from free text; constrained: letters only.",
-    )
-    note: str = ""
-    prompt_example: str = ""
-    results: list[SystemResult]
-    comparison: PairedComparison | None = Field(
-        default=None,
-        description="The ensemble against the best member alone, paired on the same items.",
-    )
-
-    @property
-    def label(self) -> str:
-        """The title, with the answer mode for multiple choice."""
-        return f"{self.title} ({self.mode})" if self.kind == "choice" else self.title
-
-    def result(self, system: str) -> SystemResult:
-        for r in self.results:
-            if r.system == system:
-                return r
-        raise KeyError(system)
-
-
-class MachineInfo(BaseModel):
-    platform: str
-    processor: str
-    cpus: int
-    torch_threads: int
-    torch: str
-    transformers: str
-    python: str
-    devices: list[str]
-    load_average: list[float] | None = None
-
-    @classmethod
-    def current(cls, engine: UniTEEngine | None = None) -> MachineInfo:
-        import torch
-        import transformers
-
-        devices = sorted({str(m.model.device) for m in engine.members}) if engine else []
-        try:
-            load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
-        except OSError:
-            load = None
-        return cls(
-            platform=platform.platform(),
-            processor=platform.machine()
-            + (f" ({platform.processor()})" if platform.processor() else ""),
-            cpus=os.cpu_count() or 0,
-            torch_threads=torch.get_num_threads(),
-            torch=torch.__version__,
-            transformers=transformers.__version__,
-            python=platform.python_version(),
-            devices=devices,
-            load_average=load,
-        )
-
-
-class EvalReport(BaseModel):
-    members: list[str]
-    sources: list[str]
-    weights: list[float]
-    top_k: int
-    batch_size: int
-    limit: int | None
-    seed: int
-    mode: Mode = "free"
-    datasets: list[DatasetResult]
-    gate: float | None = None  # the ensemble's gate (None: full UniTE)
-    machine: MachineInfo
-    started: str
-    seconds: float
-    resumed_at: list[str] = Field(
-        default_factory=list,
-        description="When each run that resumed this report (--resume) started; empty when one "
-        "run made it. ``started`` is the first run's start, ``seconds`` the runs' time together.",
-    )
-    complete: bool = Field(
-        default=True, description="False while the evaluation is still running (or was cut)."
-    )
-    pending: PendingPair | None = Field(
-        default=None,
-        description="An unfinished report: the answers so far of the pair in progress.",
-    )
-    settings: EvalSettings | None = Field(
-        default=None, description="What the answers depend on; --resume needs them equal."
-    )
-
-    def table(self) -> str:
-        """Accuracy per data set (rows) and system (columns), with items and chance."""
-        systems = [*self.members, ENSEMBLE] if self.datasets else []
-        present = [s for s in systems if any(_has(d, s) for d in self.datasets)]
-        rows = []
-        for d in self.datasets:
-            row = [f"{d.label}, {d.split}", str(d.n), f"{100 * d.chance:.1f}"]
-            for s in present:
-                r = next((x for x in d.results if x.system == s), None)
-                row.append("-" if r is None else r.accuracy_text())
-            rows.append(row)
-        compared = [d for d in self.datasets if d.comparison is not None]
-        lines = [
-            text_table(
-                ["data set", "items", "chance %", *[f"{s} % [95% CI]" for s in present]], rows
-            ),
-            "",
-        ]
-        if compared:
-            lines += [
-                text_table(
-                    ["data set", "ensemble vs", "ens only", "best only", "difference (points)"],
-                    [
-                        [
-                            d.label,
-                            d.comparison.second,
-                            str(d.comparison.first_only),
-                            str(d.comparison.second_only),
-                            d.comparison.text(),
-                        ]
-                        for d in compared
-                        if d.comparison is not None
-                    ],
-                ),
-                "(paired on the same items: Newcombe 95% interval of the difference, "
-                "exact McNemar test)",
-                "",
-            ]
-        lines += [
-            text_table(
-                ["data set", "system", "correct", "no answer", "median chars", "cut", "seconds"],
-                [
-                    [
-                        d.label,
-                        r.system,
-                        f"{r.correct}/{r.n}",
-                        str(r.no_answer),
-                        f"{r.median_response_chars:.0f}",
-                        f"{100 * r.truncated_share:.0f}%",
-                        f"{r.seconds:.1f}",
-                    ]
-                    for d in self.datasets
-                    for r in d.results
-                ],
-            ),
-            "",
-            f"{self.seconds:.0f} s in all on {self.machine.processor}, {self.machine.cpus} CPUs, "
-            f"torch {self.machine.torch} ({self.machine.torch_threads} threads), "
-            f"devices {', '.join(self.machine.devices) or '-'}",
-        ]
-        return "\n".join(lines)
-
-    def plot(self, path: str | Path) -> Path:
-        """A grouped bar chart of accuracy (one group per data set), chance as a dashed line."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        systems = [s for s in [*self.members, ENSEMBLE] if any(_has(d, s) for d in self.datasets)]
-        n_sys = max(len(systems), 1)
-        width = 0.8 / n_sys
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(self.datasets) * n_sys / 2 + 2), 4))
-        for j, s in enumerate(systems):
-            xs, ys, lo, hi = [], [], [], []
-            for i, d in enumerate(self.datasets):
-                r = next((x for x in d.results if x.system == s), None)
-                if r is not None:
-                    iv = r.interval or wilson_interval(r.correct, r.n)
-                    xs.append(i - 0.4 + width * (j + 0.5))
-                    ys.append(100 * r.accuracy)
-                    lo.append(100 * (r.accuracy - iv.low))
-                    hi.append(100 * (iv.high - r.accuracy))
-            bars = ax.bar(xs, ys, width, label=s, yerr=[lo, hi], capsize=2, ecolor="#444")
-            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-        for i, d in enumerate(self.datasets):
-            if d.chance > 0:
-                ax.hlines(100 * d.chance, i - 0.45, i + 0.45, colors="grey", linestyles="dashed")
-        ax.set_xticks(range(len(self.datasets)))
-        ax.set_xticklabels([f"{d.label}\n(n={d.n})" for d in self.datasets])
-        ax.set_ylabel("accuracy (%), whiskers: Wilson 95% interval")
-        ax.set_title("members alone and the UniTE ensemble (dashed: chance)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
-        return out
-
-
-def _has(d: DatasetResult, system: str) -> bool:
-    return any(r.system == system for r in d.results)
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -714,58 +466,62 @@ def evaluate(
     """
     if not datasets:
         raise ConfigError("no data sets given")
-    if mode not in ("free", "constrained", "both"):
-        raise ConfigError(f"mode must be 'free', 'constrained' or 'both', got {mode!r}")
-    if resume and json_path is None:
-        raise ConfigError("resume needs the report's path (--json PATH) to resume from")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
-        raise ConfigError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
-    if checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    tasks = [
-        d
-        if isinstance(d, Task)
-        else load_task(d, split, limit=limit, seed=seed, shots=shots, chat=chat, data_dir=data_dir)
-        for d in datasets
-    ]
-    config = _config_of(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
-    settings = eval_settings(
-        config,
-        tasks,
+    opts = EvalOptions(
         split=split,
         limit=limit,
         seed=seed,
         shots=shots,
         chat=chat,
-        mode=mode,
+        batch_size=batch_size,
         members_alone=members_alone,
         ensemble=ensemble,
+        progress=progress,
+        keep_records=keep_records,
+        mode=mode,
+        data_dir=data_dir,
         gate=gate,
-        batch_size=batch_size,
-        records=keep_records,
+        json_path=json_path,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
     )
-    previous: EvalReport | None = None
-    if resume and json_path is not None and Path(json_path).exists():
-        previous = read_report(json_path)
-        check_settings(previous.settings, settings, json_path)
-        if previous.complete:
-            print(f"{json_path} is complete: nothing to resume", file=sys.stderr)
-            return previous
-        pairs = sum(len(d.results) for d in previous.datasets)
-        cut = previous.pending
-        print(
-            f"resuming {json_path}: {pairs} (system, data set) pair(s) done"
-            + (f", {len(cut.outputs)} item(s) of {cut.system}" if cut is not None else ""),
-            file=sys.stderr,
-        )
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    tasks = [d if isinstance(d, Task) else _load(d, opts) for d in datasets]
+    config = _config_of(members, top_k=top_k, weights=weights, cache_dir=cache_dir)
+    settings = eval_settings(config, tasks, opts)
+    previous = _previous_run(opts.json_path, settings) if opts.resume else None
+    if previous is not None and previous.complete:
+        return previous
     if isinstance(members, UniTEEngine):
         engine = members
     else:
         from ..engine.registry import get_engine
 
         engine = get_engine(config)
+    run = _Run(engine, opts, settings, previous, started, t0)
+    finished: list[DatasetResult] = []
+    for n, (t, constrained) in enumerate(_runs(tasks, opts.mode)):
+        finished.append(run.dataset(n, t, constrained, finished))
+    final = run.report(finished, None, True)
+    run.write(final)
+    return final
+
+
+def _load(name: str, opts: EvalOptions) -> Task:
+    return load_task(
+        name,
+        opts.split,
+        limit=opts.limit,
+        seed=opts.seed,
+        shots=opts.shots,
+        chat=opts.chat,
+        data_dir=opts.data_dir,
+    )
+
+
+def _runs(tasks: Sequence[Task], mode: Mode) -> list[tuple[Task, bool]]:
+    """(task, constrained) in the order they run: multiple choice once per answer mode asked,
+    other formats free."""
     runs: list[tuple[Task, bool]] = []
     for t in tasks:
         if t.kind != "choice" or mode == "free":
@@ -774,56 +530,95 @@ def evaluate(
             runs.append((t, True))
         else:
             runs += [(t, False), (t, True)]
-    before = previous.seconds if previous is not None else 0.0
+    return runs
+
+
+def _previous_run(json_path: str | Path | None, settings: EvalSettings) -> EvalReport | None:
+    """The report at ``json_path`` to resume (None: there is none yet), refused unless written
+    with ``settings``; says on stderr what it holds."""
+    if json_path is None or not Path(json_path).exists():
+        return None
+    previous = read_report(json_path)
+    check_settings(previous.settings, settings, json_path)
+    if previous.complete:
+        print(f"{json_path} is complete: nothing to resume", file=sys.stderr)
+        return previous
+    pairs = sum(len(d.results) for d in previous.datasets)
+    cut = previous.pending
+    print(
+        f"resuming {json_path}: {pairs} (system, data set) pair(s) done"
+        + (f", {len(cut.outputs)} item(s) of {cut.system}" if cut is not None else ""),
+        file=sys.stderr,
+    )
+    return previous
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One ``evaluate`` call: the engine, options and settings, the report it resumes (if any)
+    and when it started; what every report it writes repeats."""
+
+    engine: UniTEEngine
+    opts: EvalOptions
+    settings: EvalSettings
+    previous: EvalReport | None
+    started: str
+    t0: float
 
     def report(
-        datasets: list[DatasetResult], pending: PendingPair | None, complete: bool
+        self, datasets: list[DatasetResult], pending: PendingPair | None, complete: bool
     ) -> EvalReport:
+        engine, opts, previous = self.engine, self.opts, self.previous
+        before = previous.seconds if previous is not None else 0.0
         return EvalReport(
             members=engine.member_names,
             sources=[m.spec.source for m in engine.members],
             weights=list(engine.config.weights),
             top_k=engine.config.top_k,
-            batch_size=batch_size,
-            limit=limit,
-            seed=seed,
-            mode=mode,
+            batch_size=opts.batch_size,
+            limit=opts.limit,
+            seed=opts.seed,
+            mode=opts.mode,
             datasets=datasets,
-            gate=gate,
+            gate=opts.gate,
             machine=MachineInfo.current(engine),
-            started=previous.started if previous is not None else started,
-            seconds=before + time.perf_counter() - t0,
-            resumed_at=[*previous.resumed_at, started] if previous is not None else [],
+            started=previous.started if previous is not None else self.started,
+            seconds=before + time.perf_counter() - self.t0,
+            resumed_at=[*previous.resumed_at, self.started] if previous is not None else [],
             complete=complete,
             pending=pending,
-            settings=settings,
+            settings=self.settings,
         )
 
-    def write(r: EvalReport) -> None:
-        if json_path is not None:
-            write_atomic(json_path, r.model_dump_json(indent=2) + "\n")
+    def write(self, report: EvalReport) -> None:
+        """The report to ``json_path`` (if given), whole (``write_atomic``)."""
+        if self.opts.json_path is not None:
+            write_atomic(self.opts.json_path, report.model_dump_json(indent=2) + "\n")
 
-    finished: list[DatasetResult] = []
-    for n, (t, constrained) in enumerate(runs):
+    def dataset(
+        self, n: int, task: Task, constrained: bool, finished: list[DatasetResult]
+    ) -> DatasetResult:
+        """The ``n``-th run (``task`` in one answer mode), continuing what the resumed report
+        holds of it; every checkpoint writes ``finished`` and this one so far."""
+        opts, previous = self.opts, self.previous
         held = previous.datasets[n] if previous and n < len(previous.datasets) else None
         last = previous is not None and n == len(previous.datasets) - 1
-        finished.append(
-            evaluate_task(
-                engine,
-                t,
-                members_alone=members_alone,
-                ensemble=ensemble,
-                batch_size=batch_size,
-                progress=progress,
-                keep_records=keep_records,
-                constrained=constrained,
-                gate=gate,
-                previous=held,
-                pending=previous.pending if previous is not None and last else None,
-                save=(lambda d, p: write(report([*finished, d], p, False))) if json_path else None,
-                checkpoint_every=checkpoint_every,
-            )
+
+        def save(d: DatasetResult, p: PendingPair | None) -> None:
+            self.write(self.report([*finished, d], p, False))
+
+        return evaluate_task(
+            self.engine,
+            task,
+            members_alone=opts.members_alone,
+            ensemble=opts.ensemble,
+            batch_size=opts.batch_size,
+            progress=opts.progress,
+            keep_records=opts.keep_records,
+            constrained=constrained,
+            gate=opts.gate,
+            previous=held,
+            pending=previous.pending if previous is not None and last else None,
+            save=save if opts.json_path else None,
+            checkpoint_every=opts.checkpoint_every,
         )
-    final = report(finished, None, True)
-    write(final)
-    return final

@@ -1,11 +1,14 @@
-"""Plain-text formatting shared by the compatibility report and the evaluation tables."""
+"""Formatting shared by the compatibility report and the evaluation: plain-text numbers and
+tables, and the one way a chart is drawn (headless) and saved."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["num", "pct", "ratio_text", "text_table"]
+__all__ = ["num", "pct", "pyplot", "ratio_text", "save_figure", "text_table"]
 
 
 def pct(x: float) -> str:
@@ -28,3 +31,23 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     rule = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join([line, rule, *body])
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend (charts are written to files only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (its folder made) and close it; the path."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out

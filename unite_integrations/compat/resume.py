@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from ..engine.config import EnsembleConfig
 from ..engine.results import GenerationResult
 from ..errors import ConfigError
+from .options import EvalOptions, Mode
 from .tasks import Task
 
 __all__ = [
@@ -91,7 +92,7 @@ class EvalSettings(BaseModel):
     seed: int
     shots: int | None
     chat: bool
-    mode: Literal["free", "constrained", "both"]
+    mode: Mode
     members_alone: bool
     ensemble: bool
     gate: float | None
@@ -122,22 +123,8 @@ def task_fingerprint(task: Task) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def eval_settings(
-    config: EnsembleConfig,
-    tasks: Sequence[Task],
-    *,
-    split: str,
-    limit: int | None,
-    seed: int,
-    shots: int | None,
-    chat: bool,
-    mode: Literal["free", "constrained", "both"],
-    members_alone: bool,
-    ensemble: bool,
-    gate: float | None,
-    batch_size: int,
-    records: bool,
-) -> EvalSettings:
+def eval_settings(config: EnsembleConfig, tasks: Sequence[Task], opts: EvalOptions) -> EvalSettings:
+    """What the answers to ``tasks`` depend on: the members, the data and the run's options."""
     weights = config.weights
     return EvalSettings(
         members=[
@@ -157,17 +144,17 @@ def eval_settings(
         prefix_cache=config.prefix_cache,
         datasets=[t.name for t in tasks],
         data=[task_fingerprint(t) for t in tasks],
-        split=split,
-        limit=limit,
-        seed=seed,
-        shots=shots,
-        chat=chat,
-        mode=mode,
-        members_alone=members_alone,
-        ensemble=ensemble,
-        gate=gate,
-        batch_size=batch_size,
-        records=records,
+        split=opts.split,
+        limit=opts.limit,
+        seed=opts.seed,
+        shots=opts.shots,
+        chat=opts.chat,
+        mode=opts.mode,
+        members_alone=opts.members_alone,
+        ensemble=opts.ensemble,
+        gate=opts.gate,
+        batch_size=opts.batch_size,
+        records=opts.keep_records,
     )
 
 

@@ -210,65 +210,10 @@ def judge(
     noise flag is the exact McNemar test's "no significant difference", with the difference's
     paired interval, instead of the normal approximation for independent samples.
     """
-    (na, nb), (sa, sb), (la, lb) = names, scores, lengths
-    reasons: list[str] = []
-    gap: float | None = None
-    n_max = max((n for n in n_items if n), default=None)
-    if sa is not None and sb is not None and near_chance(max(sa, sb), chance, n_max):
-        gv: Verdict = "unknown"
-        reasons.append(
-            f"performance gap unknown: neither score ({num(sa)}, {num(sb)}) is clearly above "
-            f"chance ({num(chance or 0.0)}"
-            + (f", within sampling noise of {n_max} items" if n_max else "")
-            + "), so this task does not tell them apart; pick a task they can do"
-        )
-    elif sa is not None and sb is not None:
-        (s_hi, n_hi), (s_lo, n_lo) = sorted(((sa, na), (sb, nb)), key=lambda t: -t[0])
-        gap = relative_gap(s_lo, s_hi)
-        gv = gap_verdict(gap, th)
-        rule = {
-            "compatible": f"<= {pct(th.compatible_gap)}: compatible",
-            "risky": f"between {pct(th.compatible_gap)} and {pct(th.incompatible_gap)}: risky",
-            "incompatible": f"> {pct(th.incompatible_gap)}: incompatible",
-        }[gv]
-        reasons.append(
-            f"performance gap {pct(gap)} ({n_lo} {num(s_lo)} vs {n_hi} {num(s_hi)}) {rule}"
-        )
-        noise = sampling_noise(sa, sb, n_items)
-        if paired is not None:
-            if not paired.significant and sa != sb:
-                reasons.append(
-                    f"{paired.first} vs {paired.second} on the same items: {paired.text()}; "
-                    "measure more items before trusting this verdict"
-                )
-        elif noise is not None and abs(sa - sb) < noise:
-            reasons.append(
-                f"the difference ({num(abs(sa - sb))}) is within sampling noise (+/-"
-                f"{num(noise)} at 95% over {n_items[0]} and {n_items[1]} items): measure more "
-                "items before trusting this verdict"
-            )
-    else:
-        gv = "unknown"
-        missing = [n for n, s in ((na, sa), (nb, sb)) if s is None]
-        reasons.append(
-            f"performance gap unknown: no score for {', '.join(missing)} "
-            "(give scores, or measure them on a task)"
-        )
-    ratio = length_ratio(la, lb)
+    gap, gv, reasons = _judge_gap(names, scores, th, chance=chance, n_items=n_items, paired=paired)
+    ratio = length_ratio(*lengths)
     lv = length_verdict(ratio, th)
-    if ratio is not None and la is not None and lb is not None:
-        rule = (
-            f"<= {th.max_length_ratio:g}x: compatible"
-            if lv == "compatible"
-            else f"> {th.max_length_ratio:g}x: incompatible"
-        )
-        shown = ratio_text(ratio)
-        reasons.append(
-            f"response length ratio {shown} ({na} {num(la)} vs {nb} {num(lb)} "
-            f"{length_unit}, typical) {rule}"
-        )
-    else:
-        reasons.append("response lengths not measured: length rule not applied")
+    reasons.append(_length_reason(names, lengths, ratio, lv, th, length_unit))
     return Judgement(
         verdict=combine(gv, lv),
         gap=gap,
@@ -276,4 +221,85 @@ def judge(
         length_ratio=ratio,
         length_verdict=lv,
         reasons=reasons,
+    )
+
+
+def _judge_gap(
+    names: tuple[str, str],
+    scores: tuple[float | None, float | None],
+    th: Thresholds,
+    *,
+    chance: float | None,
+    n_items: tuple[int | None, int | None],
+    paired: PairedComparison | None,
+) -> tuple[float | None, Verdict, list[str]]:
+    """The performance criterion of :func:`judge`: the gap, its verdict and the reasons."""
+    (na, nb), (sa, sb) = names, scores
+    n_max = max((n for n in n_items if n), default=None)
+    if sa is None or sb is None:
+        missing = [n for n, s in ((na, sa), (nb, sb)) if s is None]
+        return (
+            None,
+            "unknown",
+            [
+                f"performance gap unknown: no score for {', '.join(missing)} "
+                "(give scores, or measure them on a task)"
+            ],
+        )
+    if near_chance(max(sa, sb), chance, n_max):
+        return (
+            None,
+            "unknown",
+            [
+                f"performance gap unknown: neither score ({num(sa)}, {num(sb)}) is clearly above "
+                f"chance ({num(chance or 0.0)}"
+                + (f", within sampling noise of {n_max} items" if n_max else "")
+                + "), so this task does not tell them apart; pick a task they can do"
+            ],
+        )
+    (s_hi, n_hi), (s_lo, n_lo) = sorted(((sa, na), (sb, nb)), key=lambda t: -t[0])
+    gap = relative_gap(s_lo, s_hi)
+    gv = gap_verdict(gap, th)
+    rule = {
+        "compatible": f"<= {pct(th.compatible_gap)}: compatible",
+        "risky": f"between {pct(th.compatible_gap)} and {pct(th.incompatible_gap)}: risky",
+        "incompatible": f"> {pct(th.incompatible_gap)}: incompatible",
+    }[gv]
+    reasons = [f"performance gap {pct(gap)} ({n_lo} {num(s_lo)} vs {n_hi} {num(s_hi)}) {rule}"]
+    noise = sampling_noise(sa, sb, n_items)
+    if paired is not None:
+        if not paired.significant and sa != sb:
+            reasons.append(
+                f"{paired.first} vs {paired.second} on the same items: {paired.text()}; "
+                "measure more items before trusting this verdict"
+            )
+    elif noise is not None and abs(sa - sb) < noise:
+        reasons.append(
+            f"the difference ({num(abs(sa - sb))}) is within sampling noise (+/-"
+            f"{num(noise)} at 95% over {n_items[0]} and {n_items[1]} items): measure more "
+            "items before trusting this verdict"
+        )
+    return gap, gv, reasons
+
+
+def _length_reason(
+    names: tuple[str, str],
+    lengths: tuple[float | None, float | None],
+    ratio: float | None,
+    verdict: Verdict,
+    th: Thresholds,
+    unit: str,
+) -> str:
+    """The length criterion of :func:`judge`, explained with its numbers."""
+    (na, nb), (la, lb) = names, lengths
+    if ratio is None or la is None or lb is None:
+        return "response lengths not measured: length rule not applied"
+    rule = (
+        f"<= {th.max_length_ratio:g}x: compatible"
+        if verdict == "compatible"
+        else f"> {th.max_length_ratio:g}x: incompatible"
+    )
+    return (
+        f"response length ratio {ratio_text(ratio)} ({na} {num(la)} vs {nb} {num(lb)} "
+        f"{unit}, typical) {rule}"
     )

@@ -1,16 +1,22 @@
 """A controlled case for "does the union combine knowledge?": invented facts, two tiny experts.
 
+A demonstration, not part of the library: it trains models, which ``unite_integrations`` never
+does. It lives beside ``tiny_models.py``, whose tokenizer builders it uses, and serves
+``test_compat_synthetic.py`` and ``examples/when_ensembling_helps.py`` (which puts this folder on
+``sys.path``).
+
 Real model pairs cannot show the paper's central claim cleanly: their knowledge overlaps, and
 their gap is rarely small. Here the knowledge is made to order:
 
 * :func:`make_facts`: invented entities (``"Velunor"``) with two attributes each (a city, a
   colour), asked with question/answer templates. Entities are split into two halves.
 * :func:`train_member`: a tiny ``LlamaForCausalLM`` with its own tokenizer (byte-level BPE as in
-  GPT-2/SmolLM, or SentencePiece BPE with byte fallback as in Gemma), trained in-process on the
+  GPT-2/SmolLM, or SentencePiece BPE with byte fallback as in Gemma: ``tiny_models``' builders,
+  trained on the facts' text instead of its corpus), trained in-process on the
   facts of one half until it answers them; on the other half it can only guess. The trained
   directory is cached under the unite cache directory (like converted real models), keyed by
   everything that determines it, so the second run loads in a second.
-* :func:`fact_task`: the facts as a :class:`~unite_integrations.compat.datasets.Task` (short
+* :func:`fact_task`: the facts as a :class:`~unite_integrations.compat.tasks.Task` (short
   answer, exact match; chance is one over the number of values), for ``unite eval``'s machinery
   and ``check_compatibility``.
 
@@ -22,24 +28,30 @@ better than the expert).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from tiny_models import (
+    deterministic_torch,
+    train_bytelevel_bpe,
+    train_sentencepiece_bpe,
+    wrap_tokenizer,
+)
 
-from ..errors import ConfigError
-from .evaluate import DatasetResult, MachineInfo
-from .report import CompatibilityReport
-from .stats import PairedComparison, compare_paired
-from .tasks import Item, Task
+from unite_integrations.compat.formatting import pyplot, save_figure
+from unite_integrations.compat.report import CompatibilityReport
+from unite_integrations.compat.results import DatasetResult, MachineInfo
+from unite_integrations.compat.stats import PairedComparison, compare_paired
+from unite_integrations.compat.tasks import Item, Task
+from unite_integrations.errors import ConfigError
 
 __all__ = [
     "ATTRIBUTES",
@@ -163,105 +175,19 @@ def _strangers(facts: Sequence[Fact], n: int = 400) -> list[str]:
     return [name for name in pool if name not in taken][:n]
 
 
-def _byte_pieces() -> list[str]:
-    return [f"<0x{b:02X}>" for b in range(256)]
-
-
 def _build_tokenizer(family: str, facts: Sequence[Fact]) -> Any:
-    from tokenizers import (
-        AddedToken,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import PreTrainedTokenizerFast
-
+    """``family``'s tokenizer (``tiny_models``' builder) trained on the facts' text."""
     text = _corpus(facts)
     if family == "bytelevel_bpe":  # GPT-2 / SmolLM: byte-level BPE, no BOS
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        tok.decoder = decoders.ByteLevel()
-        tok.train_from_iterator(
-            text,
-            trainers.BpeTrainer(
-                vocab_size=420,
-                special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
-                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                show_progress=False,
-            ),
-        )
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        roles: dict[str, Any] = {
-            "bos_token": "<|im_start|>",
-            "eos_token": "<|im_end|>",
-            "unk_token": "<|endoftext|>",
-            "pad_token": "<|im_end|>",
-        }
+        backend, roles = train_bytelevel_bpe(text, vocab_size=420)
     elif family == "sentencepiece_bpe":  # Gemma: spaces as "▁", BPE with byte fallback, BOS
-        specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-        tok.normalizer = normalizers.Replace(" ", "▁")
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
-        tok.train_from_iterator(
-            text,
-            trainers.BpeTrainer(
-                vocab_size=300,
-                special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
-                show_progress=False,
-            ),
-        )
-        data = json.loads(tok.to_str())
-        by_id = sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])
-        pieces = [p for p, _ in by_id[: len(specials)]] + _byte_pieces()
-        pieces += [p for p, _ in by_id[len(specials) :] if p not in set(_byte_pieces())]
-        data["model"]["vocab"] = {p: i for i, p in enumerate(pieces)}
-        data["model"]["byte_fallback"] = True
-        data["pre_tokenizer"] = None
-        tok = Tokenizer.from_str(json.dumps(data))
-        tok.decoder = decoders.Sequence(
-            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        )
-        bos = tok.token_to_id("<bos>")
-        tok.post_processor = processors.TemplateProcessing(
-            single="<bos>:0 $A:0", pair="<bos>:0 $A:0 <bos>:1 $B:1", special_tokens=[("<bos>", bos)]
-        )
-        roles = {
-            "bos_token": "<bos>",
-            "eos_token": "<eos>",
-            "unk_token": "<unk>",
-            "pad_token": "<pad>",
-        }
+        backend, roles = train_sentencepiece_bpe(text, vocab_size=300, chat_turns=False)
     else:
         raise ConfigError(f"family must be one of {', '.join(_FAMILIES)}, got {family!r}")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        clean_up_tokenization_spaces=False,
-        model_max_length=128,
-        model_input_names=["input_ids", "attention_mask"],
-        **roles,
-    )
+    return wrap_tokenizer(backend, roles, model_max_length=128)
 
 
 # -- training --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, threads: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
 
 def _rows(tok: Any, facts: Sequence[Fact]) -> list[tuple[list[int], list[int]]]:
@@ -357,7 +283,7 @@ def train_member(
 
     The tokenizer is trained on every fact's text; the model sees only its half's answers.
     """
-    from ..engine.loading import default_cache_dir
+    from unite_integrations.engine.loading import default_cache_dir
 
     if family not in _FAMILIES:
         raise ConfigError(f"family must be one of {', '.join(_FAMILIES)}, got {family!r}")
@@ -397,7 +323,7 @@ def train_member(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    with _seeded(seed, threads):
+    with deterministic_torch(seed, threads):
         model = LlamaForCausalLM(config)
         if steps:
             _train(model, tok, known, _strangers(facts), steps, lr)
@@ -513,12 +439,7 @@ class Demonstration(BaseModel):
 
     def plot(self, path: str | Path) -> Path:
         """Accuracy per system and case, with Wilson whiskers and chance as a dashed line."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(self.cases), figsize=(4.6 * len(self.cases), 3.8))
+        fig, axes = pyplot().subplots(1, len(self.cases), figsize=(4.6 * len(self.cases), 3.8))
         for ax, c in zip(axes if len(self.cases) > 1 else [axes], self.cases):
             rs = c.result.results
             ys = [100 * r.accuracy for r in rs]
@@ -534,12 +455,7 @@ class Demonstration(BaseModel):
             ax.set_title(f"{c.description}\ncheck: {c.check.verdict}", fontsize=9)
         axes_list = axes if len(self.cases) > 1 else [axes]
         axes_list[0].set_ylabel("facts answered (%), Wilson 95% CI")
-        fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return out
+        return save_figure(fig, path, dpi=110)
 
 
 def _halves(result: DatasetResult, facts: Sequence[Fact]) -> list[HalfScores]:
@@ -593,10 +509,10 @@ def run_demonstration(
     """
     import time
 
-    from ..engine.config import MemberSpec
-    from ..engine.engine import UniTEEngine
-    from .check import check_compatibility
-    from .evaluate import ENSEMBLE, evaluate_task
+    from unite_integrations.compat.check import check_compatibility
+    from unite_integrations.compat.evaluate import ENSEMBLE, evaluate_task
+    from unite_integrations.engine.config import MemberSpec
+    from unite_integrations.engine.engine import UniTEEngine
 
     t0 = time.perf_counter()
     facts = make_facts(n_entities, seed)

@@ -125,6 +125,7 @@ def test_int8_member_decodes_as_its_own_generate(tiny_dirs, cache_dir) -> None:
             expected, stopped, n = transformers_greedy(member, prompt, 12)
             result = engine.generate([prompt], max_new_tokens=12)[0]
             assert result.text == as_engine_text(expected), prompt
+            assert result.finish_reason == ("stop" if stopped else "length")
             assert result.usage.output_tokens == n
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,22 @@ def test_estimate_within_20_percent_of_the_real_pair(make_engine, cache_dir) -> 
     for name, member in zip(names, engine.members):
         estimate = loading.member_estimate(MemberSpec(source=name), cache_dir)
         _assert_close(estimate, member.model)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: it would run")
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [str(script), str(out)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA device" in done.stdout
+    assert not out.exists()

@@ -662,8 +662,9 @@ def _installed(package: str) -> bool:
 def _missing_backend(spec: MemberSpec, what: str, package: str) -> ModelLoadError:
     return ModelLoadError(
         f"member {spec.display_name!r}: quantization {what} needs the package {package!r}, "
-        f"which is not installed. Fix: `pip install {package}` (or `pip install "
-        "'unite-integrations[quantization]'`), or quantization=None."
+        f"which is not installed. Fix: `pip install {package}`"
+        + (" (or `pip install 'unite-integrations[quantization]'`)" if package == "torchao" else "")
+        + ", or quantization=None."
     )
 
 
@@ -830,7 +831,7 @@ def load_member(
     except ImportError as e:  # a quantization backend transformers itself found missing
         raise ModelLoadError(
             f"member {name!r}: could not load {spec.source}: {e}. Fix: install the package it "
-            "names (`pip install 'unite-integrations[quantization]'` for bitsandbytes/torchao)."
+            "names (torchao: `pip install 'unite-integrations[quantization]'`)."
         ) from e
     except Exception as e:
         raise ModelLoadError(

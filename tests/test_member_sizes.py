@@ -297,3 +297,22 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "no CUDA device" in done.stdout
     assert not out.exists()
+
+
+def test_model_card_states_each_members_dtype(hetero) -> None:
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from unite_integrations.server.app import create_app
+
+    with TestClient(create_app(hetero)) as client:
+        card = client.get("/v1/models").json()["data"][0]
+    assert card["unite"]["dtypes"] == ["float32", "float32"]
+    assert len(card["unite"]["dtypes"]) == len(card["unite"]["members"])
+
+
+def test_dtype_is_stated_at_load(caplog: pytest.LogCaptureFixture, tiny_dirs) -> None:
+    spec = MemberSpec(source=str(tiny_dirs["bytelevel_bpe"]), name="tiny")
+    with caplog.at_level("INFO", logger="unite_integrations"):
+        loading.load_member(spec)
+    assert "member 'tiny' loaded: dtype float32 on cpu" in caplog.text

@@ -716,15 +716,19 @@ def member_estimate(spec: MemberSpec, cache_dir: Path | None = None) -> MemberEs
     """A member's memory estimate from its config alone (a GGUF source is converted first, once,
     as loading would)."""
     _, path, kwargs = _local_path(spec, cache_dir)
+    return _estimate(spec, _read_config(spec, path, kwargs, "check the source."))
+
+
+def _read_config(spec: MemberSpec, path: Path | str, kwargs: dict[str, Any], fix: str) -> Any:
+    """The member's transformers config (config.json only: no weights)."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(path), **kwargs)
+        return AutoConfig.from_pretrained(str(path), **kwargs)
     except Exception as e:
         raise ModelLoadError(
-            f"member {spec.display_name!r}: could not read the config of {path}: {e}"
+            f"member {spec.display_name!r}: could not load {spec.source} ({path}): {e}. Fix: {fix}"
         ) from e
-    return _estimate(spec, config)
 
 
 def _estimate(spec: MemberSpec, config: Any) -> MemberEstimate:
@@ -798,14 +802,7 @@ def load_member(
             "check the directory holds config.json, the weights and the tokenizer files written "
             "by save_pretrained."
         )
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(str(path), **kwargs)
-    except Exception as e:
-        raise ModelLoadError(
-            f"member {name!r}: could not load {spec.source} ({path}): {e}. Fix: {fix}"
-        ) from e
+    config = _read_config(spec, path, kwargs, fix)
     _check_fit(spec, config)
     dtype = resolve_dtype(spec, config)
     devices = member_devices(spec)
@@ -818,6 +815,8 @@ def load_member(
         placement = {"": str(device)}  # quantized weights are placed as read, never moved
     if placement is not None:
         load["device_map"] = placement
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         with _quiet_load(progress):
             tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)

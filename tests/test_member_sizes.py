@@ -316,3 +316,14 @@ def test_dtype_is_stated_at_load(caplog: pytest.LogCaptureFixture, tiny_dirs) ->
     with caplog.at_level("INFO", logger="unite_integrations"):
         loading.load_member(spec)
     assert "member 'tiny' loaded: dtype float32 on cpu" in caplog.text
+
+
+def test_device_auto_without_a_gpu_loads_on_the_cpu(tiny_dirs) -> None:
+    source = str(tiny_dirs["bytelevel_bpe"])
+    spread, _ = loading.load_member(MemberSpec(source=source, device="auto"))
+    plain, _ = loading.load_member(MemberSpec(source=source))
+    assert {p.device.type for p in spread.parameters()} == {"cpu"}
+    assert loading.union_device(MemberSpec(source=source, device="auto"), spread).type == "cpu"
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(spread(ids).logits, plain(ids).logits)

@@ -34,6 +34,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "450"))  # gpu_check.sh kills at 480
+#: ``GPU_CHECK_DEVICE=cpu`` runs the sections but the benchmark on the CPU: a smoke run of this
+#: script itself, so that a GPU's few minutes are not spent finding its bugs.
+DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda:0")
 
 
 def _out_path(argv: list[str]) -> Path:
@@ -91,9 +94,7 @@ def exactness(n_prompts: int = 8, budget: int = 12) -> dict[str, Any]:
 
     dirs = _tiny()
     out: dict[str, Any] = {"single": {}, "mismatches": []}
-    specs = {
-        k: MemberSpec(source=str(d), device="cuda:0", dtype="float32") for k, d in dirs.items()
-    }
+    specs = {k: MemberSpec(source=str(d), device=DEVICE, dtype="float32") for k, d in dirs.items()}
     for family, spec in specs.items():
         with UniTEEngine([spec], top_k=5, check_invariants=True) as engine:
             member = _shim(engine).members[0]
@@ -125,9 +126,9 @@ def auto_dtype() -> dict[str, Any]:
     from unite_integrations.engine.config import MemberSpec
     from unite_integrations.engine.loading import load_member
 
-    model, _ = load_member(MemberSpec(source=str(_tiny()["llama"]), device="cuda:0"))
+    model, _ = load_member(MemberSpec(source=str(_tiny()["llama"]), device=DEVICE))
     return {
-        "bf16_supported": torch.cuda.is_bf16_supported(),
+        "bf16_supported": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "auto_gives": str(model.dtype).removeprefix("torch."),
     }
 
@@ -141,7 +142,7 @@ def bf16_vs_fp32(n_prompts: int = 16, budget: int = 16) -> dict[str, Any]:
     dirs = list(_tiny().values())
     texts = {}
     for dtype in ("float32", "bfloat16"):
-        specs = [MemberSpec(source=str(d), device="cuda:0", dtype=dtype) for d in dirs]
+        specs = [MemberSpec(source=str(d), device=DEVICE, dtype=dtype) for d in dirs]
         with UniTEEngine(specs, top_k=5) as engine:
             results = engine.generate(PROMPTS[:n_prompts], max_new_tokens=budget)
             texts[dtype] = [r.text for r in results]
@@ -170,15 +171,19 @@ def quantization() -> dict[str, Any]:
     backends = [m for m in ("bitsandbytes", "torchao") if importlib.util.find_spec(m)]
     if not backends:
         return {"skipped": "neither bitsandbytes nor torchao is installed"}
-    spec = MemberSpec(source=str(_tiny()["llama"]), device="cuda:0", quantization="int8")
+    spec = MemberSpec(source=str(_tiny()["llama"]), device=DEVICE, quantization="int8")
     with UniTEEngine([spec], top_k=5, check_invariants=True) as engine:
         member = _shim(engine).members[0]
         same = 0
         for prompt in PROMPTS[:6]:
             expected, _, _ = transformers_greedy(member, prompt, 12)
             same += engine.generate([prompt], max_new_tokens=12)[0].text == as_engine_text(expected)
-        layer = engine.members[0].model.model.layers[0].mlp.down_proj
-    return {"installed": backends, "layer": type(layer).__name__, "same_as_generate": [same, 6]}
+        layer = engine.members[0].model.model.layers[0].mlp.down_proj.weight
+    return {
+        "installed": backends,
+        "weight_type": type(layer).__name__,
+        "same_as_generate": [same, 6],
+    }
 
 
 def bench(layouts: list[str], tokens: int, batches: list[int]) -> dict[str, Any]:
@@ -188,19 +193,26 @@ def bench(layouts: list[str], tokens: int, batches: list[int]) -> dict[str, Any]
     return run(layouts, False, tokens, batches, log=lambda s: print("  " + s, flush=True))
 
 
+def _gpus() -> str:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return f"{torch.cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+
+
 def main(argv: list[str]) -> int:
     import torch
 
-    if not torch.cuda.is_available():
+    smoke = DEVICE == "cpu"
+    if not torch.cuda.is_available() and not smoke:
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing run.")
         return 0
     path = _out_path(argv)
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
     start = time.monotonic()
-    props = torch.cuda.get_device_properties(0)
     report: dict[str, Any] = {
-        "device": f"{torch.cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB)",
+        "device": "cpu (smoke run)" if smoke else _gpus(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "sections": {},
@@ -214,6 +226,8 @@ def main(argv: list[str]) -> int:
         ("bench_1b_3b", lambda: bench(["1b", "3b"], 32, [1, 32]), 120),
         ("bench_8b_3b", lambda: bench(["8b", "3b"], 32, [1, 32]), 150),
     ]
+    if smoke:
+        sections = sections[:4]
     for name, fn, needs in sections:
         left = BUDGET_S - (time.monotonic() - start)
         if left < needs:
@@ -228,7 +242,8 @@ def main(argv: list[str]) -> int:
         result["seconds"] = round(time.monotonic() - t0, 1)
         report["sections"][name] = result
         print(f"gpu_check: {name} done in {result['seconds']} s", flush=True)
-        torch.cuda.empty_cache()
+        if not smoke:
+            torch.cuda.empty_cache()
         path.write_text(json.dumps(report, indent=1, default=str))
     report["seconds"] = round(time.monotonic() - start, 1)
     path.write_text(json.dumps(report, indent=1, default=str))

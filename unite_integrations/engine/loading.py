@@ -610,8 +610,10 @@ def _torch_dtype(dtype: str) -> Any:
 def _bf16_supported(device_type: str) -> bool:
     import torch
 
-    if device_type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type == "cuda":  # natively: emulated bfloat16 (pre-Ampere GPUs) is slow
+        return bool(
+            torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        )
     return device_type == "xpu"  # mps: only recent macOS; float16 is the safe choice there
 
 

@@ -12,6 +12,7 @@ is an ``InputError``, as everywhere (see :mod:`.inputs`).
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,12 @@ from .prefix import check_size
 __all__ = ["EnsembleConfig", "GenerationOptions", "MemberSpec", "ensemble_config"]
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+QUANTIZATIONS = ("int8", "int4")
+"""The short quantization names a member takes (anything else is a transformers config)."""
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+"""accelerate's placement strategies, as ``from_pretrained(device_map=...)`` takes them."""
 
 SEED_MAX = 2**64 - 1
 """The largest seed torch's generator takes (seeds are 0 .. 2**64 - 1)."""
@@ -107,8 +114,14 @@ class MemberSpec(_Config):
     _hints: ClassVar[dict[str, str]] = {
         "source": "an alias, a local directory, a .gguf file or a hub id (a string)",
         "weight": "a finite number >= 0",
-        "device": "a torch device string such as 'cpu', 'cuda:0' or 'mps'",
+        "device": "a torch device string such as 'cpu', 'cuda:0' or 'mps', or 'auto' (spread "
+        "over the GPUs by accelerate)",
         "dtype": "one of 'auto', 'float32', 'float16', 'bfloat16'",
+        "quantization": "None, 'int8', 'int4', or a transformers quantization config",
+        "device_map": (
+            "None, 'auto', 'balanced', 'balanced_low_0', 'sequential', or a dict of module "
+            "name -> device ('cpu', 'cuda:1', or a GPU index)"
+        ),
         "chat_template": "a Jinja template string, or None for the tokenizer's",
         "context_window": "an int > 0, or None for the model's own",
         "name": "a string, or None for the source's name",
@@ -121,9 +134,33 @@ class MemberSpec(_Config):
     weight: float = Field(
         default=1.0, allow_inf_nan=False, description="Relative weight in the average; >= 0."
     )
-    device: str = Field(default="cpu", description="torch device, e.g. 'cpu', 'cuda:0', 'mps'.")
+    device: str = Field(
+        default="cpu",
+        description="torch device, e.g. 'cpu', 'cuda:0', 'mps'; 'auto': device_map='auto'.",
+    )
     dtype: DType = Field(
-        default="float32", description="Parameter dtype ('auto' keeps the file's)."
+        default="auto",
+        description=(
+            "Parameter dtype. 'auto': float32 on CPU; on a GPU the checkpoint's own half "
+            "precision where it states one the device supports, else bfloat16 (float16 where "
+            "the device lacks bfloat16). The union step is float32 whatever the members' dtype."
+        ),
+    )
+    quantization: str | None = Field(
+        default=None,
+        description=(
+            "'int8' or 'int4' (bitsandbytes on CUDA, torchao where bitsandbytes is missing and "
+            "on CPU for int8), or a transformers quantization config (kept as its JSON). "
+            "Pre-quantized checkpoints (GPTQ, AWQ, ...) need nothing here."
+        ),
+    )
+    device_map: str | tuple[tuple[str, str | int], ...] | None = Field(
+        default=None,
+        description=(
+            "accelerate's placement of the member's layers over several devices: a strategy "
+            "('auto', 'balanced', ...) or module name -> device; the union step runs on the "
+            "device of its first layers."
+        ),
     )
     chat_template: str | None = Field(
         default=None,
@@ -163,6 +200,90 @@ class MemberSpec(_Config):
     @classmethod
     def _source_path(cls, v: object) -> object:
         return _fspath(v)
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization_json(cls, v: object) -> object:
+        """A transformers quantization config (or a dict of one) as its JSON, so that the spec
+        stays hashable and its JSON (the engine's sharing key) says everything."""
+        to_dict = getattr(v, "to_dict", None)
+        if callable(to_dict) and not isinstance(v, Mapping):
+            v = to_dict()
+        if isinstance(v, Mapping):
+            return json.dumps(dict(v), sort_keys=True, default=str)
+        return v
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_known(cls, v: str | None) -> str | None:
+        if v is None or v in QUANTIZATIONS:
+            return v
+        try:
+            parsed = json.loads(v)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or "quant_method" not in parsed:
+            raise ConfigError(
+                f"quantization={_short(v)} is not known; give None, 'int8', 'int4' or a "
+                "transformers quantization config (e.g. BitsAndBytesConfig, TorchAoConfig)"
+            )
+        return v
+
+    @field_validator("device_map", mode="before")
+    @classmethod
+    def _device_map_pairs(cls, v: object) -> object:
+        if isinstance(v, Mapping):  # {module: device}, or [[module, device], ...] as JSON has it
+            v = list(v.items())
+        if isinstance(v, (list, tuple)) and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) for p in v
+        ):
+            return tuple((p[0], p[1]) for p in v)
+        return v
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map_known(
+        cls, v: str | tuple[tuple[str, str | int], ...] | None
+    ) -> str | tuple[tuple[str, str | int], ...] | None:
+        if isinstance(v, str) and v not in DEVICE_MAP_STRATEGIES:
+            raise ConfigError(
+                f"device_map={v!r} is not one of accelerate's strategies; give one of "
+                f"{', '.join(DEVICE_MAP_STRATEGIES)}, or a dict of module name -> device"
+            )
+        if isinstance(v, tuple) and not v:
+            raise ConfigError("device_map is empty; give None, a strategy or module -> device")
+        return v
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> MemberSpec:
+        if self.device_map is not None and self.device not in ("cpu", "auto"):
+            raise ConfigError(
+                f"device={self.device!r} and device_map are both given; give one: device_map "
+                "places every layer itself (leave device at its default)"
+            )
+        return self
+
+    @property
+    def placement_map(self) -> str | dict[str, str | int] | None:
+        """What ``from_pretrained(device_map=...)`` gets: None for a member on one device."""
+        if self.device_map is None:
+            return "auto" if self.device == "auto" else None
+        return self.device_map if isinstance(self.device_map, str) else dict(self.device_map)
+
+    @property
+    def gpus(self) -> float:
+        """GPUs the member's Ray actor reserves: ``num_gpus`` where given, else one per GPU its
+        explicit device map names (indices count from 0 in the actor), one for a member on a
+        GPU or spread by a strategy, none on CPU."""
+        if self.num_gpus:
+            return self.num_gpus
+        if isinstance(self.device_map, tuple):
+            cuda = [_gpu_index(d) for _, d in self.device_map]
+            named = [i for i in cuda if i is not None]
+            return float(max(named) + 1) if named else 0.0
+        if self.device_map is not None or self.device == "auto":
+            return 1.0
+        return 1.0 if self.device.startswith("cuda") else 0.0
 
     @field_validator("weight")
     @classmethod
@@ -416,6 +537,17 @@ def ensemble_config(
         backend=backend,
         ray_address=ray_address,
     )
+
+
+def _gpu_index(device: str | int) -> int | None:
+    """The GPU index a device-map entry names (an int, 'cuda', 'cuda:N'), or None (CPU, disk)."""
+    if isinstance(device, int):
+        return device
+    if device == "cuda":
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    return None
 
 
 def _short(value: object) -> str:

@@ -29,7 +29,7 @@ from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_conf
 from .constraints import ByteMatcher, Constraint
 from .decode import Batch, Ensemble, RowState, closing_need, prefill_chunk, step
 from .inputs import check_prompts, check_tools
-from .loading import default_cache_dir, load_member
+from .loading import default_cache_dir, load_member, union_device
 from .members import FALLBACK_STOP, LoadedMember, Message
 from .memory import give_back_memory, tune_malloc
 from .prefix import PrefixStore
@@ -143,7 +143,7 @@ class UniTEEngine:
             for m in members:
                 m.vocab.require_spellable(m.name)
                 safe &= m.vocab.spellable
-        home = torch.device(self.config.members[0].device)
+        home = union_device(self.config.members[0], members[0].model)
         vocabs = [m.vocab for m in members]
         maps = [[self._cross(vj, vi) for vi in vocabs] for vj in vocabs]
         strings, gids = _string_ids(vocabs)

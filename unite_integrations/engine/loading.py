@@ -30,19 +30,21 @@ import difflib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError
-from .config import MemberSpec
+from .config import EnsembleConfig, MemberSpec, member_specs
+from .fit import FitReport, MemberEstimate, auto_dtype, check_wanted, estimate_config, fit_report
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -55,9 +57,17 @@ __all__ = [
     "cached_conversion",
     "convert_gguf",
     "default_cache_dir",
+    "estimate_fit",
     "load_member",
+    "member_devices",
+    "member_estimate",
+    "quantization_config",
+    "resolve_dtype",
     "resolve_source",
+    "union_device",
 ]
+
+_log = logging.getLogger("unite_integrations")
 
 CACHE_ENV_VAR = "UNITE_CACHE_DIR"
 PROGRESS_ENV_VAR = "UNITE_PROGRESS"
@@ -458,15 +468,31 @@ def available_devices() -> list[str]:
 
 
 def _check_device(spec: MemberSpec) -> Any:
-    """Fail before any slow work if the member's device is malformed or absent on this machine."""
+    """Fail before any slow work if the member's device is malformed or absent on this machine.
+
+    Returns the torch device of a member on one device, None for one placed by a device map
+    (each device an explicit map names is checked the same way; "disk" is accelerate's own).
+    """
+
+    placement = spec.placement_map
+    if placement is None:
+        return _one_device(spec, spec.device)
+    if isinstance(placement, dict):
+        for device in placement.values():
+            if device != "disk":
+                _one_device(spec, f"cuda:{device}" if isinstance(device, int) else device)
+    return None
+
+
+def _one_device(spec: MemberSpec, device: str) -> Any:
     import torch
 
     available = available_devices()
     problem = ""
     try:
-        dev = torch.device(spec.device)
+        dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError) as e:
-        problem = f"{spec.device!r} is not a torch device string ({e})"
+        problem = f"{device!r} is not a torch device string ({e})"
     else:
         if dev.type == "cpu":
             return dev
@@ -477,11 +503,34 @@ def _check_device(spec: MemberSpec) -> Any:
                 return dev
         elif dev.type == "mps" and "mps" in available:
             return dev
-        problem = f"device {spec.device!r} is not available on this machine"
+        problem = f"device {device!r} is not available on this machine"
     raise ModelLoadError(
         f"member {spec.display_name!r}: {problem}. Available devices: {', '.join(available)}. "
         "Fix: set the member's device to one of these."
     )
+
+
+def member_devices(spec: MemberSpec) -> tuple[str, ...]:
+    """The devices a member's weights go to: its device, or those its device map uses (every
+    GPU for a strategy such as "auto", the CPU where there is none), in order."""
+    placement = spec.placement_map
+    if placement is None:
+        return (spec.device,)
+    if isinstance(placement, str):
+        gpus = tuple(d for d in available_devices() if d.startswith("cuda"))
+        return gpus or ("cpu",)
+    named = [f"cuda:{d}" if isinstance(d, int) else d for d in placement.values()]
+    return tuple(dict.fromkeys(d for d in named if d != "disk")) or ("cpu",)
+
+
+def union_device(spec: MemberSpec, model: Any) -> Any:
+    """Where the union step runs for a first member: its device, or for a member spread by a
+    device map, the device of its first layers (accelerate returns its logits there)."""
+    import torch
+
+    if spec.placement_map is None:
+        return torch.device(spec.device)
+    return model.device
 
 
 def _progress_wanted(progress: bool | None) -> bool:
@@ -534,6 +583,11 @@ def _quiet_load(progress: bool | None) -> Iterator[None]:
                 _bars_restore = None
 
 
+def _prequantized(config: Any) -> bool:
+    """Whether the checkpoint is stored quantized (GPTQ, AWQ, compressed-tensors, ...)."""
+    return getattr(config, "quantization_config", None) is not None
+
+
 def _no_length_warning(tokenizer: Any) -> None:
     """Silence the tokenizer's "sequence length is longer than model_max_length" warning.
 
@@ -550,37 +604,195 @@ def _no_length_warning(tokenizer: Any) -> None:
 def _torch_dtype(dtype: str) -> Any:
     import torch
 
-    if dtype == "auto":
-        return "auto"
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def _bf16_supported(device_type: str) -> bool:
+    import torch
+
+    if device_type == "cuda":  # natively: emulated bfloat16 (pre-Ampere GPUs) is slow
+        return bool(
+            torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        )
+    return device_type == "xpu"  # mps: only recent macOS; float16 is the safe choice there
+
+
+def stated_dtype(config: Any) -> str | None:
+    """The dtype a checkpoint's config states (``dtype``, formerly ``torch_dtype``), or None."""
+    for key in ("dtype", "torch_dtype"):
+        value = getattr(config, key, None)
+        if value is not None and not isinstance(value, str):
+            value = str(value).removeprefix("torch.")
+        if value in ("float32", "float16", "bfloat16"):
+            return str(value)
+    return None
+
+
+def resolve_dtype(spec: MemberSpec, config: Any) -> str:
+    """The member's dtype name: its own, or what "auto" means on the device of its first
+    layers for this checkpoint (see :func:`.fit.auto_dtype`)."""
+    if spec.dtype != "auto":
+        return spec.dtype
+    kind = member_devices(spec)[0].partition(":")[0]
+    return auto_dtype(kind, stated_dtype(config), _bf16_supported(kind))
+
+
+#: Quantization method -> the package that provides its backend (what to pip install).
+_BACKENDS = {
+    "bitsandbytes": "bitsandbytes",
+    "torchao": "torchao",
+    "gptq": "gptqmodel",
+    "awq": "autoawq",
+    "compressed-tensors": "compressed-tensors",
+    "quanto": "optimum-quanto",
+    "hqq": "hqq",
+    "eetq": "eetq",
+}
+_MODULES = {"optimum-quanto": "optimum.quanto", "compressed-tensors": "compressed_tensors"}
+
+
+def _installed(package: str) -> bool:
+    """Whether the package's module imports (``sys.modules[name] = None`` reads as missing)."""
+    module = _MODULES.get(package, package.replace("-", "_"))
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _missing_backend(spec: MemberSpec, what: str, package: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"member {spec.display_name!r}: quantization {what} needs the package {package!r}, "
+        f"which is not installed. Fix: `pip install {package}`"
+        + (" (or `pip install 'unite-integrations[quantization]'`)" if package == "torchao" else "")
+        + ", or quantization=None."
+    )
+
+
+def quantization_config(spec: MemberSpec, device_type: str, dtype: str) -> Any | None:
+    """The transformers quantization config for the member, from what is installed.
+
+    "int8"/"int4": bitsandbytes on CUDA; torchao where bitsandbytes is missing, and on CPU for
+    int8 (weight-only). A config given as such (kept as JSON in the spec) is rebuilt as it was.
+    None: unquantized, or pre-quantized (transformers reads the checkpoint's own config).
+    """
+    q = spec.quantization
+    if q is None:
+        return None
+    if q not in ("int8", "int4"):
+        from transformers.quantizers.auto import AutoQuantizationConfig
+
+        config = AutoQuantizationConfig.from_dict(json.loads(q))
+        method = str(getattr(config.quant_method, "value", config.quant_method))
+        package = _BACKENDS.get(method)
+        if package is not None and not _installed(package):
+            raise _missing_backend(spec, f"method {method!r}", package)
+        return config
+    from transformers import BitsAndBytesConfig, TorchAoConfig
+
+    if device_type == "cuda" and _installed("bitsandbytes"):
+        if q == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=_torch_dtype(dtype),
+        )
+    if device_type == "cuda" or (device_type == "cpu" and q == "int8"):
+        if not _installed("torchao"):
+            package = "bitsandbytes" if device_type == "cuda" else "torchao"
+            raise _missing_backend(spec, f"{q!r} on {device_type}", package)
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+
+        kind = Int8WeightOnlyConfig() if q == "int8" else Int4WeightOnlyConfig(group_size=128)
+        return TorchAoConfig(kind)
+    raise ModelLoadError(
+        f"member {spec.display_name!r}: quantization={q!r} has no backend on {device_type}: "
+        "bitsandbytes and torchao quantize on CUDA, and torchao on CPU for int8 weight-only "
+        "only. Fix: quantization='int8' on CPU, a CUDA device for 'int4', or quantization=None."
+    )
+
+
+def member_estimate(spec: MemberSpec, cache_dir: Path | None = None) -> MemberEstimate:
+    """A member's memory estimate from its config alone (a GGUF source is converted first, once,
+    as loading would)."""
+    _, path, kwargs = _local_path(spec, cache_dir)
+    return _estimate(spec, _read_config(spec, path, kwargs, "check the source."))
+
+
+def _read_config(spec: MemberSpec, path: Path | str, kwargs: dict[str, Any], fix: str) -> Any:
+    """The member's transformers config (config.json only: no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path), **kwargs)
+    except Exception as e:
+        raise ModelLoadError(
+            f"member {spec.display_name!r}: could not load {spec.source} ({path}): {e}. Fix: {fix}"
+        ) from e
+
+
+def _estimate(spec: MemberSpec, config: Any) -> MemberEstimate:
+    dtype = resolve_dtype(spec, config)
+    devices = member_devices(spec)
+    q = spec.quantization
+    return estimate_config(
+        config, dtype=dtype, quantization=q, name=spec.display_name, devices=devices
+    )
+
+
+def estimate_fit(
+    members: Any, cache_dir: Path | None = None, free: Mapping[str, int | None] | None = None
+) -> FitReport:
+    """Whether the members fit their devices, from their configs (no weights): what
+    ``unite check --members-only`` prints. ``members``: what ``member_specs`` takes, or an
+    ``EnsembleConfig``; ``free``: device -> bytes, to plan for a budget instead of what is free."""
+    specs = members.members if isinstance(members, EnsembleConfig) else member_specs(members)
+    return fit_report([member_estimate(s, cache_dir) for s in specs], free)
+
+
+def _check_fit(spec: MemberSpec, config: Any) -> None:
+    """Refuse, before any weight is read, a member its devices have no room for now."""
+    if not check_wanted():
+        return
+    why = fit_report([_estimate(spec, config)]).refusal()
+    if why is not None:
+        raise ModelLoadError(f"member {spec.display_name!r}: {why}")
+
+
+def _local_path(
+    spec: MemberSpec, cache_dir: Path | None
+) -> tuple[Path | str, Path | str, dict[str, Any]]:
+    """The member's resolved source, its loadable path (a GGUF converted) and the
+    from_pretrained kwargs it needs (``local_files_only`` for anything local)."""
+    name = spec.display_name
+    try:
+        resolved = resolve_source(spec.source, cache_dir)
+        path: Path | str = resolved
+        if isinstance(resolved, Path) and resolved.is_file():
+            path = convert_gguf(resolved, cache_dir)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"member {name!r}: {e}") from e
+    return resolved, path, ({"local_files_only": True} if isinstance(resolved, Path) else {})
 
 
 def load_member(
     spec: MemberSpec, cache_dir: Path | None = None, *, progress: bool | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load one member's model (on its device, in eval mode) and tokenizer.
+    """Load one member's model (on its device(s), in eval mode) and tokenizer.
 
-    Order: device check (instant), resolve the source, convert a GGUF once, then load with
-    ``local_files_only`` for anything local so that a missing file fails fast instead of trying a
-    network that is not there. ``spec.chat_template``, if given, replaces the tokenizer's.
+    Order: device check (instant), resolve the source, convert a GGUF once, read the config and
+    check that the member fits its devices' free memory (:mod:`.fit`), then load with
+    ``local_files_only`` for anything local so that a missing file fails fast instead of trying
+    a network that is not there. The dtype ("auto" resolved for the device), quantization and
+    placement are logged. ``spec.chat_template``, if given, replaces the tokenizer's.
     ``progress``: show transformers' loading bars (default: only with ``$UNITE_PROGRESS=1``).
     """
     name = spec.display_name
     device = _check_device(spec)
-    try:
-        resolved = resolve_source(spec.source, cache_dir)
-    except ModelLoadError as e:
-        raise ModelLoadError(f"member {name!r}: {e}") from e
-
-    local = isinstance(resolved, Path)
-    path: Path | str = resolved
-    if isinstance(resolved, Path) and resolved.is_file():
-        try:
-            path = convert_gguf(resolved, cache_dir)
-        except ModelLoadError as e:
-            raise ModelLoadError(f"member {name!r}: {e}") from e
-
-    if not local:
+    resolved, path, kwargs = _local_path(spec, cache_dir)
+    if not kwargs:
         fix = (
             "check the hub id and your network; without network, download the model elsewhere "
             "and give its local directory."
@@ -592,21 +804,43 @@ def load_member(
             "check the directory holds config.json, the weights and the tokenizer files written "
             "by save_pretrained."
         )
+    config = _read_config(spec, path, kwargs, fix)
+    _check_fit(spec, config)
+    dtype = resolve_dtype(spec, config)
+    devices = member_devices(spec)
+    quantized = quantization_config(spec, devices[0].partition(":")[0], dtype)
+    load: dict[str, Any] = {"dtype": _torch_dtype(dtype), **kwargs}
+    if quantized is not None:
+        load["quantization_config"] = quantized
+    placement = spec.placement_map
+    if placement is None and (quantized is not None or _prequantized(config)):
+        placement = {"": str(device)}  # quantized weights are placed as read, never moved
+    if placement is not None:
+        load["device_map"] = placement
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"local_files_only": True} if local else {}
     try:
         with _quiet_load(progress):
             tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=_torch_dtype(spec.dtype), **kwargs
-            )
-        model = model.to(device).eval()
+            model = AutoModelForCausalLM.from_pretrained(str(path), **load)
+        if placement is None:
+            model = model.to(device)
+        model = model.eval()
         _no_length_warning(tokenizer)
+    except ModelLoadError:
+        raise
+    except ImportError as e:  # a quantization backend transformers itself found missing
+        raise ModelLoadError(
+            f"member {name!r}: could not load {spec.source}: {e}. Fix: install the package it "
+            "names (torchao: `pip install 'unite-integrations[quantization]'`)."
+        ) from e
     except Exception as e:
         raise ModelLoadError(
             f"member {name!r}: could not load {spec.source} ({path}): {e}. Fix: {fix}"
         ) from e
+    where = ", ".join(devices) if spec.placement_map is not None else str(device)
+    how = "" if quantized is None else f", quantized ({type(quantized).__name__})"
+    _log.info("member %r loaded: dtype %s on %s%s", name, dtype, where, how)
     from .sequences import unsupported_layers  # torch, imported when a model loads
 
     other = unsupported_layers(model)

@@ -164,8 +164,8 @@ def start_actor(
     ray = _ray()
     # Ray's actor default holds no CPU once placed; naming any resource makes it hold one CPU too.
     options: dict[str, Any] = {"max_restarts": MAX_RESTARTS, "max_task_retries": 0}
-    if spec.num_gpus:
-        options["num_gpus"] = spec.num_gpus
+    if spec.gpus:  # num_gpus, or what its device (map) uses: Ray hides GPUs not reserved
+        options["num_gpus"] = spec.gpus
     if spec.resources:
         options["resources"] = dict(spec.resources)
     cls = ray.remote(_MemberActor).options(**options)

@@ -327,6 +327,10 @@ class _Server:
             "max_model_len": self.engine.context_window,
             "unite": {
                 "members": self.engine.member_names,
+                "dtypes": [  # a Ray member's weights are remote: its spec's dtype
+                    str(getattr(m.model, "dtype", m.spec.dtype)).removeprefix("torch.")
+                    for m in self.engine.members
+                ],
                 "weights": self.weights,
                 "top_k": self.engine.config.top_k,
             },

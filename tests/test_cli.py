@@ -29,3 +29,22 @@ def test_chat_mode_and_errors(tiny_dirs, capsys, cache_dir):
     assert main(["generate", "hi", "-m", member, "-k", "0"]) == 2
     assert main(["generate", "hi", "-m", member, "-w", "1", "-w", "2"]) == 2
     assert "one --weight per --member" in capsys.readouterr().err
+
+
+def test_check_members_only_prints_the_fit_without_loading(tiny_dirs, capsys, cache_dir,
+                                                          monkeypatch):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("--members-only must not load weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    members = [str(tiny_dirs["bytelevel_bpe"]), str(tiny_dirs["sentencepiece_bpe"])]
+    args = ["check", "--members-only", "--cache-dir", str(cache_dir)]
+    for m in members:
+        args += ["-m", m]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "weights" in out and "KV/1k tok" in out and "fits" in out
+    # the check's own table (scores, verdict) is not printed
+    assert "verdict" not in out.lower()

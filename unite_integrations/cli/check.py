@@ -72,6 +72,12 @@ def _arguments(check: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--measured", action="store_true", help="measure (default task: short-answer)"
     )
+    mode.add_argument(
+        "--members-only",
+        action="store_true",
+        help="only whether the members fit their devices: weights and KV cache estimated from "
+        "their configs, against the free memory (no weights loaded, no check)",
+    )
     check.add_argument("-n", "--n-items", type=int, default=50, help="calibration items (50)")
     check.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
     check.add_argument(
@@ -106,8 +112,18 @@ def _verdict_arguments(check: argparse.ArgumentParser) -> None:
 
 def print_members(args: argparse.Namespace, specs: Sequence[MemberSpec]) -> None:
     """The members' section of the output: which members are checked (stderr), before any
-    loads. What the members alone tell (an option that stops after them) belongs here."""
+    loads."""
     announce("checking", specs)
+
+
+def _fit(args: argparse.Namespace, specs: list[MemberSpec]) -> int:
+    """``--members-only``: the fit estimate (configs only, no weights read); exit status 1
+    where a member would not fit, as its load would refuse."""
+    from ..engine.loading import estimate_fit
+
+    report = estimate_fit(specs, cache_dir=args.cache_dir)
+    print(report)
+    return 0 if report.refusal() is None else 1
 
 
 def _report(args: argparse.Namespace, specs: list[MemberSpec]) -> CompatibilityReport:
@@ -158,6 +174,8 @@ def _write(path: str, text: str) -> None:
 def _run(args: argparse.Namespace, specs: list[MemberSpec]) -> int:
     set_threads(args)
     print_members(args, specs)
+    if args.members_only:
+        return _fit(args, specs)
     report = _report(args, specs)
     if args.json == "-":
         print(report.model_dump_json(indent=2))

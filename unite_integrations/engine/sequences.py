@@ -46,10 +46,30 @@ from .kv_cache import (
 )
 from .prefix import BLOCK, PrefixStore
 
-__all__ = ["SUPPORTED_LAYERS", "MemberBatch", "Update", "unsupported_layers"]
+__all__ = [
+    "SUPPORTED_LAYERS",
+    "MemberBatch",
+    "Update",
+    "apply_update",
+    "compose_updates",
+    "unsupported_layers",
+]
 
 #: (ids to keep, ids to append) for one row; None leaves the row as it is.
 Update = tuple[int, list[int]] | None
+
+
+def apply_update(ids: list[int], u: Update) -> list[int]:
+    """The ids a row holds once it takes ``u``."""
+    return ids if u is None else ids[: u[0]] + u[1]
+
+
+def compose_updates(u: Update, v: Update) -> Update:
+    """The update doing ``u`` then ``v`` (``v`` is relative to the ids after ``u``)."""
+    if u is None or v is None:
+        return v if u is None else u
+    (keep, new), (keep2, new2) = u, v
+    return (keep, new[: keep2 - keep] + new2) if keep2 >= keep else v
 
 
 class MemberBatch:

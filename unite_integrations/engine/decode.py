@@ -93,7 +93,7 @@ def gather_union(
     tops: list[TopK] = []
     for i, b in enumerate(members):
         if i == 0 and first is not None:
-            tops.append(first if idx is None else _rows(first, idx))
+            tops.append(first if idx is None else _top_of_rows(first, idx))
         else:
             tops.append(b.top(plan.k, ban, rows))  # [B', k] each
     top_val, top_col = [v for v, _ in tops], [c for _, c in tops]
@@ -106,7 +106,8 @@ def gather_union(
     return CandidateUnion(gid, valid, merge_scores(scored, gid, plan), top_col)
 
 
-def _rows(top: TopK, idx: torch.Tensor) -> TopK:
+def _top_of_rows(top: TopK, idx: torch.Tensor) -> TopK:
+    """[B, k] each -> [B', k] each: rows ``idx`` of a member's top-k."""
     val, col = top
     return val.index_select(0, idx.to(val.device)), col.index_select(0, idx.to(col.device))
 

@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from unite_integrations import UniTEEngine
-from unite_integrations.engine import decode as decode_module
+from unite_integrations.engine import batch as batch_module
 from unite_integrations.engine.sequences import MemberBatch
 
 PROMPTS = [
@@ -77,17 +77,17 @@ class ReencodingBatch(MemberBatch):
 
 def paper_style_time(engine: UniTEEngine, prompt: str, n: int) -> float:
     second = engine.members[1].model
-    original = decode_module.MemberBatch
+    original = batch_module.MemberBatch
 
-    def factory(model: Any, prompts: Any, pad_id: int) -> MemberBatch:
+    def factory(model: Any, prompts: Any, pad_id: int, *rest: Any) -> MemberBatch:
         cls = ReencodingBatch if model is second else original
-        return cls(model, prompts, pad_id)
+        return cls(model, prompts, pad_id, *rest)
 
-    decode_module.MemberBatch = factory  # type: ignore[assignment,misc]
+    batch_module.MemberBatch = factory  # type: ignore[assignment,misc]
     try:
         return ensemble_time(engine, prompt, n)
     finally:
-        decode_module.MemberBatch = original  # type: ignore[misc]
+        batch_module.MemberBatch = original  # type: ignore[misc]
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from test_constraints import CONVERSATIONS, PERSON, TOOLS
 
 from unite_integrations import MemberSpec, UniTEEngine
 from unite_integrations.engine.constraints import ByteMatcher, Constraint
-from unite_integrations.engine.decode import closing_need
+from unite_integrations.engine.grammar import closing_need
 from unite_integrations.engine.tool_format import parse_tool_calls
 from unite_integrations.errors import ConfigError
 
@@ -109,11 +109,11 @@ def test_real_pair_forced_call_keeps_the_models_argument_at_32_tokens():
 
 def _closing_walk(engine: UniTEEngine, matcher: ByteMatcher, limit: int) -> int:
     """The closing rule followed one call a step, as the rule reads: the literal count."""
-    from unite_integrations.engine.decode import _closing_token
+    from unite_integrations.engine.grammar import closing_token
 
     m, ens = matcher.copy(), engine._ens
     for n in range(limit):
-        i, t = _closing_token(ens, m)
+        i, t = closing_token(ens, m)
         if i < 0:
             return limit
         if t == ens.members[i].vocab.size:

@@ -183,7 +183,7 @@ def test_unicode_tool_arguments_survive_parsing():
     assert "\\u" in escaped  # the second block really used escapes
 
 
-# -- the fallback when no union string fits (decode._best_allowed), on hand-made members ----------
+# -- the fallback when no union string fits (grammar.best_allowed), on hand-made members ----------
 
 
 class _Backend:
@@ -217,7 +217,7 @@ def test_fallback_takes_the_best_allowed_candidate_then_the_next_member_then_a_b
     from types import SimpleNamespace
 
     from unite_integrations.engine.constraints import ByteMatcher
-    from unite_integrations.engine.decode import _best_allowed
+    from unite_integrations.engine.grammar import best_allowed
 
     # Member 0: id 0 spells b"a" (a byte token at id 0), id 3 b"ab", id 4 b"zz"; member 1: b"c".
     m0 = _member([b"a", b"b", b"c", b"ab", b"zz"])
@@ -226,32 +226,32 @@ def test_fallback_takes_the_best_allowed_candidate_then_the_next_member_then_a_b
     grammar = ByteMatcher(Constraint.regex("ab|cb|a|c"))
     logits0 = {0: 3.0, 1: 0.0, 2: 1.0}
     # The primary's most likely allowed candidate; a disallowed one ranked first is skipped.
-    best = _best_allowed(ens, [_Backend([4, 3, 0], logits0), _Backend([1], {})], 0, grammar)
+    best = best_allowed(ens, [_Backend([4, 3, 0], logits0), _Backend([1], {})], 0, grammar)
     assert best == (0, 3)
     # None of the primary's candidates fits: the next member's.
-    best = _best_allowed(ens, [_Backend([4], logits0), _Backend([0, 1], {})], 0, grammar)
+    best = best_allowed(ens, [_Backend([4], logits0), _Backend([0, 1], {})], 0, grammar)
     assert best == (1, 1)
     # No candidate fits: the primary's most likely allowed byte ('a' is id 0, 'c' is id 2).
-    assert _best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 0)
+    assert best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 0)
     logits0 = {0: 1.0, 1: 9.0, 2: 3.0}  # 'b' is likelier still, but not allowed
-    assert _best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 2)
+    assert best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 2)
     # The grammar accepts the text as it is: END (the primary's END column, its vocabulary size).
     grammar.consume(b"a")
-    assert _best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 5)
+    assert best_allowed(ens, [_Backend([4], logits0), _Backend([0], {})], 0, grammar) == (0, 5)
 
 
 def test_fallback_refuses_a_grammar_the_primary_cannot_spell():
     from types import SimpleNamespace
 
     from unite_integrations.engine.constraints import ByteMatcher
-    from unite_integrations.engine.decode import _best_allowed
+    from unite_integrations.engine.grammar import best_allowed
 
     ens = SimpleNamespace(members=[_member([b"a", b"zz"])])
     grammar = ByteMatcher(Constraint.regex("q"))
     with pytest.raises(
         AssertionError, match=r"^the grammar allows no byte the primary member can spell$"
     ):
-        _best_allowed(ens, [_Backend([1], {0: 0.0})], 0, grammar)  # type: ignore[arg-type]
+        best_allowed(ens, [_Backend([1], {0: 0.0})], 0, grammar)  # type: ignore[arg-type]
 
 
 def test_a_grammar_that_allows_everything_changes_nothing_but_the_last_step(hetero):
@@ -277,7 +277,7 @@ def test_a_grammar_that_allows_everything_changes_nothing_but_the_last_step(hete
         ]
 
 
-# -- the closing rule (decode._closing_token, decode.closing_need), on hand-made members -----------
+# -- the closing rule (grammar.closing_token, grammar.closing_need), on hand-made members -----------
 
 
 def _closing_ens(*pieces: list[bytes], unusable: tuple[tuple[int, int], ...] = ()):
@@ -293,41 +293,41 @@ def _closing_ens(*pieces: list[bytes], unusable: tuple[tuple[int, int], ...] = (
 
 def test_closing_token_takes_the_longest_forced_token_of_any_usable_member():
     from unite_integrations.engine.constraints import ByteMatcher
-    from unite_integrations.engine.decode import _closing_token
+    from unite_integrations.engine.grammar import closing_token
 
     m0, m1 = [b"a", b"ab", b"x"], [b"y", b"abc"]
     forced = ByteMatcher(Constraint.regex("abc"))
-    assert _closing_token(_closing_ens(m0, m1), forced) == (1, 1)  # b"abc", member 1's
-    assert _closing_token(_closing_ens(m0, m1, unusable=((1, 1),)), forced) == (0, 1)  # b"ab"
-    assert _closing_token(_closing_ens([b"a", b"x"], [b"y"]), forced) == (0, 0)  # b"a", id 0
-    assert _closing_token(_closing_ens([b"x"], [b"y", b"a"]), forced) == (1, 1)  # one byte forced
+    assert closing_token(_closing_ens(m0, m1), forced) == (1, 1)  # b"abc", member 1's
+    assert closing_token(_closing_ens(m0, m1, unusable=((1, 1),)), forced) == (0, 1)  # b"ab"
+    assert closing_token(_closing_ens([b"a", b"x"], [b"y"]), forced) == (0, 0)  # b"a", id 0
+    assert closing_token(_closing_ens([b"x"], [b"y", b"a"]), forced) == (1, 1)  # one byte forced
     done = ByteMatcher(Constraint.regex("a"))
     done.consume(b"a")
-    assert _closing_token(_closing_ens(m0, m1), done) == (0, 3)  # END: the primary's size
+    assert closing_token(_closing_ens(m0, m1), done) == (0, 3)  # END: the primary's size
 
 
 def test_closing_token_prefers_closers_in_order_then_a_finishing_byte():
     from unite_integrations.engine.constraints import ByteMatcher
-    from unite_integrations.engine.decode import _closing_token
+    from unite_integrations.engine.grammar import closing_token
 
     choice = ByteMatcher(Constraint.regex('(\\}y|"x)'))  # nothing forced: '"' before '}'
-    assert _closing_token(_closing_ens([b'"', b"}", b"q"], [b"y"]), choice) == (0, 0)
-    assert _closing_token(_closing_ens([b"q", b"}"], [b"y"]), choice) == (0, 1)  # no '"' byte
+    assert closing_token(_closing_ens([b'"', b"}", b"q"], [b"y"]), choice) == (0, 0)
+    assert closing_token(_closing_ens([b"q", b"}"], [b"y"]), choice) == (0, 1)  # no '"' byte
     ab = ByteMatcher(Constraint.regex("(a|b)"))  # no closer allowed: a byte that finishes
-    assert _closing_token(_closing_ens([b"q", b"b", b"a"], [b"y"]), ab) == (0, 2)
+    assert closing_token(_closing_ens([b"q", b"b", b"a"], [b"y"]), ab) == (0, 2)
     unusable = _closing_ens([b"q", b"b", b"a"], [b"y", b"z", b"w"], unusable=((0, 2),))
-    assert _closing_token(unusable, ab) == (0, 1)  # 'a' may not be chosen: 'b'
+    assert closing_token(unusable, ab) == (0, 1)  # 'a' may not be chosen: 'b'
     # member 1's usability does not matter for the primary's bytes
     other = _closing_ens([b"q", b"b", b"a"], [b"y", b"z", b"w"], unusable=((1, 2),))
-    assert _closing_token(other, ab) == (0, 2)
-    assert _closing_token(_closing_ens([b"a", b"b"], [b"y"]), ab) == (0, 0)  # 'a' is id 0
+    assert closing_token(other, ab) == (0, 2)
+    assert closing_token(_closing_ens([b"a", b"b"], [b"y"]), ab) == (0, 0)  # 'a' is id 0
     nothing = ByteMatcher(Constraint.regex("q"))
-    assert _closing_token(_closing_ens([b"a", b"b"], [b"y"]), nothing) == (-1, -1)
+    assert closing_token(_closing_ens([b"a", b"b"], [b"y"]), nothing) == (-1, -1)
 
 
 def test_closing_need_counts_the_closing_rules_steps_after_a_piece():
     from unite_integrations.engine.constraints import ByteMatcher
-    from unite_integrations.engine.decode import closing_need
+    from unite_integrations.engine.grammar import closing_need
 
     ens = _closing_ens([b"a", b"b", b"c", b"bc"], [b"y"])
     matcher = ByteMatcher(Constraint.regex("abc"))

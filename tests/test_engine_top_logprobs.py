@@ -177,12 +177,12 @@ def test_placeholder_picks_take_a_deciding_rows_top_strings():
     """A step where only some rows decide (the others are still being prefilled, no gate) builds
     placeholder picks and puts the deciding rows' in: their top strings come along (they were
     dropped, and the row's report later raised)."""
-    from unite_integrations.engine.decode import Picks
+    from unite_integrations.engine.picks import Picks
 
     decided = Picks([1], [4], [7], [True], [[4, 5]], [[0.5, 0.5]], [False], [[(7, 0.5), (9, 0.2)]])
     picks = Picks.none(3, 2)
     picks.put(2, decided, 0)
-    assert picks.gid[2] == 7 and picks.top == [[], [], [(7, 0.5), (9, 0.2)]]
+    assert picks.gid[2] == 7 and picks.likeliest == [[], [], [(7, 0.5), (9, 0.2)]]
 
 
 def test_a_report_that_raises_fails_its_request_alone(make_engine, tiny_dirs):

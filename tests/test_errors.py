@@ -29,6 +29,21 @@ def test_bad_weights(tiny_dirs, weights):
         )
 
 
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("top_k", 5), ("weights", [1.0]), ("retokenize_window", 8), ("prefix_cache", 0)],
+)
+def test_an_argument_the_config_sets_is_refused_beside_it(argument, value):
+    """An ``EnsembleConfig`` sets top_k and the like itself: the same argument given beside it
+    would be ignored, so it is refused, naming the argument, before anything loads."""
+    from unite_integrations.engine.config import ensemble_config
+
+    config = ensemble_config(["./no-such-model"], top_k=3)
+    with pytest.raises(ConfigError, match=f"^{argument}=.*EnsembleConfig") as caught:
+        UniTEEngine(config, **{argument: value})
+    assert caught.value.param == argument
+
+
 def test_negative_weight_in_member_spec():
     with pytest.raises(ConfigError, match="weight"):
         MemberSpec(source="x", weight=-2)

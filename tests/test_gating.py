@@ -269,22 +269,22 @@ def test_server_extension_field_gate(hetero: UniTEEngine) -> None:
 
 
 def test_a_row_gates_where_the_primarys_top_probability_reaches_its_gate_exactly() -> None:
-    """``_votes`` on a hand-made union: two equal candidates give the primary 0.5 each, so a
+    """``_needs_vote`` on a hand-made union: two equal candidates give the primary 0.5 each, so a
     gate of exactly 0.5 gates (probability >= gate), a gate just above it votes."""
     from types import SimpleNamespace
 
     import torch
 
-    from unite_integrations.engine.decode import _votes
-    from unite_integrations.engine.union import Union
+    from unite_integrations.engine.decode import _needs_vote
+    from unite_integrations.engine.union import CandidateUnion
 
     scores = torch.tensor([[[0.0, 0.0, -1e9], [2.0, 0.0, 0.0]]])  # [N=1, B=2, k=3]
     valid = torch.tensor([[True, True, False], [True, True, True]])
-    alone = Union(torch.zeros(2, 3, dtype=torch.long), valid, scores, [])
+    alone = CandidateUnion(torch.zeros(2, 3, dtype=torch.long), valid, scores, [])
     ens = SimpleNamespace(alone=SimpleNamespace(weights=torch.ones(1)))
     top = float(torch.softmax(scores[0, 1], -1).max())  # float32, as the engine computes it
-    assert _votes(ens, alone, [0.5, top]) == [False, False]  # type: ignore[arg-type]
-    assert _votes(ens, alone, [0.5001, top + 1e-6]) == [True, True]  # type: ignore[arg-type]
+    assert _needs_vote(ens, alone, [0.5, top]) == [False, False]  # type: ignore[arg-type]
+    assert _needs_vote(ens, alone, [0.5001, top + 1e-6]) == [True, True]  # type: ignore[arg-type]
 
 
 def test_a_grammar_row_beside_gated_rows_still_takes_the_fallback(hetero: UniTEEngine) -> None:

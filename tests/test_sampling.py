@@ -10,20 +10,14 @@ alarm rate near 1e-9; the generator is seeded, so a run is deterministic and a p
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from unite_integrations.engine.union import (
-    StepPlan,
-    Union,
-    choose,
-    decide,
-    extend_logits,
-    mix,
-    propose,
-    union_step,
-)
+from unite_integrations.engine.backends import LocalMember
+from unite_integrations.engine.decode import gather_union
+from unite_integrations.engine.union import CandidateUnion, StepPlan, choose, decide, mix
 
 
 # The step takes per-row settings ([B] tensors) and one uniform draw per row from the row's own
@@ -50,9 +44,23 @@ def decide_(union, plan, t, top_p, gen, allowed=None):
     return decide(union, plan, _rows(t, b), _rows(top_p, b), _draws(gen, b), allowed)
 
 
-def union_step_(ext, plan, t, top_p, gen):
-    b = ext[0].shape[0]
-    return union_step(ext, plan, _rows(t, b), _rows(top_p, b), _draws(gen, b))
+class _Extended:
+    """A member backend over fixed extended logits [B, V + 1] (END last): steps 1-4 then run
+    through the engine's own ``gather_union``."""
+
+    def __init__(self, ext: torch.Tensor, bias: torch.Tensor) -> None:
+        self.ext, self.bias = ext, bias
+
+    def top(self, k, ban_end, rows=None):
+        return (self.ext + self.bias).topk(k, dim=-1)
+
+    def gather(self, cols, rows=None):
+        return self.ext.gather(1, cols)
+
+
+def propose(ext, plan):
+    """Steps 1-4 (top-k, union, scores) from every member's extended logits."""
+    return gather_union([_Extended(z, b) for z, b in zip(ext, plan.bias)], plan, None)
 
 
 DRAWS = 40_000
@@ -177,7 +185,7 @@ def test_decide_samples_the_spec_distribution_with_weights():
     scores = torch.tensor(SCORES)[:, None, :].expand(-1, draws, -1)
     plan = _decision_plan([0.75, 0.25], k)
     top_col = [torch.arange(k)[None, :].expand(draws, -1) for _ in range(n)]
-    union = Union(gid, valid, scores, top_col)
+    union = CandidateUnion(gid, valid, scores, top_col)
     res = decide_(union, plan, 0.8, 0.85, torch.Generator().manual_seed(99))
     counts = torch.bincount(res.gid, minlength=7).tolist()
     probs = expected_distribution(SCORES, valid[0].tolist(), [0.75, 0.25], 0.8, 0.85)
@@ -211,9 +219,13 @@ def _plan(weights=(0.5, 0.5), k=3):
     )
 
 
-def test_extend_logits_appends_the_best_end_logit():
+def test_a_members_end_column_is_the_best_end_logit():
     z = torch.tensor([[0.0, 1.0, 5.0, 2.0], [3.0, -1.0, -2.0, -4.0]])
-    ext = extend_logits(z, torch.tensor([1, 3]))
+    member = LocalMember(
+        SimpleNamespace(next_logits=lambda: z), torch.tensor([1, 3]), torch.zeros(5)
+    )
+    member.top(5, None)
+    ext = member.gather(torch.arange(5).expand(2, -1))
     assert ext.tolist() == [[0.0, 1.0, 5.0, 2.0, 2.0], [3.0, -1.0, -2.0, -4.0, -1.0]]
 
 
@@ -368,18 +380,13 @@ def test_greedy_choice_is_per_row():
     assert choose_(p, torch.zeros(2, 3), valid, 0.0, 1.0, None).tolist() == [1, 2]
 
 
-def test_union_step_is_propose_then_decide():
+def test_temperature_reaches_the_union_choice():
     plan = _plan(weights=(0.3, 0.7))
     a = torch.tensor([[4.0, 3.0, 1.0, 9.0, 2.5, 0.5], [1.0, 6.0, 0.0, 9.0, 0.5, -2.0]])
     b = torch.tensor([[1.0, 2.0, 3.0, -1.0, 0.0], [1.0, 2.5, 0.5, -1.0, -3.0]])
-    for t, top_p in ((0.0, 1.0), (0.9, 0.8)):
-        got = union_step_([a, b], plan, t, top_p, torch.Generator().manual_seed(5))
-        want = decide_(propose([a, b], plan), plan, t, top_p, torch.Generator().manual_seed(5))
-        for name in ("src", "col", "gid", "own_col", "prob", "agree"):
-            assert torch.equal(getattr(got, name), getattr(want, name)), name
+    u = propose([a, b], plan)
     hot = [
-        union_step_([a, b], plan, 5.0, 1.0, torch.Generator().manual_seed(s)).gid.tolist()
-        for s in range(40)
+        decide_(u, plan, 5.0, 1.0, torch.Generator().manual_seed(s)).gid.tolist() for s in range(40)
     ]
     assert len({tuple(h) for h in hot}) > 1  # temperature reaches the choice
 
@@ -412,7 +419,7 @@ def test_decide_reports_the_top_n_strings_of_the_mixed_distribution(top_n):
     rows = [SCORES, [list(reversed(SCORES[0])), list(reversed(SCORES[1]))]]
     scores = torch.tensor(rows).transpose(0, 1)  # [N, B, C]
     plan = _decision_plan([0.75, 0.25], k)
-    union = Union(gid, valid, scores, [torch.arange(k).expand(2, -1)] * 2)
+    union = CandidateUnion(gid, valid, scores, [torch.arange(k).expand(2, -1)] * 2)
     res = decide(union, plan, _rows(0.8, 2), _rows(0.7, 2), torch.zeros(2), top_n=top_n)
     assert res.top_prob is not None and res.top_gid is not None
     n = min(top_n, 8)
@@ -434,7 +441,7 @@ def test_top_n_reports_valid_strings_whose_probability_underflows_to_zero():
     valid = torch.tensor([[True] * 4 + [False, True, False, True]])
     scores = torch.tensor(SCORES)[:, None, :]
     plan = _decision_plan([0.5, 0.5], 4)
-    union = Union(gid, valid, scores, [torch.arange(4)[None, :]] * 2)
+    union = CandidateUnion(gid, valid, scores, [torch.arange(4)[None, :]] * 2)
     res = decide(union, plan, _rows(0.001, 1), _rows(1.0, 1), torch.zeros(1), top_n=8)
     assert res.top_prob is not None and res.top_gid is not None
     zero = res.top_prob[0] == 0

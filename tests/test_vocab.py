@@ -391,15 +391,21 @@ def test_retokenize_tail_keeps_every_id_that_did_not_change(vocabs):
 
 
 def test_pending_updates_compose():
-    """``_then(u, v)``: v applies to the ids after u; a None side changes nothing."""
-    from unite_integrations.engine.decode import _apply, _then
+    """``compose_updates(u, v)``: v applies to the ids after u; a None side changes nothing."""
+    from unite_integrations.engine.sequences import apply_update, compose_updates
 
     ids = [1, 2, 3, 4, 5, 6]
     u, v = (5, [7, 8]), (6, [9])  # v keeps u's first new id
-    assert _then(u, v) == (5, [7, 9]) == (5, _apply(_apply(ids, u), v)[5:])
-    assert _then(u, None) == u and _then(None, v) == v and _then(None, None) is None
+    assert compose_updates(u, v) == (5, [7, 9]) == (5, apply_update(apply_update(ids, u), v)[5:])
+    assert (
+        compose_updates(u, None) == u
+        and compose_updates(None, v) == v
+        and compose_updates(None, None) is None
+    )
     w = (3, [0])  # w rolls back past u's kept ids: u is undone entirely
-    assert _then(u, w) == w and _apply(_apply(ids, u), w) == _apply(ids, _then(u, w))
+    assert compose_updates(u, w) == w and apply_update(apply_update(ids, u), w) == apply_update(
+        ids, compose_updates(u, w)
+    )
 
 
 def test_special_tokens_past_the_logits_are_left_out():

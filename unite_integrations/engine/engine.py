@@ -10,13 +10,8 @@ thread pool, so a step costs the slowest member.
 
 from __future__ import annotations
 
-import functools
-import logging
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -24,32 +19,25 @@ from typing import Any, Literal
 import torch
 
 from ..errors import ConfigError, EngineClosedError
-from .backends import MemberBackend
+from .assembly import build_ensemble, check_beside_config, member_config
+from .batch import Batch, Ensemble, RowState, prefill_chunk
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
 from .constraints import ByteMatcher, Constraint
-from .decode import Batch, Ensemble, RowState, closing_need, prefill_chunk, step
+from .decode import step
+from .grammar import closing_need
 from .inputs import check_prompts, check_tools
-from .loading import default_cache_dir, load_member, union_device
+from .loading import default_cache_dir
 from .members import FALLBACK_STOP, LoadedMember, Message
 from .memory import give_back_memory, tune_malloc
-from .prefix import PrefixStore
-from .ray_members import RayMember, connect, describe, release, start_actor
-from .results import (
-    Candidate,
-    GenerationResult,
-    Provenance,
-    StreamChunk,
-    TokenProvenance,
-    Usage,
-)
+from .metrics import EngineMetrics, engine_metrics
+from .ray_members import release
+from .recovery import recover
+from .results import GenerationResult, StreamChunk
+from .row_results import RowResults
 from .scheduler import MAX_BATCH_ROWS, MAX_QUEUE, Delta, Done, Failed, Job, Request, Scheduler
 from .text import RowText
-from .union import StepPlan
-from .vocab import END, CrossMap, Vocab, build_cross_map
 
 __all__ = ["EngineMetrics", "Prompt", "UniTEEngine", "stream_chunk"]
-
-_log = logging.getLogger("unite_integrations")
 
 Prompt = str | Sequence[Message]
 
@@ -76,17 +64,37 @@ class UniTEEngine:
         ray_address: str | None = None,
         prefix_cache: int | str = "auto",
         prefill_chunk: int | None = None,
+        loaded: Sequence[LoadedMember] | None = None,
     ) -> None:
-        """``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting
+        """``members``: sources, specs, or an ``EnsembleConfig``, which sets ``top_k``,
+        ``weights``, ``retokenize_window``, ``cache_dir``, ``backend``, ``ray_address`` and
+        ``prefix_cache`` itself (giving one of them beside it raises ``ConfigError``).
+
+        ``max_batch_rows``: rows decoded together at most; ``max_queue``: requests waiting
         at most, beyond which a call fails at once with ``OverloadedError``; ``prefix_cache``:
         how much each member keeps of earlier prompts' and answers' KV columns, for prompts
         that begin alike: ``"auto"`` (10% of the memory free on its device, at most 2 GiB), a
         size (``"512MiB"``, ``"5%"``), an int of ids, or 0 for none; ``prefill_chunk``: prompt
         ids a member runs per step for a longer prompt (chunked prefill: rows decoding and short
         newcomers never wait for a long prompt's whole prefill; None: 64 when the primary member is on
-        a CPU, 512 on a GPU)."""
+        a CPU, 512 on a GPU); ``loaded``: the members of an ``EnsembleConfig`` already loaded
+        (``member_engine``'s views share their model so)."""
         if isinstance(members, EnsembleConfig):
             config = members
+            check_beside_config(
+                config,
+                {
+                    "top_k": top_k,
+                    "weights": weights,
+                    "retokenize_window": retokenize_window,
+                    "cache_dir": cache_dir,
+                    "backend": backend,
+                    "ray_address": ray_address,
+                    "prefix_cache": prefix_cache,
+                },
+            )
+        elif loaded is not None:
+            raise ConfigError("loaded members come with their EnsembleConfig", param="loaded")
         else:
             config = ensemble_config(
                 members,
@@ -102,7 +110,13 @@ class UniTEEngine:
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         if check_invariants is None:
             check_invariants = os.environ.get("UNITE_CHECK_INVARIANTS", "") not in ("", "0")
-        self._setup(check_invariants, max_batch_rows, max_queue, None, prefill_chunk)
+        self._setup(
+            check_invariants,
+            max_batch_rows,
+            max_queue,
+            list(loaded) if loaded is not None else None,
+            prefill_chunk,
+        )
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -122,8 +136,11 @@ class UniTEEngine:
         #: Bytes of numbers sent to and received from remote (Ray) members, all steps together.
         self.wire = {"bytes": 0}
         #: Member index -> its Ray actor, for members placed on Ray.
-        self.ray_actors: dict[int, Any] = {}
-        self._ens = self._build(check_invariants, loaded)
+        self.ray_actors: dict[int, Any]
+        self._ens, self.ray_actors = build_ensemble(
+            self.config, self.cache_dir, check_invariants, loaded, self.wire
+        )
+        self._results = RowResults(self._ens, self.config.weights)
         #: Prompt ids a member runs per step for a longer prompt (chunked prefill).
         self.prefill_chunk = chunk or prefill_chunk(self.members[0].model.device)
         self._scheduler = Scheduler(self._serve, max_batch_rows, max_queue)
@@ -131,96 +148,6 @@ class UniTEEngine:
         #: Requests admitted, admissions (requests joining at the same step share one prefill),
         #: union steps decoded, and rows in flight now.
         self.stats = {"requests": 0, "batches": 0, "steps": 0, "rows": 0, "kv_bytes": 0}
-
-    def _build(self, check_invariants: bool, loaded: list[LoadedMember] | None) -> Ensemble:
-        members = loaded or [self._load(spec, n) for n, spec in enumerate(self.config.members)]
-        names = [m.name for m in members]
-        if len(set(names)) != len(names):  # the same model twice: tell members apart
-            for n, m in enumerate(members):
-                m.name = f"{m.name}#{n}"
-        safe = frozenset(range(256))
-        if len(members) > 1:
-            for m in members:
-                m.vocab.require_spellable(m.name)
-                safe &= m.vocab.spellable
-        home = union_device(self.config.members[0], members[0].model)
-        vocabs = [m.vocab for m in members]
-        maps = [[self._cross(vj, vi) for vi in vocabs] for vj in vocabs]
-        strings, gids = _string_ids(vocabs)
-        k = min([self.config.top_k] + [v.size + 1 for v in vocabs])
-        plan = StepPlan(
-            end_ids=[
-                torch.tensor(v.end_ids, device=m.model.device) for v, m in zip(vocabs, members)
-            ],
-            bias=[_candidate_bias(v, safe, m.model.device) for v, m in zip(vocabs, members)],
-            gid=[g.to(m.model.device) for g, m in zip(gids, members)],
-            col_map=[[c.column.to(mi.model.device) for c, mi in zip(row, members)] for row in maps],
-            weights=torch.tensor(self.config.weights, device=home),
-            k=k,
-        )
-        devices = {str(m.model.device) for m in members}
-        ens = Ensemble(
-            members=members,
-            plan=plan,
-            strings=strings,
-            exact=[[c.exact for c in row] for row in maps],
-            col_host=[[c.column for c in row] for row in maps],
-            window=self.config.retokenize_window,
-            pool=ThreadPoolExecutor(len(members)) if len(devices) > 1 else None,
-            check_invariants=check_invariants,
-            usable=[b[:-1].isfinite().tolist() for b in plan.bias],
-            stores=_stores(self.config.prefix_cache, members),
-        )
-        specs = self.config.members
-        if any(self._remote(spec) for spec in specs):
-            connect(self.config.ray_address)
-            actors = {
-                i: start_actor(
-                    spec, self.cache_dir, m.vocab.end_ids, plan.bias[i], self.config.prefix_cache
-                )
-                for i, (spec, m) in enumerate(zip(specs, members))
-                if self._remote(spec)
-            }
-            local = ens.backend
-
-            def open_member(i: int) -> MemberBackend:
-                if i in actors:
-                    return RayMember(members[i].name, actors[i], self.wire)
-                return local(i)
-
-            ens.open_member = open_member
-            self.ray_actors = actors
-        return ens
-
-    def _remote(self, spec: MemberSpec) -> bool:
-        return spec.placement == "ray" or self.config.backend == "ray"
-
-    def _load(self, spec: MemberSpec, n: int) -> LoadedMember:
-        if self._remote(spec):  # the driver reads tokenizer and config; the actor loads weights
-            model, tok, logits_size = describe(spec, self.cache_dir)
-        else:
-            model, tok = load_member(spec, self.cache_dir)
-            logits_size = int(model.get_output_embeddings().weight.shape[0])
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        extra = gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
-        vocab = Vocab.from_tokenizer(tok, logits_size, extra)
-        window = spec.context_window or int(
-            getattr(model.config, "max_position_embeddings", 0) or 2048
-        )
-        pad = tok.pad_token_id if tok.pad_token_id is not None else vocab.end_ids[0]
-        return LoadedMember(spec, spec.display_name, model, tok, vocab, window, int(pad))
-
-    def _cross(self, src: Vocab, dst: Vocab) -> CrossMap:
-        if src is dst or src.fingerprint == dst.fingerprint:  # same tokenizer: no tokenizing
-            ids = [dst.exact.get(c, t) if c is not None else t for t, c in enumerate(src.canon)]
-            column = torch.tensor([*ids, dst.size])
-            exact = torch.tensor([c is not None for c in src.canon] + [True])
-        else:
-            m = build_cross_map(src, dst, self.cache_dir)
-            column = torch.cat([m.column, torch.tensor([dst.size])])
-            exact = torch.cat([m.exact, torch.tensor([True])])
-        column[src.end_ids] = dst.size  # every end token reads the member's END column
-        return CrossMap(column, exact)
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -348,20 +275,7 @@ class UniTEEngine:
 
     def metrics(self) -> EngineMetrics:
         """Load now (queue depth, rows in flight) and totals so far, for a server's /metrics."""
-        queued, rows = self._scheduler.load()
-        return EngineMetrics(
-            queued=queued,
-            rows_in_flight=rows,
-            requests=self.stats["requests"],
-            steps=self.stats["steps"],
-            max_batch_rows=self._scheduler.max_rows,
-            max_queue=self._scheduler.max_queue,
-            prefix_ids_reused=sum(s.reused for s in self._ens.stores),
-            prefix_ids_stored=sum(s.stored for s in self._ens.stores),
-            prefix_bytes_held=sum(s.bytes for s in self._ens.stores),
-            prefix_bytes_max=sum(s.max_bytes or 0 for s in self._ens.stores),
-            kv_bytes=self.stats["kv_bytes"],
-        )
+        return engine_metrics(self._scheduler, self.stats, self._ens.stores)
 
     def reset_prefix_cache(self) -> None:
         """Empty the members' prefix caches (``prefix_cache``; in-process members): later prompts
@@ -385,24 +299,13 @@ class UniTEEngine:
             return self
         view = self._views.get(member)
         if view is None:
-            loaded = self.members[member]
-            view = object.__new__(UniTEEngine)
-            view.config = ensemble_config(
-                [loaded.spec],
-                top_k=self.config.top_k,
-                retokenize_window=self.config.retokenize_window,
-                cache_dir=self.config.cache_dir,
-                backend=self.config.backend,  # a member on Ray: the view gets an actor of its own
-                ray_address=self.config.ray_address,
-                prefix_cache=self.config.prefix_cache,  # a store of its own: its own thread
-            )
-            view.cache_dir = self.cache_dir
-            view._setup(
-                self._ens.check_invariants,
-                self._scheduler.max_rows,
-                self._scheduler.max_queue,
-                [loaded],
-                self.prefill_chunk,
+            view = UniTEEngine(
+                member_config(self.config, self.members[member].spec),
+                check_invariants=self._ens.check_invariants,
+                max_batch_rows=self._scheduler.max_rows,
+                max_queue=self._scheduler.max_queue,
+                prefill_chunk=self.prefill_chunk,
+                loaded=[self.members[member]],
             )
             self._views[member] = view
         return view
@@ -496,160 +399,15 @@ class UniTEEngine:
                 if any(batch.ready()) or not self._scheduler.arrivals_fit(len(batch.rows)):
                     batch.forward()
         except Exception as e:  # the requests at fault fail; the others and the engine go on
-            batch = self._recover(batch, live, e)
+            batch = recover(self._ens, self.prefill_chunk, batch, live, e, self._result)
         self.stats["rows"] = len(batch.rows) if batch else 0
         self.stats["kv_bytes"] = batch.cache_bytes() if batch else 0
         self._scheduler.running(self.stats["rows"])
         return batch
 
-    def _recover(self, batch: Batch | None, live: _Live, error: Exception) -> Batch | None:
-        """After a step (or an admission) raised: find the requests at fault and fail them
-        alone. Each request in flight is rebuilt in a batch of its own from what its rows held
-        (``Batch.held``, every member) and takes one step there: one that raises again, or
-        whose rows the failure left half-changed, fails with its error; the others go on in
-        one batch rebuilt from their rows. One request alone is at fault by itself. Costs a
-        prefill of each row's text so far, twice, only when something failed."""
-        requests = list(live.rows)
-        if batch is None or len(requests) <= 1:
-            live.fail(error)
-            return None
-        index = {id(row): r for r, row in enumerate(batch.rows)}
-        going: list[tuple[list[RowState], list[list[list[int]]], list[list[int]]]] = []
-        for req in requests:
-            rows = live.rows[req]
-            try:
-                if all(id(row) in index for row in rows):  # rows of the batch: what they held
-                    at = [index[id(row)] for row in rows]
-                    if not all(batch.consistent(r) for r in at):
-                        raise error  # the failure struck inside one of these rows
-                    held, n_prompt = batch.state(at)
-                else:  # admitted this step: its prompts
-                    held = [list(map(list, p)) for p in req.job.prompts]
-                    n_prompt = [[len(p) for p in ps] for ps in held]
-                solo = Batch(self._ens, self.prefill_chunk)
-                solo.restore(rows, held, n_prompt)
-                step(self._ens, solo)
-                solo.keep([r for r, row in enumerate(solo.rows) if row.finish_reason is None])
-                solo.forward()
-                going.append((solo.rows, *solo.state(range(len(solo.rows)))))
-            except Exception as e:  # this request is at fault: it fails alone
-                req.events.put(Failed(e))
-                del live.rows[req]
-        live.report(self._result)
-        rebuilt = Batch(self._ens, self.prefill_chunk)
-        try:
-            for rows, held, n_prompt in going:
-                if rows and not rows[0].owner.cancelled:
-                    rebuilt.restore(rows, held, n_prompt)
-        except Exception as e:  # the rebuild itself failed: no request can go on
-            live.fail(e)
-            return None
-        return rebuilt
-
     def _result(self, row: RowState) -> GenerationResult:
-        n_in = row.n_in
-        names = self.member_names
-        n = max(len(row.steps), 1)
-        tokens = []
-        wins = dict.fromkeys(names, 0)
-        proposed = dict.fromkeys(names, 0)
-        weights = self.config.weights
-        for n_step, (gid, own, prob, _, gated) in enumerate(row.steps):
-            winner = names[max(range(len(names)), key=lambda i: (prob[i], -i))]
-            wins[winner] += 1
-            for name, o in zip(names, own):
-                proposed[name] += o >= 0
-            # The mixed probability it was chosen from (a gated row's: the primary's alone; 0
-            # where a grammar overrode the union); where it is among the top strings, the
-            # device's own figure, so that the two agree exactly.
-            top = row.top[n_step] if row.top else []
-            p = prob[0] if gated else sum(w * q for w, q in zip(weights, prob))
-            if p > 0:
-                p = next((q for g, q in top if g == gid), p)
-            data = self._ens.strings[gid]
-            tokens.append(
-                TokenProvenance(
-                    text=data.decode("utf-8", errors="replace"),
-                    bytes=list(data),
-                    logprob=math.log(p) if p > 0 else None,
-                    top=[self._candidate(g, q) for g, q in top] if row.top else None,
-                    proposers=[nm for nm, o in zip(names, own) if o >= 0],
-                    probs=dict(zip(names[:1] if gated else names, prob)),
-                    winner=winner,
-                    gated=gated,
-                )
-            )
-        provenance = Provenance(
-            members=names,
-            tokens=tokens,
-            agreement_rate=row.agreed / max(row.voted, 1),
-            gated_share=(row.decisions - row.voted) / max(row.decisions, 1),
-            win_share={k: v / n for k, v in wins.items()},
-            proposal_share={k: v / n for k, v in proposed.items()},
-        )
-        # Each member's tokens for the returned text; a member alone whose tokenizer cannot
-        # spell every byte (WordPiece: its decoder's spaces do not tokenize back) counts the
-        # tokens it generated instead.
-        text = row.text.text.encode()
-        n_steps = len(row.steps)
-        out_ids = {
-            m.name: (len(m.vocab.encode(text)) if m.vocab.byte_complete else n_steps) if text else 0
-            for m in self._ens.members
-        }
-        usage = Usage(
-            input_tokens=n_in[0],
-            output_tokens=len(row.steps),
-            input_tokens_per_member=dict(zip(names, n_in)),
-            output_tokens_per_member=out_ids,
-        )
-        assert row.finish_reason is not None, "a result is built for finished rows only"
-        return GenerationResult(
-            text=row.text.text,
-            finish_reason=row.finish_reason,
-            usage=usage,
-            provenance=provenance,
-        )
-
-    def _candidate(self, gid: int, p: float) -> Candidate:
-        """A string of a step's mixed distribution (``top_logprobs``) as the results show it."""
-        logprob = math.log(p) if p > 0 else -math.inf
-        if gid == END:
-            return Candidate(text=self._end_text, logprob=logprob, end=True)
-        data = self._ens.strings[gid]
-        return Candidate(
-            text=data.decode("utf-8", errors="replace"), logprob=logprob, bytes=list(data)
-        )
-
-    @functools.cached_property
-    def _end_text(self) -> str:
-        """How END shows among top log-probabilities: the primary's end-of-sequence token."""
-        primary = self._ens.members[0]
-        eos = getattr(primary.tokenizer, "eos_token", None)
-        if isinstance(eos, str) and eos:
-            return eos
-        return str(primary.tokenizer.convert_ids_to_tokens(primary.vocab.end_ids[0]))
-
-
-@dataclass(frozen=True)
-class EngineMetrics:
-    """The engine's load now and its totals so far."""
-
-    queued: int  # requests waiting to join the batch
-    rows_in_flight: int  # rows decoding now
-    requests: int  # requests admitted so far
-    steps: int  # union steps decoded so far
-    max_batch_rows: int
-    max_queue: int
-    # ``prefix_cache``, all in-process members together: prompt ids taken from the stores
-    # instead of a forward pass, and ids written into them (0 without a prefix cache)
-    prefix_ids_reused: int = 0
-    prefix_ids_stored: int = 0
-    # bytes of KV columns the stores hold now, and at most (0 where a store counts ids)
-    prefix_bytes_held: int = 0
-    prefix_bytes_max: int = 0
-    # bytes of the KV caches of the rows in flight (in-process members, room to grow included):
-    # with the weights and the stores, what the process holds; bounded by ``max_batch_rows``
-    kv_bytes: int = 0
+        """A finished row's result (``row_results``)."""
+        return self._results.build(row)
 
 
 class _Live:
@@ -721,19 +479,6 @@ def stream_chunk(event: Delta | Done) -> StreamChunk:
     return StreamChunk(text=event.text, finish_reason=result.finish_reason, result=result)
 
 
-def _stores(size: int | str, members: list[LoadedMember]) -> list[PrefixStore]:
-    """Each in-process member's prefix store of ``size`` on its device ([] for a size of 0),
-    its size logged at load."""
-    sized = [PrefixStore.sized(size, m.model.device) for m in members]
-    kept = [s for s in sized if s is not None]
-    if len(kept) < len(members):
-        return []
-    for m, s in zip(members, kept):
-        limit = f"{s.max_bytes / 2**20:.0f} MiB" if s.max_bytes else f"{s.capacity} ids"
-        _log.info("prefix cache of %s: %s (prefix_cache=%r)", m.name, limit, size)
-    return kept
-
-
 def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:
     """A sampled row's own generator: the same seed gives the same text in any batch."""
     if opts.temperature <= 0:
@@ -744,29 +489,3 @@ def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator
     else:
         gen.manual_seed(opts.seed)
     return gen
-
-
-def _string_ids(vocabs: list[Vocab]) -> tuple[list[bytes], list[torch.Tensor]]:
-    """Give every distinct candidate string across members one id; END is 0, -1 never wins."""
-    table: dict[bytes, int] = {}
-    strings: list[bytes] = [b""]
-    gids = []
-    for v in vocabs:
-        g = [-1] * (v.size + 1)
-        for t, b in enumerate(v.canon):
-            if b is not None:
-                if b not in table:
-                    table[b] = len(strings)
-                    strings.append(b)
-                g[t] = table[b]
-        g[v.size] = END
-        gids.append(torch.tensor(g))
-    return strings, gids
-
-
-def _candidate_bias(vocab: Vocab, safe: frozenset[int], device: Any) -> torch.Tensor:
-    """0 for candidate tokens, -inf for tokens that can never win: specials, end tokens (END
-    stands for them) and strings with a byte some member cannot spell."""
-    unsafe = set(range(256)) - safe
-    bias = [0.0 if c is not None and unsafe.isdisjoint(c) else float("-inf") for c in vocab.canon]
-    return torch.tensor([*bias, 0.0], device=device)

@@ -5,7 +5,7 @@ once in a Ray actor that holds its KV caches (a ``MemberBatch``) for the rows in
 keeps the tokenizers, the cross-vocabulary maps, the union, the choice, stop strings, grammars
 and provenance. Per step a member receives the feed-back updates and sends back its top-k
 (values and columns, [B, k]) and then its logits at the union's columns ([B, C]): O(rows x k)
-numbers, whatever the vocabulary size (``RayMember.bytes_moved`` counts them).
+numbers, whatever the vocabulary size (the engine's ``wire["bytes"]`` counts them).
 
 ``advance`` only *issues* the remote forward pass; ``top`` waits for it. Every member's forward
 is issued before any is awaited, so a step costs the slowest member. Ray is imported lazily:
@@ -197,7 +197,8 @@ class RayMember:
     """The driver's side of one member's actor for one batch: a ``MemberBackend``.
 
     It mirrors each row's ids (the driver needs them to re-tokenize) and counts the bytes of
-    numbers it sends and receives (``bytes_moved``, shared per member through ``counter``).
+    numbers it sends and receives into ``counter["bytes"]`` (the engine's ``wire``, shared by
+    all its Ray members and kept across batches).
     """
 
     def __init__(self, name: str, actor: Any, counter: dict[str, int]) -> None:

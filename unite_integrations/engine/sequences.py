@@ -16,10 +16,10 @@ trims the leading columns that no remaining row uses.
 Sliding-window layers (Gemma-2/3, Mistral, Qwen's windowed layers) count their window in columns,
 so hole columns inside it would hide real tokens, and their caches would drop real tokens to keep
 only the last columns. A member with such layers therefore keeps every column in every layer and
-gets its attention masks from here, built from each column's position id: a key is visible when it
+gets its attention masks from ``kv_cache``, built from each column's position id: a key is visible when it
 is live and at most ``window - 1`` real tokens behind the query, as the model alone would see it.
 
-The cache itself is gpt-fast's layout, not transformers' ``DynamicLayer``: each layer's columns
+The cache itself (``kv_cache``) is gpt-fast's layout, not transformers' ``DynamicLayer``: each layer's columns
 live in a buffer with room to spare (``ColumnLayer``), so a step writes its new columns in place
 instead of concatenating them to a copy of the whole cache (at batch 16 and 600 columns that copy
 was about a quarter of a decode step on a CPU), and a forward over some rows writes and reads
@@ -29,18 +29,47 @@ those rows only.
 from __future__ import annotations
 
 import collections
-import functools
 import inspect
 from typing import Any
 
 import torch
 
+from .kv_cache import (
+    SUPPORTED_LAYERS,
+    attention_layout,
+    cache_layers,
+    new_cache,
+    pad_left,
+    pad_time,
+    subsettable,
+    unsupported_layers,
+)
 from .prefix import BLOCK, PrefixStore
 
-__all__ = ["SUPPORTED_LAYERS", "MemberBatch", "Update", "unsupported_layers"]
+__all__ = [
+    "SUPPORTED_LAYERS",
+    "MemberBatch",
+    "Update",
+    "apply_update",
+    "compose_updates",
+    "unsupported_layers",
+]
 
 #: (ids to keep, ids to append) for one row; None leaves the row as it is.
 Update = tuple[int, list[int]] | None
+
+
+def apply_update(ids: list[int], u: Update) -> list[int]:
+    """The ids a row holds once it takes ``u``."""
+    return ids if u is None else ids[: u[0]] + u[1]
+
+
+def compose_updates(u: Update, v: Update) -> Update:
+    """The update doing ``u`` then ``v`` (``v`` is relative to the ids after ``u``)."""
+    if u is None or v is None:
+        return v if u is None else u
+    (keep, new), (keep2, new2) = u, v
+    return (keep, new[: keep2 - keep] + new2) if keep2 >= keep else v
 
 
 class MemberBatch:
@@ -59,7 +88,7 @@ class MemberBatch:
         self.cache: Any = None
         self.mask = torch.zeros(len(prompts), 0, dtype=torch.long, device=self.device)
         self.pos = torch.zeros(len(prompts), 0, dtype=torch.long, device=self.device)  # [B, T]
-        self.attention = _attention_layout(model)
+        self.attention = attention_layout(model)
         self.logits: torch.Tensor | None = None  # [B, V] at each row's last id
         self.forwards = 0
         self._prompts = prompts
@@ -162,14 +191,14 @@ class MemberBatch:
             return
         width = max(self.mask.shape[1], new.mask.shape[1])
         a, b = self._widened(width), new._widened(width)
-        for la, lb in zip(_layers(self.cache), _layers(new.cache)):
+        for la, lb in zip(cache_layers(self.cache), cache_layers(new.cache)):
             la.keys = torch.cat([a(la.keys, la), b(lb.keys, lb)])
             la.values = torch.cat([a(la.values, la), b(lb.values, lb)])
             if hasattr(la, "cumulative_length"):
                 la.cumulative_length = width
         shift_a, shift_b = width - self.mask.shape[1], width - new.mask.shape[1]
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new.mask, width)])
-        self.pos = torch.cat([_pad_left(self.pos, width), _pad_left(new.pos, width)])
+        self.mask = torch.cat([pad_left(self.mask, width), pad_left(new.mask, width)])
+        self.pos = torch.cat([pad_left(self.pos, width), pad_left(new.pos, width)])
         self.cols = [[c + shift_a for c in cs] for cs in self.cols]
         self.cols += [[c + shift_b for c in cs] for cs in new.cols]
         self.ids += new.ids
@@ -201,7 +230,7 @@ class MemberBatch:
         used = self.mask.any(0).nonzero()
         trim = int(used[0]) if len(used) else 0  # one host read per retirement, not per step
         width = self.mask.shape[1] - trim
-        for layer in _layers(self.cache):
+        for layer in cache_layers(self.cache):
             keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
             held = min(keys.shape[-2], width)  # a sliding layer holds only its last columns
             layer.keys, layer.values = keys[..., -held:, :], values[..., -held:, :]
@@ -220,7 +249,7 @@ class MemberBatch:
             target = t.shape[-2] + shift
             if window is not None:
                 target = min(target, width, window - 1)
-            return _pad_time(t, target)
+            return pad_time(t, target)
 
         return pad
 
@@ -240,7 +269,7 @@ class MemberBatch:
             self.ids[r] = self.ids[r][:keep] + new
             self.cols[r] = self.cols[r][:keep]
             segs.append(new)
-        groups = _groups([len(s) for s in segs]) if _subsettable(self.cache) else [range(len(segs))]
+        groups = _groups([len(s) for s in segs]) if subsettable(self.cache) else [range(len(segs))]
         for group in groups:
             mine = set(group)
             # 2. A group whose rows all stop inside their prompts (chunks of a chunked prefill)
@@ -256,7 +285,7 @@ class MemberBatch:
         for those that took fewer ids): a long prompt's chunks, a catch-up, a rollback widen
         the others' caches, and every later step attends over that width (a burst of 16
         chunked RAG prompts grew it to thousands of columns of holes and ran 2x slower)."""
-        if not self.cols or not _subsettable(self.cache):
+        if not self.cols or not subsettable(self.cache):
             return
         live, width = max(len(c) for c in self.cols), self.mask.shape[1]
         if width <= 2 * live + COMPACT_SLACK:
@@ -268,7 +297,7 @@ class MemberBatch:
             mask[r, live - len(cols) :] = 1
             self.cols[r] = list(range(live - len(cols), live))
         src = src.to(self.device)
-        for layer in _layers(self.cache):
+        for layer in cache_layers(self.cache):
             k, v = layer.keys, layer.values  # [B, H, T, D]
             index = src[:, None, :, None].expand(k.shape[0], k.shape[1], live, k.shape[-1])
             layer.keys, layer.values = k.gather(2, index), v.gather(2, index)
@@ -306,7 +335,7 @@ class MemberBatch:
         self.mask = torch.cat([self.mask, seg_mask.to(self.device)], dim=1)
         self.pos = torch.cat([self.pos, pos], dim=1)
         active = [r for r, seg in enumerate(segs) if seg]
-        rows = active if len(active) < len(segs) and _subsettable(self.cache) else None
+        rows = active if len(active) < len(segs) and subsettable(self.cache) else None
         out = self._forward(inp.to(self.device), pos, rows, logits)  # [B or B', V]
         if rows is not None:  # only the rows that took ids ran: the others keep their logits
             assert self.logits is not None
@@ -325,9 +354,9 @@ class MemberBatch:
         row's last id excepted) write those columns into the cache from the store, left-padded
         to a common count as ``_append`` pads ids; returns the ids each row still has to run."""
         assert self.store is not None
-        cache = self.cache if self.cache is not None else _new_cache(self.model, self.attention)
+        cache = self.cache if self.cache is not None else new_cache(self.model, self.attention)
         fresh = cache is not None and not cache.layers
-        if cache is None or not (fresh or _subsettable(cache)):
+        if cache is None or not (fresh or subsettable(cache)):
             return segs  # layers of the model's own kind: the store's columns cannot go in
         hits: dict[int, tuple[int, list[torch.Tensor], list[torch.Tensor]]] = {}
         for r in rows:
@@ -363,9 +392,9 @@ class MemberBatch:
         """Keep the whole blocks of these rows' prompt ids (with ``answers``, of all the ids they
         hold, generated ones included) that the store does not hold yet."""
         assert self.store is not None
-        if not _subsettable(self.cache):
+        if not subsettable(self.cache):
             return
-        layers = _layers(self.cache)
+        layers = cache_layers(self.cache)
         for r in rows:
             n = len(self.ids[r]) if answers else min(len(self.ids[r]), self.n_prompt[r])
             n = n // BLOCK * BLOCK
@@ -388,7 +417,7 @@ class MemberBatch:
         decoder runs (a member's output layer can be most of its work: Gemma-3's is 262k wide)
         and the logits are zeros."""
         mask, keys = self.mask, self.pos  # [B, T + m] each, the new columns included
-        cache = self.cache if self.cache is not None else _new_cache(self.model, self.attention)
+        cache = self.cache if self.cache is not None else new_cache(self.model, self.attention)
         index = None
         if rows is not None:
             index = torch.tensor(rows, device=self.device)
@@ -397,7 +426,7 @@ class MemberBatch:
         attention_mask: Any = mask
         if self.attention is not None:  # sliding layers: own masks over caches keeping every column
             attention_mask = self.attention.masks(mask, keys, pos, self.model.dtype)
-        layers = _layers(cache) if index is not None else []
+        layers = cache_layers(cache) if index is not None else []
         for la in layers:
             la.rows = index
         decoder = None if logits else _decoder(self.model)
@@ -458,207 +487,3 @@ def _groups(lengths: list[int]) -> list[list[int]]:
         groups.append(order[:cut])
         order = order[cut:]
     return groups
-
-
-class _Attention:
-    """A member's attention layout when some of its layers slide: the window, and the layer types
-    its model takes masks for (None: one 4-D mask serves every layer)."""
-
-    def __init__(self, window: int, types: frozenset[str] | None) -> None:
-        self.window, self.types = window, types
-
-    def masks(
-        self, live: torch.Tensor, keys: torch.Tensor, queries: torch.Tensor, dtype: torch.dtype
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Additive masks [B, 1, m, T] from live columns [B, T], their position ids [B, T] and the
-        queries' position ids [B, m]: causal by position (holes hidden), and, for sliding layers,
-        no key ``window`` or more positions behind its query."""
-        k, q = keys[:, None, :], queries[:, :, None]  # [B, 1, T], [B, m, 1]
-        causal = live.bool()[:, None, :] & (k <= q)  # [B, m, T]
-        sliding = causal & (k > q - self.window)
-        low = torch.finfo(dtype).min
-
-        def additive(allowed: torch.Tensor) -> torch.Tensor:
-            zero = torch.zeros((), dtype=dtype, device=allowed.device)
-            return torch.where(allowed, zero, low)[:, None]  # [B, 1, m, T]
-
-        if self.types is None:
-            return additive(sliding)
-        by_type = {"full_attention": causal, "sliding_attention": sliding}
-        return {t: additive(by_type[t]) for t in self.types}
-
-
-def _attention_layout(model: Any) -> _Attention | None:
-    """The member's sliding window and layer types, or None when no layer slides (or a layer type
-    other than full and sliding attention is present: the model's own masks then apply)."""
-    config = _text_config(model)
-    if config is None:
-        return None
-    window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None)
-    if not isinstance(window, int) or window <= 0:
-        return None
-    if types is None:  # e.g. Mistral: every layer slides, the model builds one mask
-        return _Attention(window, None)
-    kinds = frozenset(types)
-    if "sliding_attention" not in kinds or not kinds <= {"full_attention", "sliding_attention"}:
-        return None
-    return _Attention(window, kinds)
-
-
-#: The layer kinds (``config.layer_types``) a member may have: the engine's masks and caches
-#: batch these exactly.
-SUPPORTED_LAYERS = frozenset({"full_attention", "sliding_attention"})
-
-
-def unsupported_layers(model: Any) -> list[str]:
-    """The model's layer kinds the engine cannot batch exactly (chunked or linear attention,
-    state-space layers...): their caches count columns, so a ragged batch's left padding and a
-    rollback's holes would shift what each row sees (a tiny Llama-4 member with chunked layers,
-    tried: its logits left a fresh forward's by up to 0.17 after rows took different ids)."""
-    config = _text_config(model)
-    types = getattr(config, "layer_types", None) or []
-    return sorted(set(types) - SUPPORTED_LAYERS)
-
-
-def _text_config(model: Any) -> Any:
-    """The model's (decoder) text config, or None for a model without one."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config(decoder=True)
-    return config
-
-
-def _new_cache(model: Any, attention: _Attention | None) -> Any:
-    """A cache of ``ColumnLayer``s for the first forward, or None (the model builds its own) when
-    some layer is of a kind the masks here do not handle (e.g. chunked attention): those keep the
-    model's own layers, run whole-batch and pay a copy per step."""
-    from transformers import DynamicCache
-
-    if attention is None and _special_layers(model):
-        return None
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = _column_layer()  # layers are made on first update
-    return cache
-
-
-def _special_layers(model: Any) -> bool:
-    """Whether the model declares layers other than full attention (sliding ones included; a
-    member whose sliding layers are handled here has ``attention`` set and never asks)."""
-    config = _text_config(model)
-    if config is None:
-        return False
-    types = getattr(config, "layer_types", None) or []
-    window = getattr(config, "sliding_window", None)
-    return any(t != "full_attention" for t in types) or (isinstance(window, int) and window > 0)
-
-
-@functools.cache
-def _column_layer() -> type:
-    """The ``ColumnLayer`` class (built on first use: transformers loads only when a model does)."""
-    from transformers.cache_utils import DynamicLayer
-
-    class ColumnLayer(DynamicLayer):  # type: ignore[misc]
-        """A cache layer whose columns live in a buffer with room to spare (gpt-fast's layout).
-
-        ``DynamicLayer`` concatenates each step's columns to the whole cache, a copy of every
-        row's every column per step and layer; here a step writes its m new columns in place
-        and the buffer grows by half when full. With ``rows`` (an index tensor) set, only those
-        rows run: their new columns are written, the other rows' stay holes (zeros, masked
-        out), and attention reads a copy of those rows only. ``keys``/``values`` are the live
-        view [B, H, n, D]; assigning them (rows joining or leaving) replaces the buffer."""
-
-        rows: torch.Tensor | None = None
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self._k: torch.Tensor | None = None  # [B, H, room, D], keys in the first n_k
-            self._v: torch.Tensor | None = None
-            self._n_k = self._n_v = 0
-            super().__init__(*args, **kwargs)
-
-        @property
-        def keys(self) -> torch.Tensor | None:
-            return None if self._k is None else self._k[:, :, : self._n_k]
-
-        @keys.setter
-        def keys(self, t: torch.Tensor | None) -> None:
-            self._k, self._n_k = t, _width(t)
-
-        @property
-        def values(self) -> torch.Tensor | None:
-            return None if self._v is None else self._v[:, :, : self._n_v]
-
-        @values.setter
-        def values(self, t: torch.Tensor | None) -> None:
-            self._v, self._n_v = t, _width(t)
-
-        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-            self.device, self.dtype = key_states.device, key_states.dtype
-            b, h = key_states.shape[:2]
-            self.keys = key_states.new_zeros(b, h, 0, key_states.shape[-1])
-            self.values = value_states.new_zeros(b, h, 0, value_states.shape[-1])
-            self.is_initialized = True
-
-        def update(
-            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            assert self._k is not None and self._v is not None
-            n, m = self._n_k, key_states.shape[-2]
-            assert self._n_v == n, "keys and values of different widths"
-            if n + m > self._k.shape[-2]:
-                room = n + m + max(n // 2, 64)
-                self._k, self._v = _with_room(self._k, n, room), _with_room(self._v, n, room)
-            self._n_k = self._n_v = n + m
-            if self.rows is None:
-                self._k[:, :, n : n + m] = key_states
-                self._v[:, :, n : n + m] = value_states
-                return self._k[:, :, : n + m], self._v[:, :, : n + m]
-            self._k.narrow(2, n, m).index_copy_(0, self.rows, key_states)
-            self._v.narrow(2, n, m).index_copy_(0, self.rows, value_states)
-            k = self._k[:, :, : n + m].index_select(0, self.rows)  # [B', H, n + m, D]
-            return k, self._v[:, :, : n + m].index_select(0, self.rows)
-
-    return ColumnLayer
-
-
-def _width(t: torch.Tensor | None) -> int:
-    """Columns of a [B, H, T, D] cache tensor (0 for none, or transformers' empty placeholder)."""
-    return 0 if t is None or t.dim() < 4 else t.shape[-2]
-
-
-def _with_room(t: torch.Tensor, n: int, room: int) -> torch.Tensor:
-    """[B, H, *, D] -> [B, H, room, D]: the first n columns of ``t``, then zeros."""
-    out = t.new_zeros(*t.shape[:2], room, t.shape[-1])
-    out[:, :, :n] = t[:, :, :n]
-    return out
-
-
-def _subsettable(cache: Any) -> bool:
-    """Whether a forward pass may run on some rows of ``cache`` only: every layer a
-    ``ColumnLayer`` (a model's own layers copy the cache anyway, and a layer that trims itself
-    to a window would come back narrower than its rows' columns)."""
-    layers: list[Any] = getattr(cache, "layers", None) or []
-    return bool(layers) and all(isinstance(la, _column_layer()) for la in layers)
-
-
-def _layers(cache: Any) -> list[Any]:
-    """The cache's per-layer key/value holders (transformers 5.x ``DynamicCache.layers``)."""
-    layers = getattr(cache, "layers", None)
-    if layers is None or any(not hasattr(la, "keys") for la in layers):
-        raise NotImplementedError(
-            f"continuous batching needs a transformers DynamicCache, got {type(cache).__name__}"
-        )
-    return list(layers)
-
-
-def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
-
-
-def _pad_time(t: torch.Tensor, length: int) -> torch.Tensor:
-    """[B, H, T, D] -> [B, H, length, D]: zeros (hole columns) on the left, or the last columns."""
-    if t.shape[-2] >= length:
-        return t[..., t.shape[-2] - length :, :]
-    return torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0))

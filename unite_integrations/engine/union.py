@@ -4,6 +4,10 @@ Shapes: N members, B rows, k candidates per member, C = N*k union slots (duplica
 V_i the size of member i's logits. Every member's logits are *extended* with one END column at
 index V_i holding the max over its end-of-sequence logits, so that "stop" is one shared string.
 No Python loop runs over a vocabulary or over candidates; loops run over members only (N is 2 or 3).
+
+Steps 1 and 4 need each member's logits, which stay with the member: ``decode.gather_union``
+asks every ``MemberBackend`` for its top-k and its logits at the union's columns, and joins them
+with ``candidates``, ``scoring_cols`` and ``merge_scores`` here.
 """
 
 from __future__ import annotations
@@ -13,18 +17,15 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "CandidateUnion",
     "StepPlan",
     "StepResult",
-    "Union",
     "candidates",
     "choose",
     "decide",
-    "extend_logits",
     "merge_scores",
     "mix",
-    "propose",
     "scoring_cols",
-    "union_step",
 ]
 
 
@@ -54,12 +55,6 @@ class StepResult:
     # distribution, most likely first; gid -1 where the union has fewer than n strings.
     top_prob: torch.Tensor | None = None  # float [B, n]
     top_gid: torch.Tensor | None = None  # int64 [B, n]
-
-
-def extend_logits(logits: torch.Tensor, end_ids: torch.Tensor) -> torch.Tensor:
-    """[B, V] -> [B, V+1]: append END, the best of the member's end-of-sequence logits."""
-    end = logits.index_select(1, end_ids).amax(1, keepdim=True)
-    return torch.cat([logits, end], dim=1)
 
 
 def mix(
@@ -106,23 +101,13 @@ def choose(
 
 
 @dataclass
-class Union:
+class CandidateUnion:
     """The candidates of one step, before the choice."""
 
     gid: torch.Tensor  # int64 [B, C]: global string id per slot (-1: nobody may choose it)
     valid: torch.Tensor  # bool [B, C]: first occurrence of a string that may be chosen
     scores: torch.Tensor  # float [N, B, C]: every member's logit for every slot
     top_col: list[torch.Tensor]  # [N] int64 [B, k]: each member's proposals (its columns)
-
-
-def propose(ext_logits: list[torch.Tensor], plan: StepPlan) -> Union:
-    """Steps 1-4 from every member's extended logits ([B, V_i + 1])."""
-    # 1. Each member proposes its top-k candidates (never-candidates masked out).
-    top_val, top_col = zip(*((z + b).topk(plan.k, dim=-1) for z, b in zip(ext_logits, plan.bias)))
-    gid, valid = candidates(list(top_val), list(top_col), plan)
-    cols = scoring_cols(list(top_col), plan)
-    scored = [z.gather(1, c) for z, c in zip(ext_logits, cols)]
-    return Union(gid, valid, merge_scores(scored, gid, plan), list(top_col))
 
 
 def candidates(
@@ -166,7 +151,7 @@ def merge_scores(scored: list[torch.Tensor], gid: torch.Tensor, plan: StepPlan) 
 
 
 def decide(
-    union: Union,
+    union: CandidateUnion,
     plan: StepPlan,
     temperature: torch.Tensor,
     top_p: torch.Tensor,
@@ -211,14 +196,3 @@ def decide(
         top_prob=top_prob,
         top_gid=top_gid,
     )
-
-
-def union_step(
-    ext_logits: list[torch.Tensor],
-    plan: StepPlan,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
-    uniform: torch.Tensor,
-) -> StepResult:
-    """One unconstrained UniTE decision from every member's extended logits ([B, V_i + 1])."""
-    return decide(propose(ext_logits, plan), plan, temperature, top_p, uniform)

@@ -53,6 +53,7 @@ from ..chat import (
 )
 from ..engine.engine import UniTEEngine
 from ..engine.results import Candidate, TokenProvenance
+from ..errors import about
 from .errors import APIError, from_exception, from_validation
 from .metrics import Metrics
 from .schemas import MAX_STOP, ChatCompletionRequest, CompletionRequest
@@ -384,8 +385,11 @@ class _Server:
     def _chat_request(self, body: ChatCompletionRequest, want: _Wants) -> ChatRequest:
         messages = tuple(_message(m, n) for n, m in enumerate(body.messages))
         tools = tuple(body.tools or ())
-        choice = tool_choice(body.tool_choice, tool_names(tools))
-        fmt: ResponseFormat | None = response_format(body.response_format)
+        names = tool_names(tools)  # a malformed tool's error names its field
+        with about("tool_choice"):
+            choice = tool_choice(body.tool_choice, names)
+        with about("response_format"):
+            fmt: ResponseFormat | None = response_format(body.response_format)
         return ChatRequest(
             messages=messages,
             options=self._options(body, want),

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from unite_integrations import ConfigError, GenerationOptions
-from unite_integrations.chat import ChatDefaults, ChatOptions
+from unite_integrations.chat import ChatCore, ChatDefaults, ChatOptions, ChatRequest, Message
 from unite_integrations.chat.options import OPTION_NAMES, chat_name, engine_options
 
 #: One bad value per ``GenerationOptions`` field (each refused by that field's own check).
@@ -82,6 +82,38 @@ def test_the_engine_takes_the_options_object_or_keywords_not_both(hetero: Any) -
         hetero.generate(["x"], options={"max_new_tokens": 3})
 
 
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "f",
+        "parameters": {
+            "type": "object",
+            "properties": {"x": {"type": "integer"}},
+            "required": ["x"],
+        },
+    },
+}
+
+
+def test_a_budget_too_small_for_the_grammar_names_the_calls_option(hetero: Any) -> None:
+    """The engine's budget check names its field (``max_new_tokens``); the core, whichever way
+    it calls the engine, reports the call's option."""
+    core = ChatCore(hetero)
+    request = ChatRequest(
+        messages=(Message("user", "hi"),),
+        tools=(TOOL,),
+        tool_choice="required",
+        options=ChatOptions(max_tokens=2),
+    )
+    for call in (lambda: core.invoke(request), lambda: core.batch([request])):
+        with pytest.raises(ConfigError, match="max_new_tokens=2 cannot hold") as info:
+            call()
+        assert info.value.param == "max_tokens"
+    with pytest.raises(ConfigError) as info:
+        core.submit(core.check(request))
+    assert info.value.param == "max_tokens"
+
+
 @pytest.fixture(scope="module")
 def base(hetero: Any) -> Iterator[str]:
     pytest.importorskip("uvicorn")
@@ -112,3 +144,10 @@ def test_the_servers_param_is_the_errors_field(base: str, field: str) -> None:
     r = httpx.post(f"{base}/chat/completions", json=_body(option, BAD[field]), timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == BODY_FIELD.get(option, option)
+
+
+def test_the_servers_param_for_a_budget_too_small_for_the_grammar(base: str) -> None:
+    body = {**_body("max_tokens", 2), "tools": [TOOL], "tool_choice": "required"}
+    r = httpx.post(f"{base}/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "max_tokens"

@@ -15,6 +15,7 @@ its own (``options.choice_seed``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -34,7 +35,14 @@ from ..engine.scheduler import Done, Failed, Request
 from ..errors import ConfigError, ContextWindowError, InputError, about
 from .bridge import checked, thread_stream
 from .messages import render
-from .options import ChatDefaults, choice_seed, engine_options, keeps_tokens, n_choices
+from .options import (
+    ChatDefaults,
+    chat_name,
+    choice_seed,
+    engine_options,
+    keeps_tokens,
+    n_choices,
+)
 from .tools import (
     ToolCallStream,
     grammar,
@@ -198,10 +206,7 @@ class ChatCore:
         return self._invoke(_one(self.prepare(request), "invoke"))
 
     def _invoke(self, call: PreparedCall) -> ChatResult:
-        result = self.engine.generate(
-            [call.prompt], tools=call.tools, constraint=call.constraint, options=call.generation
-        )[0]
-        return self.result(result, call.parse_calls, tokens=call.tokens)
+        return self.result(self._generate(call), call.parse_calls, tokens=call.tokens)
 
     def choices(self, request: ChatRequest) -> list[ChatResult]:
         """The request's ``n`` choices (``ChatOptions.n``; one by default), in order: their rows
@@ -225,20 +230,10 @@ class ChatCore:
         decodes the ones that wait together (and share options) in one batch (one answer each:
         ``n`` > 1 is refused)."""
         calls = [_one(self.prepare(r), "batch") for r in requests]
-        engine = self.engine
         with ThreadPoolExecutor(max(1, min(max_concurrency, len(calls)))) as pool:
-            futures = [
-                pool.submit(
-                    engine.generate,
-                    [c.prompt],
-                    tools=c.tools,
-                    constraint=c.constraint,
-                    options=c.generation,
-                )
-                for c in calls
-            ]
+            futures = [pool.submit(self._generate, c) for c in calls]
             return [
-                self.result(f.result()[0], c.parse_calls, tokens=c.tokens)
+                self.result(f.result(), c.parse_calls, tokens=c.tokens)
                 for f, c in zip(futures, calls)
             ]
 
@@ -298,7 +293,7 @@ class ChatCore:
     def _submit(self, prompts: list[Prompt], call: PreparedCall, stream: bool) -> list[Request]:
         """``engine.submit``, its errors naming the request field they are about."""
         call = call.built()
-        try:
+        with _fields(call):
             return self.engine.submit(
                 prompts,
                 tools=call.tools,
@@ -306,13 +301,13 @@ class ChatCore:
                 stream=stream,
                 options=call.generation,
             )
-        except ContextWindowError as e:  # OpenAI's field: the prompt, or the conversation
-            e.param = e.param or ("prompt" if isinstance(call.prompt, str) else "messages")
-            raise
-        except ConfigError as e:
-            if e.param is None and call.constraint is not None and "grammar" in str(e):
-                e.param = "tools" if call.tools else "response_format"  # the grammar's source
-            raise
+
+    def _generate(self, call: PreparedCall) -> GenerationResult:
+        """``engine.generate`` for one built call, its errors naming the request field."""
+        with _fields(call):
+            return self.engine.generate(
+                [call.prompt], tools=call.tools, constraint=call.constraint, options=call.generation
+            )[0]
 
     def _streams(self, call: PreparedCall, decodings: list[Decoding]) -> Iterator[ChatChunk]:
         """One choice's chunks, or several choices' merged (``_merged``)."""
@@ -563,6 +558,23 @@ def _one(call: PreparedCall, method: str) -> PreparedCall:
             param="n",
         )
     return call
+
+
+@contextlib.contextmanager
+def _fields(call: PreparedCall) -> Iterator[None]:
+    """The engine's errors for ``call`` naming the request field they are about: the call's
+    option (``max_tokens``, not the engine's ``max_new_tokens``), the prompt or conversation
+    that does not fit, the source of a grammar that does not compile."""
+    try:
+        yield
+    except ContextWindowError as e:  # OpenAI's field: the prompt, or the conversation
+        e.param = e.param or ("prompt" if isinstance(call.prompt, str) else "messages")
+        raise
+    except ConfigError as e:
+        e.param = chat_name(e.param) if e.param else None
+        if e.param is None and call.constraint is not None and "grammar" in str(e):
+            e.param = "tools" if call.tools else "response_format"  # the grammar's source
+        raise
 
 
 def _with_seed(call: PreparedCall, seed: int | None) -> PreparedCall:

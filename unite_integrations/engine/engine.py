@@ -450,7 +450,8 @@ class UniTEEngine:
             raise ConfigError(
                 f"max_new_tokens={opts.max_new_tokens} cannot hold the shortest text this "
                 f"{constraint.kind} constraint accepts ({shortest}, the end included): "
-                "raise max_new_tokens"
+                "raise max_new_tokens",
+                param="max_new_tokens",
             )
 
     def _serve(self, scheduler: Scheduler) -> None:

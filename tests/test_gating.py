@@ -205,9 +205,9 @@ def test_chat_core_resolves_gate() -> None:
     from unite_integrations.chat.options import engine_options
     from unite_integrations.chat.types import ChatOptions
 
-    assert "gate" not in engine_options(ChatDefaults(), ChatOptions())  # full UniTE
-    assert engine_options(ChatDefaults(gate=0.9), ChatOptions())["gate"] == 0.9
-    assert engine_options(ChatDefaults(gate=0.9), ChatOptions(gate=1.0))["gate"] == 1.0
+    assert engine_options(ChatDefaults(), ChatOptions()).gate is None  # full UniTE
+    assert engine_options(ChatDefaults(gate=0.9), ChatOptions()).gate == 0.9
+    assert engine_options(ChatDefaults(gate=0.9), ChatOptions(gate=1.0)).gate == 1.0
     with pytest.raises(ConfigError, match="gate"):
         engine_options(ChatDefaults(), ChatOptions(gate=2.0))
 

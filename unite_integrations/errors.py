@@ -18,6 +18,9 @@ field of a request is wrong, the error carries it as ``param`` in OpenAI's spell
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "ConfigError",
     "ContextWindowError",
@@ -28,6 +31,7 @@ __all__ = [
     "OverloadedError",
     "TokenizerError",
     "UniteError",
+    "about",
 ]
 
 
@@ -83,3 +87,16 @@ class MemberUnavailableError(UniteError, RuntimeError):
     The requests decoding with it fail; the actor restarts (Ray ``max_restarts``) and the next
     request is served again. The message names the member.
     """
+
+
+@contextlib.contextmanager
+def about(param: str) -> Iterator[None]:
+    """The ``UniteError``s raised inside are about the request field ``param`` unless they say
+    which field (a more precise one) themselves: for checks that do not know what their value
+    is called where it came from."""
+    try:
+        yield
+    except UniteError as e:
+        if e.param is None:
+            e.param = param
+        raise

@@ -15,6 +15,7 @@ its own (``options.choice_seed``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -24,17 +25,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import EnsembleConfig, MemberSpec
+from ..engine.config import EnsembleConfig, GenerationOptions, MemberSpec
+from ..engine.constraints import Constraint
 from ..engine.engine import Prompt, UniTEEngine, stream_chunk
 from ..engine.inputs import check_text
 from ..engine.registry import get_engine
 from ..engine.results import GenerationResult, StreamChunk
 from ..engine.scheduler import Done, Failed, Request
-from ..engine.tool_format import ToolCallStream, parse_calls
-from ..errors import ConfigError, ContextWindowError, InputError
+from ..engine.tool_format import ToolCallStream, parse_calls, tool_choice, tool_names
+from ..errors import ConfigError, ContextWindowError, InputError, about
 from .bridge import checked, thread_stream
 from .messages import render
-from .options import ChatDefaults, choice_seed, engine_options, keeps_tokens, n_choices
+from .options import (
+    ChatDefaults,
+    chat_name,
+    choice_seed,
+    engine_options,
+    keeps_tokens,
+    n_choices,
+)
 from .request_grammar import grammar, response_format
 from .types import (
     ChatChunk,
@@ -59,16 +68,17 @@ def default_model_name(members: Sequence[str | MemberSpec]) -> str:
 class PreparedCall:
     """A request resolved into one engine call (validated: building it raised any error).
 
-    ``ChatCore.check`` leaves the grammar unbuilt (``build``, ``constraint`` None): ``built()``
-    is the call with its constraint, as ``ChatCore.prepare`` returns it."""
+    ``generation``: the engine's options, validated once (``engine_options``); the engine takes
+    them as they are. ``ChatCore.check`` leaves the grammar unbuilt (``build``, ``constraint``
+    None): ``built()`` is the call with its constraint, as ``ChatCore.prepare`` returns it."""
 
     prompt: Prompt
-    options: dict[str, Any]
+    generation: GenerationOptions
     tools: list[dict[str, Any]] | None
-    constraint: Any
+    constraint: Constraint | None
     parse_calls: bool
     tokens: bool = False  # keep per-token provenance in the result
-    build: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    build: Callable[[], Constraint] | None = field(default=None, compare=False, repr=False)
     n: int = 1  # choices: rows of the prompt, queued together
 
     @property
@@ -76,8 +86,19 @@ class PreparedCall:
         """Whether its choices sample with seeds of their own (several choices, sampled, with a
         seed: choice i's is ``choice_seed(seed, i)``); otherwise they share the call's options
         (greedy choices are equal, unseeded ones each draw from a fresh generator)."""
-        opts = self.options
-        return self.n > 1 and opts.get("seed") is not None and opts.get("temperature", 0) > 0
+        opts = self.generation
+        return self.n > 1 and opts.seed is not None and opts.temperature > 0
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``generation`` as the engine's keyword arguments (``engine.generate(prompts,
+        **call.options)`` is the same call); ``gate`` and ``top_logprobs`` only where they ask
+        for something."""
+        return {
+            k: v
+            for k, v in self.generation.model_dump().items()
+            if k not in _UNASKED or v != _UNASKED[k]
+        }
 
     def built(self) -> PreparedCall:
         """This call with its constraint built (rewriting a deep schema can take long)."""
@@ -85,10 +106,9 @@ class PreparedCall:
             return self
         return replace(self, constraint=self.build(), build=None)
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        if self.build is not None:
-            raise RuntimeError("the call's grammar is not built yet: call built() first")
-        return {"tools": self.tools, "constraint": self.constraint, **self.options}
+
+#: Options that read as not asked for at these values (full UniTE, no top log-probabilities).
+_UNASKED: dict[str, Any] = {"gate": None, "top_logprobs": 0}
 
 
 class ChatCore:
@@ -148,13 +168,19 @@ class ChatCore:
                 f"ChatRequest.options must be a ChatOptions, got {type(request.options).__name__}"
             )
         parallel = request.parallel_tool_calls
-        g = grammar(
-            request.tools,
-            request.tool_choice,
-            self.defaults.parallel_tool_calls if parallel is None else bool(parallel),
-            response_format(request.response_format),
-            self.defaults.max_json_string_length,
-        )
+        with about("response_format"):
+            fmt = response_format(request.response_format)
+        names = tool_names(request.tools)  # a malformed tool's error names its field
+        with about("tool_choice"):
+            choice = tool_choice(request.tool_choice, names)
+        with about("response_format"):  # what is left: tools and a response format both given
+            g = grammar(
+                request.tools,
+                choice,
+                self.defaults.parallel_tool_calls if parallel is None else bool(parallel),
+                fmt,
+                self.defaults.max_json_string_length,
+            )
         options = engine_options(self.defaults, request.options, forced=g.forced)
         tokens = keeps_tokens(self.defaults, request.options)
         n = n_choices(self.defaults, request.options)
@@ -174,8 +200,7 @@ class ChatCore:
         return self._invoke(_one(self.prepare(request), "invoke"))
 
     def _invoke(self, call: PreparedCall) -> ChatResult:
-        result = self.engine.generate([call.prompt], **call.engine_kwargs())[0]
-        return self.result(result, call.parse_calls, tokens=call.tokens)
+        return self.result(self._generate(call), call.parse_calls, tokens=call.tokens)
 
     def choices(self, request: ChatRequest) -> list[ChatResult]:
         """The request's ``n`` choices (``ChatOptions.n``; one by default), in order: their rows
@@ -199,11 +224,10 @@ class ChatCore:
         decodes the ones that wait together (and share options) in one batch (one answer each:
         ``n`` > 1 is refused)."""
         calls = [_one(self.prepare(r), "batch") for r in requests]
-        engine = self.engine
         with ThreadPoolExecutor(max(1, min(max_concurrency, len(calls)))) as pool:
-            futures = [pool.submit(engine.generate, [c.prompt], **c.engine_kwargs()) for c in calls]
+            futures = [pool.submit(self._generate, c) for c in calls]
             return [
-                self.result(f.result()[0], c.parse_calls, tokens=c.tokens)
+                self.result(f.result(), c.parse_calls, tokens=c.tokens)
                 for f, c in zip(futures, calls)
             ]
 
@@ -252,7 +276,7 @@ class ChatCore:
         queued: list[list[Request]] = []
         try:
             for i in range(call.n):
-                seed = choice_seed(call.options.get("seed"), i)
+                seed = choice_seed(call.generation.seed, i)
                 queued.append(self._submit(prompts, _with_seed(call, seed), stream))
         except BaseException:
             for request in (r for rs in queued for r in rs):
@@ -263,15 +287,21 @@ class ChatCore:
     def _submit(self, prompts: list[Prompt], call: PreparedCall, stream: bool) -> list[Request]:
         """``engine.submit``, its errors naming the request field they are about."""
         call = call.built()
-        try:
-            return self.engine.submit(prompts, stream=stream, **call.engine_kwargs())
-        except ContextWindowError as e:  # OpenAI's field: the prompt, or the conversation
-            e.param = e.param or ("prompt" if isinstance(call.prompt, str) else "messages")
-            raise
-        except ConfigError as e:
-            if e.param is None and call.constraint is not None and "grammar" in str(e):
-                e.param = "tools" if call.tools else "response_format"  # the grammar's source
-            raise
+        with _fields(call):
+            return self.engine.submit(
+                prompts,
+                tools=call.tools,
+                constraint=call.constraint,
+                stream=stream,
+                options=call.generation,
+            )
+
+    def _generate(self, call: PreparedCall) -> GenerationResult:
+        """``engine.generate`` for one built call, its errors naming the request field."""
+        with _fields(call):
+            return self.engine.generate(
+                [call.prompt], tools=call.tools, constraint=call.constraint, options=call.generation
+            )[0]
 
     def _streams(self, call: PreparedCall, decodings: list[Decoding]) -> Iterator[ChatChunk]:
         """One choice's chunks, or several choices' merged (``_merged``)."""
@@ -524,8 +554,25 @@ def _one(call: PreparedCall, method: str) -> PreparedCall:
     return call
 
 
+@contextlib.contextmanager
+def _fields(call: PreparedCall) -> Iterator[None]:
+    """The engine's errors for ``call`` naming the request field they are about: the call's
+    option (``max_tokens``, not the engine's ``max_new_tokens``), the prompt or conversation
+    that does not fit, the source of a grammar that does not compile."""
+    try:
+        yield
+    except ContextWindowError as e:  # OpenAI's field: the prompt, or the conversation
+        e.param = e.param or ("prompt" if isinstance(call.prompt, str) else "messages")
+        raise
+    except ConfigError as e:
+        e.param = chat_name(e.param) if e.param else None
+        if e.param is None and call.constraint is not None and "grammar" in str(e):
+            e.param = "tools" if call.tools else "response_format"  # the grammar's source
+        raise
+
+
 def _with_seed(call: PreparedCall, seed: int | None) -> PreparedCall:
-    return replace(call, options={**call.options, "seed": seed})
+    return replace(call, generation=call.generation.model_copy(update={"seed": seed}))
 
 
 def _abandon(decodings: list[Decoding]) -> None:

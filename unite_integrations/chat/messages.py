@@ -162,7 +162,7 @@ def render(messages: Sequence[Message], instruction: str | None = None) -> list[
     dict arguments as Hugging Face templates expect, tool ``tool_call_id``). ``instruction`` is
     appended to the system turn (one is added first when there is none)."""
     if not messages:
-        raise InputError("the conversation is empty: pass at least one message")
+        raise InputError("the conversation is empty: pass at least one message", param="messages")
     out: list[dict[str, Any]] = []
     if instruction is not None and messages[0].role != "system":
         out.append({"role": "system", "content": instruction})

@@ -24,15 +24,18 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..engine.config import GenerationOptions
+from ..engine.config import GenerationOptions, stop_strings
 from ..errors import ConfigError
 from .types import ChatOptions
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "MAX_CHOICES",
+    "OPTION_NAMES",
     "ChatDefaults",
+    "chat_name",
     "choice_seed",
+    "engine_name",
     "engine_options",
     "keeps_tokens",
     "n_choices",
@@ -106,43 +109,48 @@ def no_bool_for_int(value: object) -> object:
     return value
 
 
-def stop_strings(value: object, field: str = "stop") -> tuple[str, ...]:
-    """Stop strings from a string (one stop string), a list/tuple of strings, or ``None``."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
-        raise ConfigError(
-            f"{field} must be a string or a list of strings, got {type(value).__name__}: {value!r}"
-        )
-    return tuple(value)
-
-
 def engine_options(
     defaults: ChatDefaults, options: ChatOptions, *, forced: bool = False
-) -> dict[str, Any]:
-    """The engine's keyword options for a call (validated: a bad value is a ``ConfigError``).
+) -> GenerationOptions:
+    """The engine's options for a call, validated once, here: a bad value is a ``ConfigError``
+    whose ``param`` is the call's option (``ChatOptions``' name: ``max_tokens``, not the
+    engine's ``max_new_tokens``).
 
     ``forced``: the output is a forced tool call or structured output, so ``stop`` is not applied.
     """
-    stop = defaults.stop if options.stop is None else stop_strings(options.stop)
-    resolved: dict[str, Any] = {
-        "max_new_tokens": _pick(options.max_tokens, defaults.max_tokens),
-        "min_new_tokens": _pick(options.min_tokens, defaults.min_tokens),
-        "temperature": _pick(options.temperature, defaults.temperature),
-        "top_p": _pick(options.top_p, defaults.top_p),
-        "seed": _pick(options.seed, defaults.seed),
-        "stop": () if forced else stop,
+    values = {
+        engine_name(f.name): _pick(getattr(options, f.name), getattr(defaults, f.name))
+        for f in fields(ChatOptions)
+        if f.name in OPTION_NAMES
     }
-    gate = _pick(options.gate, defaults.gate)
-    if gate is not None:  # absent: full UniTE, as before the option existed
-        resolved["gate"] = gate
-    top = _pick(options.top_logprobs, defaults.top_logprobs)
-    GenerationOptions(**resolved, top_logprobs=top)  # every value checked, as the engine will
-    if top:  # absent: no top log-probabilities, and the call's options read as before
-        resolved["top_logprobs"] = top
-    return resolved
+    if forced:
+        values["stop"] = ()
+    try:
+        return GenerationOptions(**values)
+    except ConfigError as e:
+        e.param = chat_name(e.param) if e.param else None
+        raise
+
+
+def engine_name(option: str) -> str:
+    """The engine's (``GenerationOptions``') name of a call option (``max_tokens`` ->
+    ``max_new_tokens``)."""
+    return _ENGINE_NAMES.get(option, option)
+
+
+def chat_name(field: str) -> str:
+    """A call option's name for a ``GenerationOptions`` field (``max_new_tokens`` ->
+    ``max_tokens``): the name every front end's call and the OpenAI API use."""
+    return _CHAT_NAMES.get(field, field)
+
+
+#: The options whose call name is not the engine's field name; every other name is the same.
+_ENGINE_NAMES = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
+_CHAT_NAMES = {v: k for k, v in _ENGINE_NAMES.items()}
+
+#: The one list of generation options, in call spelling: ``GenerationOptions``' fields. Front
+#: ends derive theirs from it (LangChain's call keywords, LlamaIndex's, the server's fields).
+OPTION_NAMES: tuple[str, ...] = tuple(chat_name(f) for f in GenerationOptions.model_fields)
 
 
 def keeps_tokens(defaults: ChatDefaults, options: ChatOptions) -> bool:

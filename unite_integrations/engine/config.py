@@ -16,8 +16,9 @@ import json
 import numbers
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,7 +34,13 @@ from ..errors import ConfigError, InputError, UniteError
 from .inputs import check_text
 from .prefix import check_size
 
-__all__ = ["EnsembleConfig", "GenerationOptions", "MemberSpec", "ensemble_config"]
+__all__ = [
+    "EnsembleConfig",
+    "GenerationOptions",
+    "MemberSpec",
+    "ensemble_config",
+    "stop_strings",
+]
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -47,14 +54,18 @@ SEED_MAX = 2**64 - 1
 """The largest seed torch's generator takes (seeds are 0 .. 2**64 - 1)."""
 
 
+@dataclass(frozen=True)
+class Give:
+    """A field's metadata (``Annotated[int, Give("an int >= 1")]``): what a valid value looks
+    like, which an error about the field adds to pydantic's complaint (the fix, not only the
+    fault). Written beside its field, so no list of field names repeats the model's."""
+
+    hint: str
+
+
 class _Config(BaseModel):
-    """A pydantic model whose validation failures are the package's own ``ConfigError``.
-
-    ``_hints`` maps a field to what a valid value looks like; the message adds it to pydantic's
-    complaint, so that it says the fix, not only the fault.
-    """
-
-    _hints: ClassVar[dict[str, str]] = {}
+    """A pydantic model whose validation failures are the package's own ``ConfigError``, each
+    carrying its field (``param``) and, where the field has one, its ``Give`` hint."""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -72,34 +83,51 @@ class _Config(BaseModel):
         if not kinds & {int, float}:
             return v
         if isinstance(v, bool):
-            raise ConfigError(f"{name}={v!r} is a bool; give {cls._hints.get(name, 'a number')}")
+            raise ConfigError(
+                f"{name}={v!r} is a bool; give {cls.hint(name) or 'a number'}", param=name
+            )
         if isinstance(v, numbers.Integral) and not isinstance(v, int):
             return int(v)
         if float in kinds and isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
             return float(v)
         return v
 
+    @classmethod
+    def hint(cls, name: str) -> str | None:
+        """What a valid value of field ``name`` looks like (its ``Give``), if it says."""
+        field = cls.model_fields.get(name)
+        gives = [m for m in field.metadata if isinstance(m, Give)] if field else []
+        return gives[0].hint if gives else None
+
 
 def _config_error(model: type[_Config], e: ValidationError) -> UniteError:
-    """One readable error for all of pydantic's complaints: ``field=value: problem; give ...``."""
+    """One readable error for all of pydantic's complaints: ``field=value: problem; give ...``.
+
+    It carries the field of the first complaint as its ``param`` (pydantic's ``loc``, or the
+    ``param`` our own validator gave), so no one has to find the field in the message."""
     problems = []
+    params: list[str] = []
     for err in e.errors():
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, InputError):  # a lone surrogate: an input problem wherever it is
             return cause
+        loc = [str(p) for p in err["loc"]]
         if isinstance(cause, UniteError):  # our own validators already say field and fix
             problems.append(str(cause))
+            params += [p for p in (cause.param, loc[0] if loc else None) if p]
             continue
-        loc = [str(p) for p in err["loc"]]
         field = ".".join(loc)
+        params += loc[:1]
         if err["type"] == "extra_forbidden":
             known = ", ".join(model.model_fields)
             problems.append(f"unknown option {field!r}; {model.__name__} takes {known}")
             continue
         given = _short(err["input"])
-        hint = model._hints.get(loc[0]) if loc else None
+        hint = model.hint(loc[0]) if loc else None
         problems.append(f"{field}={given}: {err['msg']}" + (f"; give {hint}" if hint else ""))
-    return ConfigError(f"invalid {model.__name__}: " + "; ".join(problems))
+    return ConfigError(
+        f"invalid {model.__name__}: " + "; ".join(problems), param=params[0] if params else None
+    )
 
 
 class MemberSpec(_Config):
@@ -111,34 +139,24 @@ class MemberSpec(_Config):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    _hints: ClassVar[dict[str, str]] = {
-        "source": "an alias, a local directory, a .gguf file or a hub id (a string)",
-        "weight": "a finite number >= 0",
-        "device": "a torch device string such as 'cpu', 'cuda:0' or 'mps', or 'auto' (spread "
-        "over the GPUs by accelerate)",
-        "dtype": "one of 'auto', 'float32', 'float16', 'bfloat16'",
-        "quantization": "None, 'int8', 'int4', or a transformers quantization config",
-        "device_map": (
-            "None, 'auto', 'balanced', 'balanced_low_0', 'sequential', or a dict of module "
-            "name -> device ('cpu', 'cuda:1', or a GPU index)"
-        ),
-        "chat_template": "a Jinja template string, or None for the tokenizer's",
-        "context_window": "an int > 0, or None for the model's own",
-        "name": "a string, or None for the source's name",
-        "placement": "'local' (this process) or 'ray' (a Ray actor)",
-        "num_gpus": "a number >= 0 of GPUs the member's Ray actor reserves",
-        "resources": "a dict of Ray custom resource name -> amount, e.g. {'node_a': 1}",
-    }
 
-    source: str = Field(description="Alias, local directory, .gguf file or hub id.")
-    weight: float = Field(
+    source: Annotated[
+        str, Give("an alias, a local directory, a .gguf file or a hub id (a string)")
+    ] = Field(description="Alias, local directory, .gguf file or hub id.")
+    weight: Annotated[float, Give("a finite number >= 0")] = Field(
         default=1.0, allow_inf_nan=False, description="Relative weight in the average; >= 0."
     )
-    device: str = Field(
+    device: Annotated[
+        str,
+        Give(
+            "a torch device string such as 'cpu', 'cuda:0' or 'mps', or 'auto' (spread over "
+            "the GPUs by accelerate)"
+        ),
+    ] = Field(
         default="cpu",
         description="torch device, e.g. 'cpu', 'cuda:0', 'mps'; 'auto': device_map='auto'.",
     )
-    dtype: DType = Field(
+    dtype: Annotated[DType, Give("one of 'auto', 'float32', 'float16', 'bfloat16'")] = Field(
         default="auto",
         description=(
             "Parameter dtype. 'auto': float32 on CPU; on a GPU the checkpoint's own half "
@@ -146,7 +164,9 @@ class MemberSpec(_Config):
             "the device lacks bfloat16). The union step is float32 whatever the members' dtype."
         ),
     )
-    quantization: str | None = Field(
+    quantization: Annotated[
+        str | None, Give("None, 'int8', 'int4', or a transformers quantization config")
+    ] = Field(
         default=None,
         description=(
             "'int8' or 'int4' (bitsandbytes on CUDA, torchao where bitsandbytes is missing and "
@@ -154,7 +174,13 @@ class MemberSpec(_Config):
             "Pre-quantized checkpoints (GPTQ, AWQ, ...) need nothing here."
         ),
     )
-    device_map: str | tuple[tuple[str, str | int], ...] | None = Field(
+    device_map: Annotated[
+        str | tuple[tuple[str, str | int], ...] | None,
+        Give(
+            "None, 'auto', 'balanced', 'balanced_low_0', 'sequential', or a dict of module "
+            "name -> device ('cpu', 'cuda:1', or a GPU index)"
+        ),
+    ] = Field(
         default=None,
         description=(
             "accelerate's placement of the member's layers over several devices: a strategy "
@@ -162,23 +188,30 @@ class MemberSpec(_Config):
             "device of its first layers."
         ),
     )
-    chat_template: str | None = Field(
+    chat_template: Annotated[
+        str | None, Give("a Jinja template string, or None for the tokenizer's")
+    ] = Field(
         default=None,
         description="Jinja chat template overriding the tokenizer's (or giving a base model one).",
     )
-    context_window: int | None = Field(
+    context_window: Annotated[int | None, Give("an int > 0, or None for the model's own")] = Field(
         default=None, gt=0, description="Override of the model's maximum sequence length."
     )
-    name: str | None = Field(default=None, description="Display name; defaults to the source.")
-    placement: Literal["local", "ray"] = Field(
+    name: Annotated[str | None, Give("a string, or None for the source's name")] = Field(
+        default=None, description="Display name; defaults to the source."
+    )
+    placement: Annotated[
+        Literal["local", "ray"], Give("'local' (this process) or 'ray' (a Ray actor)")
+    ] = Field(
         default="local", description="'ray': the member runs in a Ray actor (engine/ray_members)."
     )
-    num_gpus: float = Field(
-        default=0.0, ge=0.0, allow_inf_nan=False, description="GPUs its Ray actor reserves."
+    num_gpus: Annotated[float, Give("a number >= 0 of GPUs the member's Ray actor reserves")] = (
+        Field(default=0.0, ge=0.0, allow_inf_nan=False, description="GPUs its Ray actor reserves.")
     )
-    resources: tuple[tuple[str, float], ...] = Field(
-        default=(), description="Ray custom resources its actor needs (pins it to nodes)."
-    )
+    resources: Annotated[
+        tuple[tuple[str, float], ...],
+        Give("a dict of Ray custom resource name -> amount, e.g. {'node_a': 1}"),
+    ] = Field(default=(), description="Ray custom resources its actor needs (pins it to nodes).")
 
     @field_validator("resources", mode="before")
     @classmethod
@@ -315,27 +348,24 @@ class EnsembleConfig(_Config):
     """The ensemble as a whole; its JSON is the key under which one engine instance is shared."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    _hints: ClassVar[dict[str, str]] = {
-        "members": "a non-empty list of aliases, paths or MemberSpec",
-        "top_k": "an int >= 1 (the paper uses 10)",
-        "retokenize_window": "an int >= 1",
-        "prefix_cache": (
-            "'auto' (the default), a size per member such as '512MiB' or '10%' of the free "
-            "memory, an int of ids, or 0 for none"
-        ),
-        "cache_dir": "a directory path (str), or None for the default cache",
-        "backend": "'local' or 'ray' (every member in a Ray actor)",
-        "ray_address": "None (start or join a local Ray), 'auto', 'local' or 'ray://host:port'",
-    }
 
-    members: tuple[MemberSpec, ...] = Field(description="Members; the first is the primary.")
-    top_k: int = Field(default=10, description="Candidates each member proposes per step.")
-    retokenize_window: int = Field(
+    members: Annotated[
+        tuple[MemberSpec, ...], Give("a non-empty list of aliases, paths or MemberSpec")
+    ] = Field(description="Members; the first is the primary.")
+    top_k: Annotated[int, Give("an int >= 1 (the paper uses 10)")] = Field(
+        default=10, description="Candidates each member proposes per step."
+    )
+    retokenize_window: Annotated[int, Give("an int >= 1")] = Field(
         default=32,
         ge=1,
         description="Tokens re-tokenized at the tail when a member cannot append one token.",
     )
-    prefix_cache: int | str = Field(
+    prefix_cache: Annotated[
+        int | str,
+        Give(
+            "'auto' (the default), a size per member such as '512MiB' or '10%' of the free memory, an int of ids, or 0 for none"
+        ),
+    ] = Field(
         default="auto",
         description=(
             "How much each member keeps of the KV-cache columns of earlier prompts and answers, "
@@ -345,15 +375,17 @@ class EnsembleConfig(_Config):
             "0 for none."
         ),
     )
-    cache_dir: str | None = Field(
+    cache_dir: Annotated[
+        str | None, Give("a directory path (str), or None for the default cache")
+    ] = Field(
         default=None, description="Where converted GGUF models and vocabulary maps are cached."
     )
-    backend: Literal["local", "ray"] = Field(
-        default="local", description="'ray' places every member in a Ray actor."
-    )
-    ray_address: str | None = Field(
-        default=None, description="Ray cluster to join (ray.init's address); None: local."
-    )
+    backend: Annotated[
+        Literal["local", "ray"], Give("'local' or 'ray' (every member in a Ray actor)")
+    ] = Field(default="local", description="'ray' places every member in a Ray actor.")
+    ray_address: Annotated[
+        str | None, Give("None (start or join a local Ray), 'auto', 'local' or 'ray://host:port'")
+    ] = Field(default=None, description="Ray cluster to join (ray.init's address); None: local.")
 
     @field_validator("members", mode="before")
     @classmethod
@@ -398,43 +430,39 @@ class GenerationOptions(_Config):
     """Options of one call; every engine entry point takes them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    _hints: ClassVar[dict[str, str]] = {
-        "max_new_tokens": "an int >= 1 (not a bool, float or string), e.g. 256",
-        "min_new_tokens": "an int >= 0 and at most max_new_tokens",
-        "temperature": "a finite number >= 0 (0 is greedy)",
-        "top_p": "a finite number in (0, 1]",
-        "seed": f"None or an int from 0 to 2**64 - 1 ({SEED_MAX})",
-        "stop": "a string or a list of non-empty strings",
-        "gate": "None (full UniTE) or a number in [0, 1], e.g. 0.9",
-        "top_logprobs": "an int from 0 to 20",
-    }
 
-    max_new_tokens: int = Field(default=256, ge=1, description="Union steps at most.")
-    min_new_tokens: int = Field(
+    max_new_tokens: Annotated[int, Give("an int >= 1 (not a bool, float or string), e.g. 256")] = (
+        Field(default=256, ge=1, description="Union steps at most.")
+    )
+    min_new_tokens: Annotated[int, Give("an int >= 0 and at most max_new_tokens")] = Field(
         default=0, ge=0, description="END cannot win before this many steps (as in generate)."
     )
-    temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy.")
-    top_p: float = Field(
+    temperature: Annotated[float, Give("a finite number >= 0 (0 is greedy)")] = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy."
+    )
+    top_p: Annotated[float, Give("a finite number in (0, 1]")] = Field(
         default=1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus mass over the union."
     )
-    seed: int | None = Field(
+    seed: Annotated[int | None, Give(f"None or an int from 0 to 2**64 - 1 ({SEED_MAX})")] = Field(
         default=None, ge=0, le=SEED_MAX, description="Seed for sampling; same seed, same text."
     )
-    stop: tuple[str, ...] = Field(
+    stop: Annotated[tuple[str, ...], Give("a string or a list of non-empty strings")] = Field(
         default=(), description="Strings that end generation (not emitted)."
     )
-    gate: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=1.0,
-        allow_inf_nan=False,
-        description=(
-            "Gated ensembling: where the primary member's top-1 probability over its own "
-            "candidates is >= gate (and gate < 1), its token is taken without consulting the "
-            "others. None (the default) and 1.0 are full UniTE."
-        ),
+    gate: Annotated[float | None, Give("None (full UniTE) or a number in [0, 1], e.g. 0.9")] = (
+        Field(
+            default=None,
+            ge=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description=(
+                "Gated ensembling: where the primary member's top-1 probability over its own "
+                "candidates is >= gate (and gate < 1), its token is taken without consulting the "
+                "others. None (the default) and 1.0 are full UniTE."
+            ),
+        )
     )
-    top_logprobs: int = Field(
+    top_logprobs: Annotated[int, Give("an int from 0 to 20")] = Field(
         default=0,
         ge=0,
         le=20,
@@ -448,27 +476,39 @@ class GenerationOptions(_Config):
     @field_validator("stop", mode="before")
     @classmethod
     def _coerce_stop(cls, v: object) -> object:
-        if v is None:
-            return ()
-        if isinstance(v, str):
-            v = [v]
-        if isinstance(v, (list, tuple)):
-            if any(not isinstance(s, str) or s == "" for s in v):
-                raise ConfigError(
-                    f"stop={_short(v)}: stop strings must be non-empty strings; give a string or "
-                    "a list of non-empty strings"
-                )
-            return tuple(check_text(f"stop string {n}", s) for n, s in enumerate(v))
-        return v
+        stops = stop_strings(v)
+        if "" in stops:
+            raise ConfigError(
+                f"stop={_short(v)}: stop strings must be non-empty strings; give a string or "
+                "a list of non-empty strings",
+                param="stop",
+            )
+        return tuple(check_text(f"stop string {n}", s, "stop") for n, s in enumerate(stops))
 
     @model_validator(mode="after")
     def _min_within_max(self) -> GenerationOptions:
         if self.min_new_tokens > self.max_new_tokens:
             raise ConfigError(
                 f"min_new_tokens={self.min_new_tokens} is more than max_new_tokens="
-                f"{self.max_new_tokens}; lower min_new_tokens or raise max_new_tokens"
+                f"{self.max_new_tokens}; lower min_new_tokens or raise max_new_tokens",
+                param="min_new_tokens",
             )
         return self
+
+
+def stop_strings(value: object, field: str = "stop") -> tuple[str, ...]:
+    """The one stop-string rule of every front end: ``None`` is none, a bare string is *one*
+    stop string (never a list of its characters), a list or tuple of strings is those strings;
+    anything else is a ``ConfigError`` about ``field``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
+        return tuple(value)
+    raise ConfigError(
+        f"{field}={_short(value)}: give a string or a list of strings (stop strings)", param=field
+    )
 
 
 MemberLike = str | os.PathLike[str] | MemberSpec | Mapping[str, Any]

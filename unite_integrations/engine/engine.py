@@ -170,14 +170,19 @@ class UniTEEngine:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         constraint: Constraint | None = None,
-        **options: Any,
+        options: GenerationOptions | None = None,
+        **kwargs: Any,
     ) -> list[GenerationResult]:
         """Generate for a batch of prompts (strings or chat conversations); one result each.
 
         ``tools`` (OpenAI-style function schemas) go into each member's chat template;
-        ``constraint`` makes the text follow a grammar (tool calls, a JSON schema).
+        ``constraint`` makes the text follow a grammar (tool calls, a JSON schema). The call's
+        options are ``options`` (a ``GenerationOptions``, taken as it is) or its fields as
+        keyword arguments (``max_new_tokens=64``), not both.
         """
-        requests = self.submit(prompts, tools=tools, constraint=constraint, **options)
+        requests = self.submit(
+            prompts, tools=tools, constraint=constraint, options=options, **kwargs
+        )
         try:
             results: list[GenerationResult] = []
             for request in requests:
@@ -195,14 +200,15 @@ class UniTEEngine:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         constraint: Constraint | None = None,
-        **options: Any,
+        options: GenerationOptions | None = None,
+        **kwargs: Any,
     ) -> Iterator[StreamChunk]:
         """Stream one prompt's text as it becomes safe to show (stop strings held back).
 
         Closing the iterator (or dropping it) frees the row at the next step.
         """
         [request] = self.submit(
-            [prompt], tools=tools, constraint=constraint, stream=True, **options
+            [prompt], tools=tools, constraint=constraint, stream=True, options=options, **kwargs
         )
         try:
             while True:
@@ -220,7 +226,8 @@ class UniTEEngine:
         tools: Sequence[Mapping[str, Any]] | None = None,
         constraint: Constraint | None = None,
         stream: bool = False,
-        **options: Any,
+        options: GenerationOptions | None = None,
+        **kwargs: Any,
     ) -> list[Request]:
         """Queue a call without waiting: the requests (one per ``max_batch_rows`` prompts) whose
         ``next_event()`` gives ``Delta`` (streams) then ``Done``, and whose ``cancel()`` frees
@@ -232,7 +239,7 @@ class UniTEEngine:
         """
         if self._scheduler.closed:
             raise EngineClosedError("the engine is closed: build a new UniTEEngine")
-        encoded, opts = self._prepare(prompts, tools, options)
+        encoded, opts = self._prepare(prompts, tools, _options(options, kwargs))
         matcher = None
         if constraint is not None:  # compiled once, here: each row takes a copy
             matcher = ByteMatcher(constraint)
@@ -313,12 +320,11 @@ class UniTEEngine:
     # -- internals --------------------------------------------------------------------------------
 
     def _prepare(
-        self, prompts: Sequence[Prompt], tools: Any, options: dict[str, Any]
+        self, prompts: Sequence[Prompt], tools: Any, opts: GenerationOptions
     ) -> tuple[list[list[list[int]]], GenerationOptions]:
         """Validate a call and encode every prompt for every member (in the caller's thread)."""
         checked = check_prompts(prompts)  # the rules: engine/inputs.py, docs/guarantees.md
         tool_list = check_tools(tools)
-        opts = GenerationOptions(**options)
         chat = [not isinstance(p, str) for p in checked]
         if any(chat) and any(not m.has_template for m in self._ens.members):
             opts = opts.model_copy(update={"stop": tuple(opts.stop) + FALLBACK_STOP})
@@ -346,7 +352,8 @@ class UniTEEngine:
             raise ConfigError(
                 f"max_new_tokens={opts.max_new_tokens} cannot hold the shortest text this "
                 f"{constraint.kind} constraint accepts ({shortest}, the end included): "
-                "raise max_new_tokens"
+                "raise max_new_tokens",
+                param="max_new_tokens",
             )
 
     def _serve(self, scheduler: Scheduler) -> None:
@@ -477,6 +484,26 @@ def stream_chunk(event: Delta | Done) -> StreamChunk:
         return StreamChunk(text=event.text)
     result = event.results[0]
     return StreamChunk(text=event.text, finish_reason=result.finish_reason, result=result)
+
+
+def _options(options: GenerationOptions | None, kwargs: dict[str, Any]) -> GenerationOptions:
+    """A call's options, built (and validated) once: the ``GenerationOptions`` given, as it is,
+    or one from the keyword arguments of a direct engine user."""
+    if options is None:
+        return GenerationOptions(**kwargs)
+    if not isinstance(options, GenerationOptions):
+        raise ConfigError(
+            f"options={type(options).__name__}: give a GenerationOptions (or its fields as "
+            "keyword arguments)",
+            param="options",
+        )
+    if kwargs:
+        raise ConfigError(
+            f"got options= and {', '.join(sorted(kwargs))}: give a GenerationOptions or its "
+            "fields as keyword arguments, not both",
+            param=sorted(kwargs)[0],
+        )
+    return options
 
 
 def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:

@@ -31,6 +31,7 @@ class EngineMetrics:
     # bytes of the KV caches of the rows in flight (in-process members, room to grow included):
     # with the weights and the stores, what the process holds; bounded by ``max_batch_rows``
     kv_bytes: int = 0
+    batches: int = 0  # admissions so far: steps that let waiting requests join the batch
 
 
 def engine_metrics(
@@ -51,4 +52,5 @@ def engine_metrics(
         prefix_bytes_held=sum(s.bytes for s in stores),
         prefix_bytes_max=sum(s.max_bytes or 0 for s in stores),
         kv_bytes=stats["kv_bytes"],
+        batches=stats["batches"],
     )

@@ -27,7 +27,6 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 
 from ..chat import (
     ChatChunk,
-    ChatOptions,
     ChatRequest,
     ChatResult,
     ChatUsage,
@@ -36,6 +35,8 @@ from ..chat import (
     make_tool_call,
     render,
 )
+from ..chat.frontend import call_options
+from ..chat.options import OPTION_NAMES
 from ..errors import ConfigError, InputError
 
 __all__ = [
@@ -47,24 +48,15 @@ __all__ = [
     "to_engine_messages",
 ]
 
+#: The chat core's options a call may set by keyword (and the model's fields default): every
+#: generation option but ``stop`` (LangChain's own argument) and ``top_logprobs``, and ``n``.
+CALL_OPTIONS = (*(o for o in OPTION_NAMES if o not in ("stop", "top_logprobs")), "n")
 #: Keyword arguments a call (``invoke(..., **kwargs)``, ``bind(...)``, ``bind_tools``) may carry.
 CALL_KWARGS = frozenset(
-    {
-        "temperature",
-        "max_tokens",
-        "min_tokens",
-        "top_p",
-        "seed",
-        "gate",
-        "n",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "model",
-        "stream",
-    }
+    {*CALL_OPTIONS, "tools", "tool_choice", "parallel_tool_calls", "response_format"}
+    | {"model", "stream"}
 )
+_CORE_NAMES = {o: o for o in (*CALL_OPTIONS, "stop")}
 #: Call keywords LangChain itself adds (tracing of structured output); not options.
 _TRACING_KWARGS = ("ls_structured_output_format", "structured_output_format")
 
@@ -151,16 +143,7 @@ def to_core_request(
     parallel = kwargs.get("parallel_tool_calls")
     return ChatRequest(
         messages=to_core_messages(messages),
-        options=ChatOptions(
-            max_tokens=kwargs.get("max_tokens"),
-            min_tokens=kwargs.get("min_tokens"),
-            temperature=kwargs.get("temperature"),
-            top_p=kwargs.get("top_p"),
-            seed=kwargs.get("seed"),
-            stop=stop,
-            gate=kwargs.get("gate"),
-            n=kwargs.get("n"),
-        ),
+        options=call_options({**kwargs, "stop": stop}, _CORE_NAMES),
         tools=tuple(tools),
         tool_choice=kwargs.get("tool_choice"),  # the core reads every spelling
         parallel_tool_calls=None if parallel is None else bool(parallel),

@@ -22,42 +22,39 @@ from langchain_core.runnables import (
     RunnableConfig,
 )
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..chat import (
     ChatCore,
     ChatDefaults,
-    ChatOptions,
     ChatRequest,
     default_model_name,
-    engine_options,
-    no_bool_for_int,
     stop_strings,
     tool_choice,
     tool_names,
 )
+from ..chat.frontend import FIELD_DOCS, check_defaults, coerce_fields, constructed, ensemble_of
 from ..chat.options import n_choices
-from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
+from ..engine.config import EnsembleConfig, MemberSpec
 from ..engine.engine import UniTEEngine
 from ..engine.registry import get_engine
 from ..errors import ConfigError, UniteError
-from ._messages import ai_message, generation_chunk, input_error, openai_tool, to_core_request
+from ._messages import (
+    CALL_OPTIONS,
+    ai_message,
+    generation_chunk,
+    input_error,
+    openai_tool,
+    to_core_request,
+)
 from ._profile import model_profile
 from ._structured import structured_output
 
 __all__ = ["UniTEChatModel"]
 
-_OPTION_FIELDS = (
-    "top_k",
-    "weights",
-    "temperature",
-    "max_tokens",
-    "min_tokens",
-    "top_p",
-    "seed",
-    "gate",
-    "n",
-)
+#: What ``_identifying_params`` reports besides the members: the ensemble's shape and the
+#: call options the fields default.
+_OPTION_FIELDS = ("top_k", "weights", *CALL_OPTIONS)
 
 _PROVIDER = "unite"
 
@@ -95,48 +92,25 @@ class UniTEChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    members: list[str | MemberSpec]
-    """The ensemble: built-in aliases (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``), local
-    transformers directories, ``.gguf`` files, hub ids, or ``MemberSpec``s (weight, device,
-    dtype, chat template, context window). The first member is the primary."""
-
-    top_k: int = 10
-    """Candidates each member proposes per step (the paper uses 10)."""
-
-    weights: list[float] | None = None
-    """One weight per member in the average (normalised); ``None`` weighs them equally, or as
-    their ``MemberSpec.weight`` say."""
-
-    cache_dir: str | None = None
-    """Where converted GGUF models and cross-vocabulary maps are cached (default:
-    ``$UNITE_CACHE_DIR`` or the per-user cache directory)."""
-
-    prefix_cache: int | str = "auto"
-    """How much of earlier prompts' and answers' KV columns each member keeps, so a
-    conversation's next turn and prompts sharing a system prompt run only what is new:
-    ``"auto"`` (10% of the free memory on the member's device, at most 2 GiB), a size such as
-    ``"512MiB"`` or ``"5%"``, an int of ids, or 0 for none."""
+    members: list[str | MemberSpec] = Field(description=FIELD_DOCS["members"])
+    top_k: int = Field(default=10, description=FIELD_DOCS["top_k"])
+    weights: list[float] | None = Field(default=None, description=FIELD_DOCS["weights"])
+    cache_dir: str | None = Field(default=None, description=FIELD_DOCS["cache_dir"])
+    prefix_cache: int | str = Field(default="auto", description=FIELD_DOCS["prefix_cache"])
 
     model_name: str = ""
     """Name reported in response metadata and traces; defaults to ``unite:`` and the members'
     names joined with ``+``."""
 
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy (deterministic)."""
+    temperature: float = Field(default=0.0, description=FIELD_DOCS["temperature"])
 
     max_tokens: int | None = None
     """Most tokens to generate per call (``None``: 256). A forced tool call or structured output
     closes its JSON within this budget."""
 
-    min_tokens: int = 0
-    """Tokens to generate before the answer may end (as ``min_new_tokens`` in transformers);
-    raise it for small members that tend to answer with nothing."""
-
-    top_p: float = 1.0
-    """Nucleus sampling mass over the union (used when ``temperature > 0``)."""
-
-    seed: int | None = None
-    """Seed for sampling: the same seed gives the same text."""
+    min_tokens: int = Field(default=0, description=FIELD_DOCS["min_tokens"])
+    top_p: float = Field(default=1.0, description=FIELD_DOCS["top_p"])
+    seed: int | None = Field(default=None, description=FIELD_DOCS["seed"])
 
     n: int = 1
     """Choices per call (1..16), as ``ChatOpenAI``'s ``n``: ``generate``/``agenerate`` return
@@ -144,15 +118,8 @@ class UniTEChatModel(BaseChatModel):
     random stream of its own (with a ``seed``, the first choice is the ``n=1`` answer). Streaming
     needs ``n=1``, as ``ChatOpenAI``'s does."""
 
-    gate: float | None = None
-    """Gated ensembling: where the primary member's top-1 probability is at least ``gate``
-    (and ``gate < 1``), its token is taken without consulting the others (faster); ``None``:
-    full UniTE. A call's ``gate`` (``invoke(..., gate=0.9)``) overrides it."""
-
-    stop: list[str] | None = None
-    """Strings that end generation, of any length; never part of the output. A call's ``stop``
-    (a bare string is one stop string) replaces these. Not applied to forced tool calls and
-    structured output, whose grammar decides where the output ends."""
+    gate: float | None = Field(default=None, description=FIELD_DOCS["gate"])
+    stop: list[str] | None = Field(default=None, description=FIELD_DOCS["stop"])
 
     streaming: bool = False
     """Whether ``invoke`` streams internally (so ``on_llm_new_token`` callbacks fire)."""
@@ -165,10 +132,9 @@ class UniTEChatModel(BaseChatModel):
     """Accepted for drop-in compatibility. Nothing is retried: local failures are not transient
     (a missing model, a prompt longer than the context window) and retrying cannot fix them."""
 
-    max_json_string_length: int | None = Field(default=512, ge=1)
-    """Longest string the grammar lets the members write inside a tool call's arguments or a
-    structured output (unless the schema bounds it itself); keeps a small member from filling
-    the whole token budget with one string. ``None``: unbounded."""
+    max_json_string_length: int | None = Field(
+        default=512, ge=1, description=FIELD_DOCS["max_json_string_length"]
+    )
 
     max_batch_size: int = Field(default=16, ge=1)
     """Most inputs of one ``batch``/``abatch`` in flight at once (LangChain's
@@ -176,26 +142,14 @@ class UniTEChatModel(BaseChatModel):
     that wait together in one batch."""
 
     def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as e:  # wrong types, bad members or options: a ConfigError now
-            raise ConfigError(f"invalid UniTEChatModel settings: {e}") from e
-        self._ensemble_config()
-        engine_options(self._defaults(), ChatOptions())
-        n_choices(self._defaults(), ChatOptions())
+        constructed(super().__init__, "UniTEChatModel", data)
+        check_defaults(self, self._defaults())
 
     @model_validator(mode="before")
     @classmethod
     def _coerce(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        for key in ("top_k", "max_tokens", "min_tokens", "seed", "n"):
-            no_bool_for_int(values.get(key))  # pydantic would take True as 1
-        if isinstance(values.get("members"), (str, MemberSpec)):
-            values = {**values, "members": [values["members"]]}
-        if isinstance(values.get("stop"), str):
-            values = {**values, "stop": [values["stop"]]}  # one stop string, not its characters
-        return values
+        whole = ("top_k", "max_tokens", "min_tokens", "seed", "n")
+        return coerce_fields(values, whole) if isinstance(values, dict) else values
 
     def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
         """LangChain's conversion; what it refuses is the package's ``InputError``."""
@@ -247,17 +201,11 @@ class UniTEChatModel(BaseChatModel):
     # -- the engine and the chat core ------------------------------------------------------------
 
     def _ensemble_config(self) -> EnsembleConfig:
-        return ensemble_config(
-            self.members,
-            top_k=self.top_k,
-            weights=self.weights,
-            cache_dir=self.cache_dir,
-            prefix_cache=self.prefix_cache,
-        )
+        return ensemble_of(self)
 
     def load(self) -> UniTEEngine:
         """The shared engine for these members, loading them now if no one has yet."""
-        engine = get_engine(self._ensemble_config())
+        engine = get_engine(ensemble_of(self))
         profile = self.profile
         # Our own profile (not one the user gave) learns the context window once it is known.
         known = profile is None or "max_input_tokens" in profile

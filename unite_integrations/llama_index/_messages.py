@@ -33,11 +33,13 @@ from ..chat import (
     Message,
     ToolCall,
     decode_arguments,
+    frontend,
     make_message,
     make_tool_call,
     render,
     role_of,
 )
+from ..chat.options import OPTION_NAMES, engine_name
 from ..errors import ConfigError, InputError
 
 __all__ = [
@@ -55,16 +57,10 @@ __all__ = [
 ]
 
 
-#: Per-call options (keyword arguments of every call) and the core's names for them.
-CALL_OPTIONS = {
-    "max_new_tokens": "max_tokens",
-    "max_tokens": "max_tokens",
-    "min_new_tokens": "min_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "gate": "gate",
-    "stop": "stop",
+#: Per-call options (keyword arguments of every call) and the core's names for them: the
+#: generation options by the engine's names (as the LLM's fields), ``max_tokens`` too.
+CALL_OPTIONS = {engine_name(o): o for o in OPTION_NAMES if o != "top_logprobs"} | {
+    "max_tokens": "max_tokens"
 }
 
 
@@ -76,7 +72,7 @@ def call_options(kw: Mapping[str, Any]) -> ChatOptions:
             f"UniTELLM got an unknown keyword argument {unknown[0]!r}; per-call options are "
             f"{', '.join(CALL_OPTIONS)} (max_tokens is read as max_new_tokens)"
         )
-    return ChatOptions(**{CALL_OPTIONS[k]: v for k, v in kw.items()})
+    return frontend.call_options(kw, CALL_OPTIONS)
 
 
 def check_messages(messages: Any) -> None:

@@ -26,7 +26,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, ValidationError, field_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
@@ -34,19 +34,16 @@ from llama_index.core.llms.llm import ToolSelection
 from ..chat import (
     ChatCore,
     ChatDefaults,
-    ChatOptions,
     ChatRequest,
     Message,
     decode_arguments,
     default_model_name,
-    engine_options,
-    no_bool_for_int,
-    stop_strings,
 )
-from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
+from ..chat.frontend import FIELD_DOCS, check_defaults, coerce_fields, constructed, ensemble_of
+from ..engine.config import EnsembleConfig, MemberSpec
 from ..engine.engine import UniTEEngine
 from ..engine.registry import get_engine
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ._messages import (
     Responses,
     astream_responses,
@@ -123,60 +120,22 @@ class UniTELLM(FunctionCallingLLM):
     core's, the same in every front end: see ``docs/llama_index.md``.
     """
 
-    members: list[str | MemberSpec] = Field(
-        description=(
-            "Ensemble members: built-in aliases ('smollm2-135m-instruct', 'gemma-3-270m'), local "
-            "transformers directories, .gguf files, hub ids, or MemberSpec objects (device, "
-            "dtype, chat_template, context_window, weight). The first member is the primary."
-        ),
-    )
-    top_k: int = Field(default=10, description="Candidates each member proposes per step.")
-    weights: list[float] | None = Field(
-        default=None,
-        description="One relative weight per member (normalised); None keeps each spec's weight.",
-    )
-    prefix_cache: int | str = Field(
-        default="auto",
-        description=(
-            "How much of earlier prompts' and answers' KV columns each member keeps (a "
-            "conversation's next turn, a shared system prompt run only what is new): 'auto' "
-            "(10% of the free memory on the member's device, at most 2 GiB), a size such as "
-            "'512MiB' or '5%', an int of ids, or 0 for none."
-        ),
-    )
-    cache_dir: str | None = Field(
-        default=None,
-        description="Where converted GGUF models and vocabulary maps are cached (default: "
-        "$UNITE_CACHE_DIR or the per-user cache directory).",
-    )
-    temperature: float = Field(
-        default=0.0, description="0 decodes greedily; above 0 samples (members' scores / T)."
-    )
+    members: list[str | MemberSpec] = Field(description=FIELD_DOCS["members"])
+    top_k: int = Field(default=10, description=FIELD_DOCS["top_k"])
+    weights: list[float] | None = Field(default=None, description=FIELD_DOCS["weights"])
+    prefix_cache: int | str = Field(default="auto", description=FIELD_DOCS["prefix_cache"])
+    cache_dir: str | None = Field(default=None, description=FIELD_DOCS["cache_dir"])
+    temperature: float = Field(default=0.0, description=FIELD_DOCS["temperature"])
     max_new_tokens: int = Field(
         default=256, description="Most union strings generated per call (LlamaIndex num_output)."
     )
-    min_new_tokens: int = Field(
-        default=0, description="Tokens generated before the answer may end (as in transformers)."
-    )
-    top_p: float = Field(default=1.0, description="Nucleus mass over the union when sampling.")
-    seed: int | None = Field(
-        default=None, description="Seed for sampling: the same seed gives the same text."
-    )
-    gate: float | None = Field(
-        default=None,
-        description="Gated ensembling: the primary member's token is taken alone where its "
-        "top-1 probability is >= gate (gate < 1); None: full UniTE.",
-    )
-    stop: list[str] = Field(
-        default_factory=list,
-        description="Strings that end generation; they are never part of the returned text. "
-        "A call's stop replaces these.",
-    )
+    min_new_tokens: int = Field(default=0, description=FIELD_DOCS["min_tokens"])
+    top_p: float = Field(default=1.0, description=FIELD_DOCS["top_p"])
+    seed: int | None = Field(default=None, description=FIELD_DOCS["seed"])
+    gate: float | None = Field(default=None, description=FIELD_DOCS["gate"])
+    stop: list[str] = Field(default_factory=list, description=FIELD_DOCS["stop"])
     max_json_string_length: int | None = Field(
-        default=512,
-        ge=1,
-        description="Longest string the grammar lets the members write in a tool call's "
-        "arguments (unless the schema bounds it); None: unbounded.",
+        default=512, ge=1, description=FIELD_DOCS["max_json_string_length"]
     )
     model_name: str | None = Field(
         default=None,
@@ -187,26 +146,19 @@ class UniTELLM(FunctionCallingLLM):
     _reserve: tuple[int, int] | None = PrivateAttr(default=None)  # (id(engine), tokens)
 
     def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as e:  # wrong types, bad members or options: a ConfigError now
-            raise ConfigError(f"invalid UniTELLM settings: {e}") from e
-        _ = self.ensemble_config
-        engine_options(self._defaults(), ChatOptions())
+        constructed(super().__init__, "UniTELLM", data)
+        check_defaults(self, self._defaults())
 
-    _no_bool = field_validator("top_k", "max_new_tokens", "min_new_tokens", "seed", mode="before")(
-        classmethod(lambda cls, v: no_bool_for_int(v))  # pydantic would take True as 1
-    )
-
-    @field_validator("members", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _coerce_members(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (str, MemberSpec)) else v
+    def _coerce(cls, values: Any) -> Any:
+        whole = ("top_k", "max_new_tokens", "min_new_tokens", "seed")
+        return coerce_fields(values, whole) if isinstance(values, dict) else values
 
     @field_validator("stop", mode="before")
     @classmethod
-    def _coerce_stop(cls, v: Any) -> Any:
-        return list(stop_strings(v))
+    def _no_stop(cls, v: Any) -> Any:
+        return [] if v is None else v  # None: no stop strings, as in every front end
 
     @classmethod
     def class_name(cls) -> str:
@@ -217,13 +169,7 @@ class UniTELLM(FunctionCallingLLM):
     @property
     def ensemble_config(self) -> EnsembleConfig:
         """The configuration whose one engine this LLM (and any adapter with it) uses."""
-        return ensemble_config(
-            self.members,
-            top_k=self.top_k,
-            weights=self.weights,
-            cache_dir=self.cache_dir,
-            prefix_cache=self.prefix_cache,
-        )
+        return ensemble_of(self)
 
     @property
     def engine(self) -> UniTEEngine:

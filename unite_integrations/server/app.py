@@ -19,14 +19,13 @@ loop never blocks. A client that disconnects closes its stream, which cancels it
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -42,20 +41,30 @@ from ..chat import (
     ChatOptions,
     ChatRequest,
     ChatResult,
-    Message,
-    ResponseFormat,
     engine_options,
-    make_message,
-    make_tool_call,
-    response_format,
-    tool_choice,
-    tool_names,
 )
 from ..engine.engine import UniTEEngine
-from ..engine.results import Candidate, TokenProvenance
+from .answers import (
+    assistant_message,
+    chat_logprobs,
+    completion_logprobs,
+    count_answers,
+    extension,
+    extensions,
+    usage_of,
+)
 from .errors import APIError, from_exception, from_validation
 from .metrics import Metrics
-from .schemas import MAX_STOP, ChatCompletionRequest, CompletionRequest
+from .requests import (
+    ClientGone,
+    Wants,
+    call_options,
+    chat_request,
+    check_common,
+    unless_disconnected,
+)
+from .responses import handle
+from .schemas import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
@@ -63,11 +72,6 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _Handler = Callable[[Request], Awaitable[Response]]
-T = TypeVar("T")
-
-
-#: OpenAI's log-probability for a token whose probability is 0 (or that the union did not hold).
-FLOOR_LOGPROB = -9999.0
 
 #: Why ``echo`` (the prompt's own log-probabilities) is refused, and what to do instead.
 _NO_ECHO = (
@@ -177,7 +181,7 @@ class _Server:
                 status = response.status_code
                 streaming = isinstance(response, StreamingResponse)
                 return response
-            except _ClientGone:
+            except ClientGone:
                 status = 499  # nginx's "client closed request": nobody reads this response
                 return Response(status_code=499)
             except Exception as e:
@@ -205,7 +209,7 @@ class _Server:
                 code="invalid_api_key",
             )
 
-    async def _body(self, request: Request, kind: type[BaseModel]) -> Any:
+    async def read_body(self, request: Request, kind: type[BaseModel]) -> Any:
         """The body as ``kind``: 413 over the size limit, 400 for bad JSON or a bad field."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -234,58 +238,6 @@ class _Server:
         except ValidationError as e:
             raise from_validation(e) from e
 
-    def _check_common(self, body: ChatCompletionRequest | CompletionRequest) -> None:
-        if body.model is not None and body.model != self.model:
-            raise APIError(
-                404,
-                f"the model {body.model!r} does not exist here: this server serves {self.model!r} "
-                "(GET /v1/models lists it)",
-                param="model",
-                code="model_not_found",
-            )
-        for name in ("frequency_penalty", "presence_penalty", "logit_bias"):
-            if getattr(body, name):
-                raise APIError(
-                    400,
-                    f"{name} is not supported by the ensemble (its decoding rule has no "
-                    "penalties or biases); leave it out",
-                    param=name,
-                    code="unsupported_value",
-                )
-        if len(body.stops()) > MAX_STOP:
-            raise APIError(400, f"at most {MAX_STOP} stop sequences are allowed", param="stop")
-        budget = body.token_budget()
-        window = self.engine.context_window
-        if budget is not None and budget >= window:
-            param = (
-                "max_completion_tokens"
-                if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens
-                else "max_tokens"
-            )
-            raise APIError(
-                400,
-                f"{param}={budget} cannot fit: the ensemble's context window is {window} tokens "
-                "(prompt and answer together); ask for fewer",
-                param=param,
-                code="invalid_value",
-            )
-
-    def _options(
-        self, body: ChatCompletionRequest | CompletionRequest, want: _Wants
-    ) -> ChatOptions:
-        return ChatOptions(
-            max_tokens=body.token_budget(),
-            min_tokens=body.min_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            n=body.n,
-            stop=tuple(body.stops()) if body.stop is not None else None,
-            gate=body.unite.gate,
-            token_provenance=want.logprobs or want.tokens,
-            top_logprobs=want.top,
-        )
-
     # -- operational endpoints ----------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
@@ -310,7 +262,7 @@ class _Server:
             "max_queue": m.max_queue,
             "requests": m.requests,
             "steps": m.steps,
-            "batches": self.engine.stats.get("batches", 0),
+            "batches": m.batches,
             "prefix_ids_reused": m.prefix_ids_reused,
             "prefix_ids_stored": m.prefix_ids_stored,
             "prefix_bytes_held": m.prefix_bytes_held,
@@ -351,16 +303,14 @@ class _Server:
 
     async def responses(self, request: Request) -> Response:
         """OpenAI's Responses API, stateless: translated to and from the chat endpoint's body
-        and result in ``responses.py`` (imported here: that module builds on this one)."""
-        from .responses import handle
-
+        and result in ``responses.py``."""
         return await handle(self, request)
 
     # -- chat completions ---------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        body: ChatCompletionRequest = await self._body(request, ChatCompletionRequest)
-        self._check_common(body)
+        body: ChatCompletionRequest = await self.read_body(request, ChatCompletionRequest)
+        check_common(body, self.model, self.engine.context_window)
         if body.top_logprobs and not body.logprobs:
             raise APIError(
                 400,
@@ -368,38 +318,22 @@ class _Server:
                 param="top_logprobs",
                 code="invalid_value",
             )
-        want = _Wants(
+        want = Wants(
             logprobs=body.logprobs,
             top=(body.top_logprobs or 0) if body.logprobs else 0,
             tokens=body.unite.token_provenance,
             usage=bool(body.stream_options and body.stream_options.include_usage),
         )
-        chat_request = self._chat_request(body, want)
+        chat = chat_request(body, want)
         if body.stream:
             return await self._stream(
-                request, chat_request, want, "chat.completion.chunk", _chat_chunk, "chat"
+                request, chat, want, "chat.completion.chunk", _chat_chunk, "chat"
             )
-        results = await _unless_disconnected(
-            request, self.core.achoices(chat_request), self.metrics
-        )
-        self._count(results)
+        results = await unless_disconnected(request, self.core.achoices(chat), self.metrics)
+        count_answers(self.metrics, results)
         return JSONResponse(self._chat_response(results, want))
 
-    def _chat_request(self, body: ChatCompletionRequest, want: _Wants) -> ChatRequest:
-        messages = tuple(_message(m, n) for n, m in enumerate(body.messages))
-        tools = tuple(body.tools or ())
-        choice = tool_choice(body.tool_choice, tool_names(tools))
-        fmt: ResponseFormat | None = response_format(body.response_format)
-        return ChatRequest(
-            messages=messages,
-            options=self._options(body, want),
-            tools=tools,
-            tool_choice=choice,
-            parallel_tool_calls=body.parallel_tool_calls,
-            response_format=fmt,
-        )
-
-    def _chat_response(self, results: list[ChatResult], want: _Wants) -> dict[str, Any]:
+    def _chat_response(self, results: list[ChatResult], want: Wants) -> dict[str, Any]:
         return {
             "id": _id("chatcmpl"),
             "object": "chat.completion",
@@ -408,21 +342,21 @@ class _Server:
             "choices": [
                 {
                     "index": i,
-                    "message": _assistant(result),
-                    "logprobs": _logprobs(result, want.top) if want.logprobs else None,
+                    "message": assistant_message(result),
+                    "logprobs": chat_logprobs(result, want.top) if want.logprobs else None,
                     "finish_reason": result.finish_reason,
                 }
                 for i, result in enumerate(results)
             ],
-            "usage": _usage(results),
-            "unite": _extensions(results, want.tokens),
+            "usage": usage_of(results),
+            "unite": extensions(results, want.tokens),
         }
 
     # -- completions --------------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Response:
-        body: CompletionRequest = await self._body(request, CompletionRequest)
-        self._check_common(body)
+        body: CompletionRequest = await self.read_body(request, CompletionRequest)
+        check_common(body, self.model, self.engine.context_window)
         if body.echo:  # lm-evaluation-harness's log-likelihood requests (multiple choice)
             raise APIError(400, _NO_ECHO, param="echo", code="unsupported_value")
         if body.token_ids():
@@ -446,13 +380,13 @@ class _Server:
         prompts = body.prompts()
         if not prompts or any(not p for p in prompts):
             raise APIError(400, "the prompt is empty: send some text", param="prompt")
-        want = _Wants(
+        want = Wants(
             logprobs=body.logprobs is not None,
             top=body.logprobs or 0,
             tokens=body.unite.token_provenance,
             usage=bool(body.stream_options and body.stream_options.include_usage),
         )
-        options = self._options(body, want)
+        options = call_options(body, want)
         requests = [ChatRequest(text=p, options=options) for p in prompts]
         if body.stream:
             if len(requests) != 1:
@@ -460,16 +394,16 @@ class _Server:
             return await self._stream(
                 request, requests[0], want, "text_completion", _text_chunk, "completions"
             )
-        results = await _unless_disconnected(
+        results = await unless_disconnected(
             request, self.core.ainvoke_many(requests), self.metrics
         )  # n per prompt, prompt-major: OpenAI's order (choice index = prompt * n + i)
         n = len(results) // len(requests)
-        self._count(results, n)
+        count_answers(self.metrics, results, n)
         choices = [
             {
                 "index": i,
                 "text": r.text,
-                "logprobs": _completion_logprobs(r, want.top) if want.logprobs else None,
+                "logprobs": completion_logprobs(r, want.top) if want.logprobs else None,
                 "finish_reason": r.finish_reason,
             }
             for i, r in enumerate(results)
@@ -481,8 +415,8 @@ class _Server:
                 "created": int(time.time()),
                 "model": self.model,
                 "choices": choices,
-                "usage": _usage(results, n),
-                "unite": _extensions(results, want.tokens),
+                "usage": usage_of(results, n),
+                "unite": extensions(results, want.tokens),
             }
         )
 
@@ -492,14 +426,14 @@ class _Server:
         self,
         request: Request,
         chat_request: ChatRequest,
-        want: _Wants,
+        want: Wants,
         kind: str,
         render: Callable[[ChatChunk, bool], list[dict[str, Any]]],
         endpoint: str,
     ) -> Response:
         """Server-sent events. The first chunk is awaited before the response starts, so a bad
         request (or an overloaded engine) is still an HTTP error, not an event."""
-        chunks = await _unless_disconnected(request, self.core.astream(chat_request), self.metrics)
+        chunks = await unless_disconnected(request, self.core.astream(chat_request), self.metrics)
         head = {
             "id": _id("chatcmpl" if kind != "text_completion" else "cmpl"),
             "object": kind,
@@ -516,7 +450,7 @@ class _Server:
         self,
         chunks: Any,
         head: dict[str, Any],
-        want: _Wants,
+        want: Wants,
         render: Callable[[ChatChunk, bool], list[dict[str, Any]]],
         endpoint: str,
     ) -> AsyncIterator[bytes]:
@@ -539,17 +473,17 @@ class _Server:
                 last["finish_reason"] = chunk.finish_reason
                 if want.logprobs:
                     last["logprobs"] = (
-                        _completion_logprobs(result, want.top)
+                        completion_logprobs(result, want.top)
                         if head["object"] == "text_completion"
-                        else _logprobs(result, want.top)
+                        else chat_logprobs(result, want.top)
                     )
                 # each choice's last chunk carries its own provenance (the chunk has one choice)
-                yield self._event(head, last, want, unite=_extension(result, want.tokens))
+                yield self._event(head, last, want, unite=extension(result, want.tokens))
                 results[i] = result
             answers = [results[i] for i in sorted(results)]
             if want.usage and answers:
-                yield _sse({**head, "choices": [], "usage": _usage(answers)})
-            self._count(answers)
+                yield _sse({**head, "choices": [], "usage": usage_of(answers)})
+            count_answers(self.metrics, answers)
             finished = True
             yield b"data: [DONE]\n\n"
         except Exception as e:  # after the headers: the error goes out as an event
@@ -562,221 +496,14 @@ class _Server:
             await chunks.aclose()  # cancels the engine request if it is still running
 
     @staticmethod
-    def _event(head: dict[str, Any], choice: dict[str, Any], want: _Wants, **extra: Any) -> bytes:
+    def _event(head: dict[str, Any], choice: dict[str, Any], want: Wants, **extra: Any) -> bytes:
         event = {**head, "choices": [choice], **extra}
         if want.usage:
             event["usage"] = None  # as OpenAI: every chunk has the key; the last one the counts
         return _sse(event)
 
-    def _count(self, results: list[ChatResult], n: int = 0) -> None:
-        """Count answers (``n`` choices per prompt, prompt-major; 0: one prompt): each prompt's
-        tokens once, each choice's output."""
-        n = n or len(results)
-        for k, result in enumerate(results):
-            self.metrics.answer(
-                result.usage.input_tokens if k % n == 0 else 0,
-                result.usage.output_tokens,
-                float(result.provenance.get("agreement_rate", 0.0)),
-            )
-
-
-class _Wants:
-    """What a request asked to get back besides the answer."""
-
-    __slots__ = ("logprobs", "tokens", "top", "usage")
-
-    def __init__(self, *, logprobs: bool, top: int, tokens: bool, usage: bool) -> None:
-        self.logprobs = logprobs
-        self.top = top  # top log-probabilities per token (``top_logprobs``, legacy ``logprobs``)
-        self.tokens = tokens
-        self.usage = usage
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its answer was ready (nobody reads the response)."""
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T], metrics: Metrics) -> T:
-    """Await ``work``, cancelling it if the client disconnects first: the chat core then cancels
-    the engine request, so an abandoned request stops decoding and frees its row. (Servers do
-    not cancel a handler whose client left; streams are watched by Starlette itself.)"""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnect(request))
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    metrics.disconnected()
-    raise _ClientGone
-
-
-async def _disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
 
 # -- translation helpers ------------------------------------------------------------------------
-
-
-def _message(m: Any, n: int) -> Message:
-    """An OpenAI message as the core's ``Message`` (text parts only)."""
-    where = f"messages[{n}]"
-    content = m.content
-    if content is None:  # an assistant turn with tool calls only (the core says so otherwise)
-        text: str | list[str] | None = None
-    elif isinstance(content, str):
-        text = content
-    else:
-        text = []
-        for i, part in enumerate(content):
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                text.append(part["text"])
-            elif part.get("type") == "text":
-                raise APIError(
-                    400,
-                    f"{where}.content[{i}] is a text part whose 'text' is not a string: send "
-                    "{'type': 'text', 'text': '...'}",
-                    param=f"{where}.content[{i}].text",
-                    code="invalid_type",
-                )
-            else:
-                raise APIError(
-                    400,
-                    f"{where} has a {part.get('type')!r} content part; the ensemble's members "
-                    "read text only",
-                    param=f"{where}.content",
-                )
-    calls = []
-    for i, call in enumerate(m.tool_calls or []):
-        fn = call.get("function") if isinstance(call, Mapping) else None
-        if not isinstance(fn, Mapping):
-            raise APIError(
-                400,
-                f"{where}.tool_calls[{i}] has no 'function' object: send "
-                "{'type': 'function', 'function': {'name': ..., 'arguments': '...'}}",
-                param=f"{where}.tool_calls[{i}].function",
-            )
-        at = f"{where}.tool_calls[{i}]"
-        calls.append(make_tool_call(call.get("id"), fn.get("name"), fn.get("arguments"), at, at))
-    return make_message(
-        m.role,
-        text,
-        where=where,
-        tool_calls=calls,
-        tool_call_id=m.tool_call_id,
-        name=m.name,
-        param=where,
-    )
-
-
-def _logprob(value: float | None) -> float:
-    """A log-probability as JSON can carry it: 0 probability (or none) is OpenAI's -9999.0."""
-    return FLOOR_LOGPROB if value is None or value < FLOOR_LOGPROB else value
-
-
-def _candidate(c: Candidate) -> dict[str, Any]:
-    data = list(c.text.encode()) if c.end else c.bytes
-    return {"token": c.text, "logprob": _logprob(c.logprob), "bytes": data}
-
-
-def _logprobs(result: ChatResult, top: int) -> dict[str, Any]:
-    """OpenAI's chat ``logprobs``: each generated token (a union string) with its
-    log-probability under the mixed distribution it was chosen from, and the ``top`` most
-    likely strings of that distribution, most likely first (fewer where the union had fewer)."""
-    content = [
-        {
-            "token": t.text,
-            "logprob": _logprob(t.logprob),
-            "bytes": t.bytes,
-            "top_logprobs": [_candidate(c) for c in (t.top or [])[:top]],
-        }
-        for t in result.tokens
-    ]
-    return {"content": content, "refusal": None}
-
-
-def _completion_logprobs(result: ChatResult, top: int) -> dict[str, Any]:
-    """The legacy completions ``logprobs``: parallel lists, and per token a dict of the ``top``
-    most likely strings and the chosen one (so up to ``top`` + 1 entries, as OpenAI's)."""
-    offsets, at = [], 0
-    for t in result.tokens:
-        offsets.append(at)
-        at += len(t.text)
-    return {
-        "tokens": [t.text for t in result.tokens],
-        "token_logprobs": [_logprob(t.logprob) for t in result.tokens],
-        "top_logprobs": [_top_dict(t, top) for t in result.tokens],
-        "text_offset": offsets,
-    }
-
-
-def _top_dict(t: TokenProvenance, top: int) -> dict[str, float]:
-    """String -> log-probability; two strings shown alike (partial characters as U+FFFD) keep
-    the likelier's figure."""
-    out: dict[str, float] = {}
-    for c in (t.top or [])[:top]:
-        out.setdefault(c.text, _logprob(c.logprob))
-    out.setdefault(t.text, _logprob(t.logprob))
-    return out
-
-
-def _assistant(result: ChatResult) -> dict[str, Any]:
-    """A chat choice's ``message``: its content and tool calls."""
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": result.content if result.content or not result.tool_calls else None,
-    }
-    if result.tool_calls:
-        message["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {
-                    "name": c.name,
-                    "arguments": json.dumps(c.arguments, ensure_ascii=False),
-                },
-            }
-            for c in result.tool_calls
-        ]
-    return message
-
-
-def _extensions(results: list[ChatResult], tokens: bool) -> dict[str, Any] | list[dict[str, Any]]:
-    """A response's ``unite`` field: one choice's object, or with several choices (``n`` > 1, or
-    a list of prompts) a list of them, one per choice in ``index`` order."""
-    if len(results) == 1:
-        return _extension(results[0], tokens)
-    return [_extension(r, tokens) for r in results]
-
-
-def _extension(result: ChatResult, tokens: bool) -> dict[str, Any]:
-    """The ``unite`` field: the ensemble's provenance (per token only when asked for)."""
-    out = {k: v for k, v in result.provenance.items() if k != "tokens"}
-    out["member_usage"] = {
-        "input_tokens": dict(result.usage.input_tokens_per_member),
-        "output_tokens": dict(result.usage.output_tokens_per_member),
-    }
-    if tokens:  # through JSON: a log-probability of -inf becomes null
-        out["tokens"] = [json.loads(t.model_dump_json()) for t in result.tokens]
-    return out
-
-
-def _usage(results: list[ChatResult], n: int = 0) -> dict[str, int]:
-    """OpenAI's ``usage`` of choices (``n`` per prompt, prompt-major; 0: all of one prompt):
-    each prompt counted once, as OpenAI does, and every choice's completion tokens."""
-    n = n or len(results)
-    prompt = sum(r.usage.input_tokens for r in results[::n])
-    completion = sum(r.usage.output_tokens for r in results)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
 
 
 def _chat_chunk(chunk: ChatChunk, first: bool) -> list[dict[str, Any]]:

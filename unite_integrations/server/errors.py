@@ -23,6 +23,7 @@ from ..errors import (
     OverloadedError,
     UniteError,
 )
+from .schemas import UniteOptions
 
 __all__ = ["APIError", "from_exception", "from_validation"]
 
@@ -157,11 +158,9 @@ def from_exception(error: BaseException) -> APIError:
             400, str(error), param=error.param or "messages", code="context_length_exceeded"
         )
     if isinstance(error, InputError):
-        param = error.param or _param(str(error))
-        return APIError(400, str(error), param=param, code="invalid_input")
+        return APIError(400, str(error), param=_body_field(error), code="invalid_input")
     if isinstance(error, ConfigError):
-        param = error.param or _param(str(error))
-        return APIError(400, str(error), param=param, code="invalid_value")
+        return APIError(400, str(error), param=_body_field(error), code="invalid_value")
     if isinstance(error, UniteError):
         return APIError(500, str(error), type="server_error", code="unite_error")
     return APIError(
@@ -169,28 +168,13 @@ def from_exception(error: BaseException) -> APIError:
     )
 
 
-#: The chat core's option names (in its messages) -> the request fields they come from.
-_PARAMS = {
-    "max_new_tokens": "max_tokens",
-    "min_new_tokens": "min_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "gate": "unite.gate",
-    "stop": "stop",
-    "tool_choice": "tool_choice",
-    "tool": "tools",
-    "response_format": "response_format",
-    "role": "messages",
-    "conversation": "messages",
-}
+def _body_field(error: UniteError) -> str | None:
+    """The request body's field an error is about (``error.param``, set where it was raised):
+    a call option's name is its field's, but for the options in the ``unite`` object."""
+    if error.param in _UNITE_OPTIONS:
+        return f"unite.{error.param}"
+    return error.param
 
 
-def _param(message: str) -> str | None:
-    """The request field a core error is about, from the first option name its message names."""
-    found = [
-        (m.start(), field)
-        for name, field in _PARAMS.items()
-        if (m := re.search(rf"(?<!\w){name}(?!\w)", message))
-    ]
-    return min(found)[1] if found else None
+#: The chat core's options the body carries in its ``unite`` extension object.
+_UNITE_OPTIONS = frozenset(UniteOptions.model_fields)

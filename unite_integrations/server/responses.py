@@ -5,7 +5,7 @@ the chat endpoint's own typed body (``ChatCompletionRequest``: ``input`` items b
 ``function_call`` / ``function_call_output`` items the assistant's tool calls and tool messages,
 ``instructions`` a system message first, ``text.format`` a ``response_format``, function tools the
 chat spelling), which the server then checks and turns into a ``ChatRequest`` exactly as for
-``/v1/chat/completions`` (``_check_common``, ``_chat_request``): one set of checks, option rules and
+``/v1/chat/completions`` (``requests.check_common``, ``requests.chat_request``): one set of checks, option rules and
 defaults, and the same ``ChatCore`` answers it. Its ``ChatResult`` / ``ChatChunk``s become a
 ``response`` object (``message`` and ``function_call`` output items, usage, the ``unite``
 provenance extension) or the Responses stream of typed events.
@@ -38,11 +38,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..chat import ChatChunk, ChatRequest, ChatResult
 from ..errors import InputError
+from .answers import chat_logprobs, count_answers, extension
 from .errors import APIError, from_exception
+from .requests import ClientGone, Wants, chat_request, check_common, unless_disconnected
 from .schemas import ChatCompletionRequest, UniteOptions
 
 if TYPE_CHECKING:
-    from .app import _Server, _Wants
+    from .app import _Server
 
 __all__ = ["LOGPROBS_INCLUDE", "ResponsesRequest", "TextConfig", "handle"]
 
@@ -116,21 +118,21 @@ async def handle(server: _Server, request: Request) -> Response:
             code="not_found",
             type="not_found",
         )
-    body: ResponsesRequest = await server._body(request, ResponsesRequest)
+    body: ResponsesRequest = await server.read_body(request, ResponsesRequest)
     turns = _Conversation()
     try:
         chat_body, want = _translate(body, turns)
-        server._check_common(chat_body)
-        chat_request = server._chat_request(chat_body, want)
+        check_common(chat_body, server.model, server.engine.context_window)
+        chat = chat_request(chat_body, want)
         if body.stream:
-            return await _stream(server, request, body, chat_request, want, turns)
-        result = await _await(server, request, server.core.ainvoke(chat_request))
+            return await _stream(server, request, body, chat, want, turns)
+        result = await _await(server, request, server.core.ainvoke(chat))
     except Exception as e:
         renamed = _renamed(e, turns)
         if renamed is e:
             raise
         raise renamed from e
-    server._count([result])
+    count_answers(server.metrics, [result])
     return JSONResponse(_response(server, body, result, want, _Ids.fresh(result)))
 
 
@@ -160,13 +162,9 @@ class _Conversation:
         self.origins.append(origin)
 
 
-def _translate(
-    body: ResponsesRequest, turns: _Conversation
-) -> tuple[ChatCompletionRequest, _Wants]:
+def _translate(body: ResponsesRequest, turns: _Conversation) -> tuple[ChatCompletionRequest, Wants]:
     """The chat endpoint's body for a Responses body (and what to send back besides the
     answer), after refusing what a stateless server cannot honour."""
-    from .app import _Wants  # the chat endpoint's module, which imports this one when serving
-
     _refuse_state(body)
     if body.truncation not in (None, "disabled"):
         raise APIError(
@@ -184,7 +182,7 @@ def _translate(
     else:
         _items(body.input, turns)
     logprobs = LOGPROBS_INCLUDE in (body.include or ())
-    want = _Wants(
+    want = Wants(
         logprobs=logprobs,
         top=(body.top_logprobs or 0) if logprobs else 0,
         tokens=body.unite.token_provenance,
@@ -432,9 +430,7 @@ def _renamed(error: BaseException, turns: _Conversation) -> BaseException:
     """An error in the Responses body's words: the field (``param``) and the message name what the
     client sent, not the chat body it was translated into. Errors that are not the request's
     (a client gone, a 5xx) pass as they are."""
-    from .app import _ClientGone
-
-    if isinstance(error, _ClientGone):
+    if isinstance(error, ClientGone):
         return error
     api = from_exception(error)
     if api.status >= 500:
@@ -491,15 +487,13 @@ def _response(
     server: _Server,
     body: ResponsesRequest,
     result: ChatResult | None,
-    want: _Wants,
+    want: Wants,
     ids: _Ids,
     output: list[dict[str, Any]] | None = None,
     created: float | None = None,
 ) -> dict[str, Any]:
     """The ``response`` object: in progress (``result`` None), or the answer (its output items
     built from ``result``, or the ``output`` a stream gave)."""
-    from .app import _extension
-
     now = int(time.time())
     defaults = server.core.defaults
     out: dict[str, Any] = {
@@ -547,11 +541,11 @@ def _response(
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": result.usage.total_tokens,
     }
-    out["unite"] = _extension(result, want.tokens)
+    out["unite"] = extension(result, want.tokens)
     return out
 
 
-def _output(result: ChatResult, want: _Wants, ids: _Ids) -> list[dict[str, Any]]:
+def _output(result: ChatResult, want: Wants, ids: _Ids) -> list[dict[str, Any]]:
     """The output items: a message with the text (unless the answer is calls only), then each
     call as a ``function_call`` item."""
     items: list[dict[str, Any]] = []
@@ -569,9 +563,7 @@ def _status(result: ChatResult) -> str:
     return "incomplete" if result.finish_reason == "length" else "completed"
 
 
-def _logprobs(result: ChatResult, want: _Wants) -> list[dict[str, Any]]:
-    from .app import _logprobs as chat_logprobs
-
+def _logprobs(result: ChatResult, want: Wants) -> list[dict[str, Any]]:
     return list(chat_logprobs(result, want.top)["content"]) if want.logprobs else []
 
 
@@ -611,9 +603,7 @@ def _id(prefix: str) -> str:
 
 
 async def _await(server: _Server, request: Request, work: Any) -> Any:
-    from .app import _unless_disconnected
-
-    return await _unless_disconnected(request, work, server.metrics)
+    return await unless_disconnected(request, work, server.metrics)
 
 
 async def _stream(
@@ -621,7 +611,7 @@ async def _stream(
     request: Request,
     body: ResponsesRequest,
     chat_request: ChatRequest,
-    want: _Wants,
+    want: Wants,
     turns: _Conversation,
 ) -> Response:
     """Server-sent events. As on the chat endpoint, the core's first chunk is awaited before
@@ -644,7 +634,7 @@ class _Events:
     ``response.completed`` (or ``response.incomplete`` when the budget ran out) with usage."""
 
     def __init__(
-        self, server: _Server, body: ResponsesRequest, want: _Wants, turns: _Conversation
+        self, server: _Server, body: ResponsesRequest, want: Wants, turns: _Conversation
     ) -> None:
         self.server = server
         self.body = body
@@ -681,7 +671,7 @@ class _Events:
                     result = chunk.result
                     for event in self.finish(result):
                         yield event
-                    self.server._count([result])
+                    count_answers(self.server.metrics, [result])
                     finished = True
                     break
         except Exception as e:  # after the headers: the error goes out as events

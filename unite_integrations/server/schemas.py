@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.options import MAX_CHOICES
+from ..engine.config import stop_strings
 
 __all__ = [
     "ChatCompletionRequest",
@@ -86,9 +87,7 @@ class _Sampling(_Body):
     logit_bias: dict[str, float] | None = None
 
     def stops(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return list(stop_strings(self.stop))  # the one rule: a bare string is one stop string
 
 
 class ChatCompletionRequest(_Sampling):

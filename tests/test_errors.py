@@ -111,3 +111,20 @@ def test_a_template_that_refuses_the_conversation_names_the_member(trio):
     with pytest.raises(InputError, match=r"sentencepiece_unigram.*chat template"):
         trio.generate([[{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
                         {"role": "tool", "content": "c"}]])
+
+
+def test_placement_is_the_one_ray_switch():
+    """``backend="ray"`` is a shorthand that sets every member's ``placement``; a configuration
+    keeps no backend of its own (old JSON with one still loads), and a bad one is refused."""
+    from unite_integrations import EnsembleConfig
+    from unite_integrations.engine.config import ensemble_config
+
+    config = ensemble_config(["./a", MemberSpec(source="./b")], backend="ray")
+    assert [m.placement for m in config.members] == ["ray", "ray"]
+    assert "backend" not in config.model_dump()
+    assert ensemble_config(["./a"]).members[0].placement == "local"
+    old = EnsembleConfig.model_validate({"members": ["./a"], "backend": "ray"})
+    assert old == config.model_copy(update={"members": config.members[:1]})
+    with pytest.raises(ConfigError, match="backend='gpu'") as caught:
+        ensemble_config(["./a"], backend="gpu")  # type: ignore[arg-type]
+    assert caught.value.param == "backend"

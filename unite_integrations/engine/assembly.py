@@ -58,7 +58,6 @@ def member_config(config: EnsembleConfig, spec: MemberSpec) -> EnsembleConfig:
         top_k=config.top_k,
         retokenize_window=config.retokenize_window,
         cache_dir=config.cache_dir,
-        backend=config.backend,  # a member on Ray: the view gets an actor of its own
         ray_address=config.ray_address,
         prefix_cache=config.prefix_cache,  # a store of its own: its own thread
     )
@@ -118,13 +117,13 @@ def _place_on_ray(
     """Start an actor for each member placed on Ray and open those members through it; the
     actors, by member index ({} where no member is on Ray)."""
     specs, members = config.members, ens.members
-    if not any(_remote(config, spec) for spec in specs):
+    if not any(_remote(spec) for spec in specs):
         return {}
     connect(config.ray_address)
     actors = {
         i: start_actor(spec, cache_dir, m.vocab.end_ids, ens.plan.bias[i], config.prefix_cache)
         for i, (spec, m) in enumerate(zip(specs, members))
-        if _remote(config, spec)
+        if _remote(spec)
     }
     local = ens.backend
 
@@ -137,12 +136,12 @@ def _place_on_ray(
     return actors
 
 
-def _remote(config: EnsembleConfig, spec: MemberSpec) -> bool:
-    return spec.placement == "ray" or config.backend == "ray"
+def _remote(spec: MemberSpec) -> bool:
+    return spec.placement == "ray"  # the one switch (``backend="ray"`` sets every member's)
 
 
 def _load(config: EnsembleConfig, spec: MemberSpec, cache_dir: Path) -> LoadedMember:
-    if _remote(config, spec):  # the driver reads tokenizer and config; the actor loads weights
+    if _remote(spec):  # the driver reads tokenizer and config; the actor loads weights
         model, tok, logits_size = describe(spec, cache_dir)
     else:
         model, tok = load_member(spec, cache_dir)

@@ -380,12 +380,21 @@ class EnsembleConfig(_Config):
     ] = Field(
         default=None, description="Where converted GGUF models and vocabulary maps are cached."
     )
-    backend: Annotated[
-        Literal["local", "ray"], Give("'local' or 'ray' (every member in a Ray actor)")
-    ] = Field(default="local", description="'ray' places every member in a Ray actor.")
     ray_address: Annotated[
         str | None, Give("None (start or join a local Ray), 'auto', 'local' or 'ray://host:port'")
     ] = Field(default=None, description="Ray cluster to join (ray.init's address); None: local.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_shorthand(cls, data: object) -> object:
+        """``backend="ray"`` (the constructor's shorthand, and configs written before it was
+        folded in) places every member on Ray: a member's ``placement`` is the one switch."""
+        if not isinstance(data, Mapping) or "backend" not in data:
+            return data
+        data = dict(data)
+        backend = data.pop("backend")
+        placed = _placed(backend, member_specs(data["members"])) if "members" in data else None
+        return data if placed is None else {**data, "members": placed}
 
     @field_validator("members", mode="before")
     @classmethod
@@ -545,6 +554,19 @@ def member_specs(members: object) -> list[MemberSpec]:
     return specs
 
 
+def _placed(backend: object, specs: Sequence[MemberSpec]) -> list[MemberSpec]:
+    """``backend``, the shorthand: "ray" places every member on Ray (``placement``, the one
+    switch the engine reads); "local" leaves each member's placement as it is."""
+    if backend not in ("local", "ray"):
+        raise ConfigError(
+            f"backend={_short(backend)}: give 'local' or 'ray' (every member in a Ray actor)",
+            param="backend",
+        )
+    if backend == "local":
+        return list(specs)
+    return [s.model_copy(update={"placement": "ray"}) for s in specs]
+
+
 def ensemble_config(
     members: Sequence[MemberLike] | MemberLike,
     *,
@@ -558,6 +580,7 @@ def ensemble_config(
 ) -> EnsembleConfig:
     """The configuration for these arguments; equal arguments give equal (shareable) configs."""
     specs = member_specs(members)
+    specs = _placed(backend, specs)
     if weights is not None:
         if not isinstance(weights, (list, tuple)):
             raise ConfigError(
@@ -574,7 +597,6 @@ def ensemble_config(
         retokenize_window=retokenize_window,
         prefix_cache=prefix_cache,
         cache_dir=_fspath(cache_dir),
-        backend=backend,
         ray_address=ray_address,
     )
 

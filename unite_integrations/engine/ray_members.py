@@ -1,6 +1,6 @@
 """Members in Ray actors: another ``MemberBackend``, not a second engine.
 
-Each member with ``placement="ray"`` (or every member, with ``backend="ray"``) loads its weights
+Each member with ``placement="ray"`` (``backend="ray"`` sets it on every member) loads its weights
 once in a Ray actor that holds its KV caches (a ``MemberBatch``) for the rows in flight. The driver
 keeps the tokenizers, the cross-vocabulary maps, the union, the choice, stop strings, grammars
 and provenance. Per step a member receives the feed-back updates and sends back its top-k
@@ -28,7 +28,7 @@ from .memory import tune_malloc
 from .prefix import PrefixStore
 from .sequences import MemberBatch, Update
 
-__all__ = ["RayMember", "connect", "describe", "on_ray", "release", "start_actor"]
+__all__ = ["RayMember", "connect", "describe", "release", "start_actor"]
 
 #: Seconds a driver waits for one remote answer before the member counts as unavailable.
 TIMEOUT_S = 120.0
@@ -51,15 +51,6 @@ def connect(address: str | None) -> None:
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=None if address in (None, "local") else address)
-
-
-def on_ray(address: str | None) -> dict[str, Any]:
-    """A CLI's ``--ray-address``: None keeps members in process; else join that cluster (or
-    start a local Ray for 'local') and return the ``MemberSpec`` fields that place a member there."""
-    if address is None:
-        return {}
-    connect(address)
-    return {"placement": "ray"}
 
 
 class _RemoteModel:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config, stop_strings
+from ..engine.config import EnsembleConfig, MemberSpec, ensemble_config
+from ..engine.generation_options import stop_strings
 from ..errors import ConfigError
 from .options import ChatDefaults, engine_options, n_choices, no_bool_for_int
 from .types import ChatOptions

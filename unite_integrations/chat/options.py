@@ -24,7 +24,7 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..engine.config import GenerationOptions, stop_strings
+from ..engine.generation_options import GenerationOptions, stop_strings
 from ..errors import ConfigError
 from .types import ChatOptions
 

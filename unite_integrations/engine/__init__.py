@@ -1,7 +1,8 @@
 """The ensemble engine: torch + transformers only; knows nothing of LangChain or LlamaIndex."""
 
-from .config import EnsembleConfig, GenerationOptions, MemberSpec
+from .config import EnsembleConfig, MemberSpec
 from .engine import UniTEEngine
+from .generation_options import GenerationOptions
 from .metrics import EngineMetrics
 from .results import Candidate, GenerationResult, Provenance, StreamChunk, TokenProvenance, Usage
 from .scheduler import Delta, Done, Request

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from .backends import LocalMember, MemberBackend
-from .config import GenerationOptions
 from .constraints import ByteMatcher
+from .generation_options import GenerationOptions
 from .members import LoadedMember
 from .picks import StepRecord
 from .prefix import PrefixStore

@@ -1,40 +1,30 @@
-"""Typed configuration: what a member is, how the ensemble combines members, how one call decodes.
+"""Typed configuration: what a member is and how the ensemble combines members.
 
 These are pydantic models so that LangChain and LlamaIndex adapters (themselves pydantic) can carry
 them as fields, and so that a bad value fails when it is written, not deep inside a decode loop.
-
-Numbers are strict: an int field takes an int (a ``numpy`` integer too) but not a bool, a float
-or a string (``max_new_tokens=True`` is an error, not 1); a float field takes any finite real
-number but not a bool, a string, ``inf`` or ``nan``. Every failure is a ``ConfigError`` whose
-message names the field, the value and what to give instead; a lone surrogate in a stop string
-is an ``InputError``, as everywhere (see :mod:`.inputs`).
+How they validate (strict numbers, a ``ConfigError`` naming the field and the fix) is
+:mod:`.validation`'s, shared with the options of one call (:mod:`.generation_options`;
+``GenerationOptions`` and ``stop_strings`` are importable from here too, as they always were).
 """
 
 from __future__ import annotations
 
 import json
-import numbers
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..errors import ConfigError, InputError, UniteError
+from ..errors import ConfigError
+from .generation_options import SEED_MAX, GenerationOptions, stop_strings
 from .inputs import check_text
 from .prefix import check_size
+from .validation import Give, StrictModel, short_repr
 
 __all__ = [
+    "SEED_MAX",
     "EnsembleConfig",
     "GenerationOptions",
     "MemberSpec",
@@ -50,87 +40,8 @@ QUANTIZATIONS = ("int8", "int4")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 """accelerate's placement strategies, as ``from_pretrained(device_map=...)`` takes them."""
 
-SEED_MAX = 2**64 - 1
-"""The largest seed torch's generator takes (seeds are 0 .. 2**64 - 1)."""
 
-
-@dataclass(frozen=True)
-class Give:
-    """A field's metadata (``Annotated[int, Give("an int >= 1")]``): what a valid value looks
-    like, which an error about the field adds to pydantic's complaint (the fix, not only the
-    fault). Written beside its field, so no list of field names repeats the model's."""
-
-    hint: str
-
-
-class _Config(BaseModel):
-    """A pydantic model whose validation failures are the package's own ``ConfigError``, each
-    carrying its field (``param``) and, where the field has one, its ``Give`` hint."""
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as e:
-            raise _config_error(type(self), e) from None
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strict_numbers(cls, v: object, info: ValidationInfo) -> object:
-        """Numbers as the field's type asks: no bools, numpy scalars become Python numbers."""
-        name = info.field_name or ""
-        annotation = cls.model_fields[name].annotation
-        kinds = set(get_args(annotation)) or {annotation}
-        if not kinds & {int, float}:
-            return v
-        if isinstance(v, bool):
-            raise ConfigError(
-                f"{name}={v!r} is a bool; give {cls.hint(name) or 'a number'}", param=name
-            )
-        if isinstance(v, numbers.Integral) and not isinstance(v, int):
-            return int(v)
-        if float in kinds and isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
-            return float(v)
-        return v
-
-    @classmethod
-    def hint(cls, name: str) -> str | None:
-        """What a valid value of field ``name`` looks like (its ``Give``), if it says."""
-        field = cls.model_fields.get(name)
-        gives = [m for m in field.metadata if isinstance(m, Give)] if field else []
-        return gives[0].hint if gives else None
-
-
-def _config_error(model: type[_Config], e: ValidationError) -> UniteError:
-    """One readable error for all of pydantic's complaints: ``field=value: problem; give ...``.
-
-    It carries the field of the first complaint as its ``param`` (pydantic's ``loc``, or the
-    ``param`` our own validator gave), so no one has to find the field in the message."""
-    problems = []
-    params: list[str] = []
-    for err in e.errors():
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, InputError):  # a lone surrogate: an input problem wherever it is
-            return cause
-        loc = [str(p) for p in err["loc"]]
-        if isinstance(cause, UniteError):  # our own validators already say field and fix
-            problems.append(str(cause))
-            params += [p for p in (cause.param, loc[0] if loc else None) if p]
-            continue
-        field = ".".join(loc)
-        params += loc[:1]
-        if err["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields)
-            problems.append(f"unknown option {field!r}; {model.__name__} takes {known}")
-            continue
-        given = _short(err["input"])
-        hint = model.hint(loc[0]) if loc else None
-        problems.append(f"{field}={given}: {err['msg']}" + (f"; give {hint}" if hint else ""))
-    return ConfigError(
-        f"invalid {model.__name__}: " + "; ".join(problems), param=params[0] if params else None
-    )
-
-
-class MemberSpec(_Config):
+class MemberSpec(StrictModel):
     """One ensemble member: where its weights come from and how it runs.
 
     ``source`` is a built-in alias (``smollm2-135m-instruct``, ``gemma-3-270m``), a local
@@ -257,7 +168,7 @@ class MemberSpec(_Config):
             parsed = None
         if not isinstance(parsed, dict) or "quant_method" not in parsed:
             raise ConfigError(
-                f"quantization={_short(v)} is not known; give None, 'int8', 'int4' or a "
+                f"quantization={short_repr(v)} is not known; give None, 'int8', 'int4' or a "
                 "transformers quantization config (e.g. BitsAndBytesConfig, TorchAoConfig)"
             )
         return v
@@ -344,7 +255,7 @@ class MemberSpec(_Config):
         return self.name or Path(self.source).name or self.source
 
 
-class EnsembleConfig(_Config):
+class EnsembleConfig(StrictModel):
     """The ensemble as a whole; its JSON is the key under which one engine instance is shared."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -435,91 +346,6 @@ class EnsembleConfig(_Config):
         return [m.weight / total for m in self.members]
 
 
-class GenerationOptions(_Config):
-    """Options of one call; every engine entry point takes them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    max_new_tokens: Annotated[int, Give("an int >= 1 (not a bool, float or string), e.g. 256")] = (
-        Field(default=256, ge=1, description="Union steps at most.")
-    )
-    min_new_tokens: Annotated[int, Give("an int >= 0 and at most max_new_tokens")] = Field(
-        default=0, ge=0, description="END cannot win before this many steps (as in generate)."
-    )
-    temperature: Annotated[float, Give("a finite number >= 0 (0 is greedy)")] = Field(
-        default=0.0, ge=0.0, allow_inf_nan=False, description="0 is greedy."
-    )
-    top_p: Annotated[float, Give("a finite number in (0, 1]")] = Field(
-        default=1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus mass over the union."
-    )
-    seed: Annotated[int | None, Give(f"None or an int from 0 to 2**64 - 1 ({SEED_MAX})")] = Field(
-        default=None, ge=0, le=SEED_MAX, description="Seed for sampling; same seed, same text."
-    )
-    stop: Annotated[tuple[str, ...], Give("a string or a list of non-empty strings")] = Field(
-        default=(), description="Strings that end generation (not emitted)."
-    )
-    gate: Annotated[float | None, Give("None (full UniTE) or a number in [0, 1], e.g. 0.9")] = (
-        Field(
-            default=None,
-            ge=0.0,
-            le=1.0,
-            allow_inf_nan=False,
-            description=(
-                "Gated ensembling: where the primary member's top-1 probability over its own "
-                "candidates is >= gate (and gate < 1), its token is taken without consulting the "
-                "others. None (the default) and 1.0 are full UniTE."
-            ),
-        )
-    )
-    top_logprobs: Annotated[int, Give("an int from 0 to 20")] = Field(
-        default=0,
-        ge=0,
-        le=20,
-        description=(
-            "Also report, for every chosen token, this many most likely strings of the mixed "
-            "distribution it was chosen from (``TokenProvenance.top``); 0: none, and no extra "
-            "work or host transfer."
-        ),
-    )
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _coerce_stop(cls, v: object) -> object:
-        stops = stop_strings(v)
-        if "" in stops:
-            raise ConfigError(
-                f"stop={_short(v)}: stop strings must be non-empty strings; give a string or "
-                "a list of non-empty strings",
-                param="stop",
-            )
-        return tuple(check_text(f"stop string {n}", s, "stop") for n, s in enumerate(stops))
-
-    @model_validator(mode="after")
-    def _min_within_max(self) -> GenerationOptions:
-        if self.min_new_tokens > self.max_new_tokens:
-            raise ConfigError(
-                f"min_new_tokens={self.min_new_tokens} is more than max_new_tokens="
-                f"{self.max_new_tokens}; lower min_new_tokens or raise max_new_tokens",
-                param="min_new_tokens",
-            )
-        return self
-
-
-def stop_strings(value: object, field: str = "stop") -> tuple[str, ...]:
-    """The one stop-string rule of every front end: ``None`` is none, a bare string is *one*
-    stop string (never a list of its characters), a list or tuple of strings is those strings;
-    anything else is a ``ConfigError`` about ``field``."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value):
-        return tuple(value)
-    raise ConfigError(
-        f"{field}={_short(value)}: give a string or a list of strings (stop strings)", param=field
-    )
-
-
 MemberLike = str | os.PathLike[str] | MemberSpec | Mapping[str, Any]
 """A member as a caller may give it: alias or path, ``MemberSpec``, or a dict of its fields."""
 
@@ -530,7 +356,7 @@ def member_specs(members: object) -> list[MemberSpec]:
         members = [members]
     if not isinstance(members, (list, tuple)):
         raise ConfigError(
-            f"members={_short(members)}: give a non-empty list of members (aliases such as "
+            f"members={short_repr(members)}: give a non-empty list of members (aliases such as "
             "'smollm2-135m-instruct', local directories, .gguf files or MemberSpec)"
         )
     if not members:
@@ -548,7 +374,7 @@ def member_specs(members: object) -> list[MemberSpec]:
             specs.append(MemberSpec(**m))
         else:
             raise ConfigError(
-                f"member {n} is {type(m).__name__} {_short(m)}; give an alias or path "
+                f"member {n} is {type(m).__name__} {short_repr(m)}; give an alias or path "
                 "(a string) or a MemberSpec"
             )
     return specs
@@ -559,7 +385,7 @@ def _placed(backend: object, specs: Sequence[MemberSpec]) -> list[MemberSpec]:
     switch the engine reads); "local" leaves each member's placement as it is."""
     if backend not in ("local", "ray"):
         raise ConfigError(
-            f"backend={_short(backend)}: give 'local' or 'ray' (every member in a Ray actor)",
+            f"backend={short_repr(backend)}: give 'local' or 'ray' (every member in a Ray actor)",
             param="backend",
         )
     if backend == "local":
@@ -584,7 +410,7 @@ def ensemble_config(
     if weights is not None:
         if not isinstance(weights, (list, tuple)):
             raise ConfigError(
-                f"weights={_short(weights)}: give a list of numbers, one per member, or None"
+                f"weights={short_repr(weights)}: give a list of numbers, one per member, or None"
             )
         if len(weights) != len(specs):
             raise ConfigError(
@@ -610,11 +436,6 @@ def _gpu_index(device: str | int) -> int | None:
     if device.startswith("cuda:") and device[5:].isdigit():
         return int(device[5:])
     return None
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fspath(value: object) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.options import MAX_CHOICES
-from ..engine.config import stop_strings
+from ..engine.generation_options import stop_strings
 
 __all__ = [
     "ChatCompletionRequest",

@@ -29,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from unite_integrations.engine import loading
+from unite_integrations.engine import loading, sources
 from unite_integrations.engine.config import MemberSpec
 from unite_integrations.engine.loading import (
     BUILTIN_ALIASES,
@@ -297,7 +297,7 @@ def test_concurrent_winner_is_kept(
 ) -> None:
     """If another process renames its conversion into place first, ours is discarded quietly."""
     cache = tmp_path / "cache"
-    target = loading._converted_dir(fake_gguf, cache)
+    target = sources._converted_dir(fake_gguf, cache)
     real_rename = os.rename
 
     def rename(src: Any, dst: Any) -> None:
@@ -317,7 +317,7 @@ def test_incomplete_target_is_replaced(
 ) -> None:
     """A directory without the completion marker is never trusted; it is converted over."""
     cache = tmp_path / "cache"
-    target = loading._converted_dir(fake_gguf, cache)
+    target = sources._converted_dir(fake_gguf, cache)
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}", encoding="utf-8")
     assert cached_conversion(fake_gguf, cache) is None

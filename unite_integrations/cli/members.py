@@ -26,7 +26,7 @@ def add_member_options(
 ) -> None:
     """Add the ensemble options to a subcommand (``weights=False``: no ``-w``;
     ``prefix_cache``: ``--prefix-cache``, for the commands that decode many prompts)."""
-    from ..engine.loading import BUILTIN_ALIASES
+    from ..engine.sources import BUILTIN_ALIASES
 
     p.add_argument(
         "-m",

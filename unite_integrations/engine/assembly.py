@@ -15,7 +15,8 @@ from ..errors import ConfigError
 from .backends import MemberBackend
 from .batch import Ensemble
 from .config import EnsembleConfig, MemberSpec, ensemble_config
-from .loading import load_member, union_device
+from .devices import union_device
+from .loading import load_member
 from .members import LoadedMember
 from .prefix import PrefixStore
 from .ray_members import RayMember, connect, describe, start_actor

@@ -66,7 +66,8 @@ def describe(spec: MemberSpec, cache_dir: Path | None) -> tuple[Any, Any, int]:
     """(model stand-in, tokenizer, logits size) for the driver: tokenizer and config, no weights."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from .loading import _no_length_warning, convert_gguf, resolve_source
+    from .loading import _no_length_warning
+    from .sources import convert_gguf, resolve_source
 
     resolved = resolve_source(spec.source, cache_dir)
     path = (

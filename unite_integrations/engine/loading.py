@@ -115,18 +115,40 @@ def _quiet_load(progress: bool | None) -> Iterator[None]:
             (hub_utils.enable_progress_bars if hub_on else hub_utils.disable_progress_bars)()
 
     with _quiet_guard:
-        if _quiet_depth == 0 and hf_logging.is_progress_bar_enabled():
-            _bars_restore = (True, not hub_utils.are_progress_bars_disabled())
-            set_bars(False, _bars_restore[1])
+        if _quiet_depth == 0:
+            _mute_import_noise(True)
+            if hf_logging.is_progress_bar_enabled():
+                _bars_restore = (True, not hub_utils.are_progress_bars_disabled())
+                set_bars(False, _bars_restore[1])
         _quiet_depth += 1
     try:
         yield
     finally:
         with _quiet_guard:
             _quiet_depth -= 1
-            if _quiet_depth == 0 and _bars_restore is not None:
-                set_bars(*_bars_restore)
-                _bars_restore = None
+            if _quiet_depth == 0:
+                _mute_import_noise(False)
+                if _bars_restore is not None:
+                    set_bars(*_bars_restore)
+                    _bars_restore = None
+
+
+# Loggers that speak once, at import, during a member's first load: transformers imports every
+# quantizer's backend that is installed (torchao, from the ``quantization`` extra, then logs each
+# CUDA kernel library it cannot load on a CPU machine, and torch's pytree logs a deprecation of
+# torchao's registrations). Nothing a user can act on; errors still show.
+_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+_noise_levels: dict[str, int] = {}
+
+
+def _mute_import_noise(mute: bool) -> None:
+    for name in _IMPORT_NOISE:
+        log = logging.getLogger(name)
+        if mute:
+            _noise_levels[name] = log.level
+            log.setLevel(logging.ERROR)
+        elif name in _noise_levels:
+            log.setLevel(_noise_levels.pop(name))
 
 
 def _no_length_warning(tokenizer: Any) -> None:
@@ -177,7 +199,8 @@ def estimate_fit(
     ``unite check --members-only`` prints. ``members``: what ``member_specs`` takes, or an
     ``EnsembleConfig``; ``free``: device -> bytes, to plan for a budget instead of what is free."""
     specs = members.members if isinstance(members, EnsembleConfig) else member_specs(members)
-    return fit_report([member_estimate(s, cache_dir) for s in specs], free)
+    with _quiet_load(None):  # building on the meta device imports quantization backends
+        return fit_report([member_estimate(s, cache_dir) for s in specs], free)
 
 
 def _check_fit(spec: MemberSpec, config: Any) -> None:
@@ -233,10 +256,11 @@ def load_member(
             "by save_pretrained."
         )
     config = _read_config(spec, path, kwargs, fix)
-    _check_fit(spec, config)
     dtype = resolve_dtype(spec, config)
     devices = member_devices(spec)
-    quantized = quantization_config(spec, devices[0].partition(":")[0], dtype)
+    with _quiet_load(progress):  # both may import quantization backends: their import noise off
+        _check_fit(spec, config)
+        quantized = quantization_config(spec, devices[0].partition(":")[0], dtype)
     load: dict[str, Any] = {"dtype": torch_dtype(dtype), **kwargs}
     if quantized is not None:
         load["quantization_config"] = quantized

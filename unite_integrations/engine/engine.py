@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ConfigError, EngineClosedError
 from .backends import MemberBackend
-from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
+from .config import EnsembleConfig, GenerationOptions, MemberSpec, check_seeds, ensemble_config
 from .constraints import ByteMatcher, Constraint
 from .decode import Batch, Ensemble, RowState, closing_need, prefill_chunk, step
 from .inputs import check_prompts, check_tools
@@ -293,12 +293,17 @@ class UniTEEngine:
         tools: Sequence[Mapping[str, Any]] | None = None,
         constraint: Constraint | None = None,
         stream: bool = False,
+        seeds: Sequence[int | None] | None = None,
         **options: Any,
     ) -> list[Request]:
         """Queue a call without waiting: the requests (one per ``max_batch_rows`` prompts) whose
-        ``next_event()`` gives ``Delta`` (streams) then ``Done``, and whose ``cancel()`` frees
-        their rows at the next step. For front ends that manage waiting themselves (async, a
-        server); ``generate`` and ``stream`` are built on it.
+        ``next_event()`` gives ``Delta`` (streams: each tagged with its row) then ``Done``, and
+        whose ``cancel()`` frees their rows at the next step. For front ends that manage waiting
+        themselves (async, a server); ``generate`` and ``stream`` are built on it.
+
+        ``seeds``: one per prompt, row i's sampling seed in place of ``seed`` (None: a fresh
+        random one), so that several samples of one prompt are rows of one request, each with
+        a random stream of its own (OpenAI's ``n``); greedy rows ignore it.
 
         Raises ``OverloadedError`` at once when the queue is full, ``EngineClosedError`` after
         ``close()``, and every validation error before anything is queued.
@@ -306,6 +311,7 @@ class UniTEEngine:
         if self._scheduler.closed:
             raise EngineClosedError("the engine is closed: build a new UniTEEngine")
         encoded, opts = self._prepare(prompts, tools, options)
+        row_seeds = check_seeds(seeds, len(encoded[0]))
         matcher = None
         if constraint is not None:  # compiled once, here: each row takes a copy
             matcher = ByteMatcher(constraint)
@@ -315,7 +321,16 @@ class UniTEEngine:
             self._check_budget(opts, constraint, matcher, room)
         n = self._scheduler.max_rows
         requests = [
-            Request(Job([e[s : s + n] for e in encoded], opts, constraint, matcher), stream=stream)
+            Request(
+                Job(
+                    [e[s : s + n] for e in encoded],
+                    opts,
+                    constraint,
+                    matcher,
+                    row_seeds[s : s + n] if row_seeds is not None else None,
+                ),
+                stream=stream,
+            )
             for s in range(0, len(encoded[0]), n)
         ]
         self._scheduler.submit(requests)
@@ -673,7 +688,9 @@ class _Live:
                         RowText(opts.stop),
                         opts,
                         matcher=job.matcher.copy() if job.matcher else None,
-                        generator=_generator(opts, home),
+                        generator=_generator(
+                            opts, home, job.seeds[r] if job.seeds is not None else opts.seed
+                        ),
                         n_in=[len(p[r]) for p in job.prompts],
                         owner=req,
                     )
@@ -689,19 +706,21 @@ class _Live:
         return prompts, new
 
     def report(self, result: Any) -> None:
-        """Stream deltas; hand finished requests their results; forget cancelled ones. A
-        request whose report raises fails alone (its rows leave at the next step); the others
-        and the loop go on."""
+        """Stream each row's deltas (tagged with the row); hand finished requests their
+        results, with each row's last delta; forget cancelled ones. A request whose report
+        raises fails alone (its rows leave at the next step); the others and the loop go on."""
         for req, rows in list(self.rows.items()):
             try:
                 if req.cancelled:
                     del self.rows[req]
                 elif all(row.finish_reason is not None for row in rows):
-                    final = rows[0].text.take_delta(final=True) if req.stream else ""
-                    req.events.put(Done([result(row) for row in rows], final))
+                    finals = [row.text.take_delta(final=True) for row in rows] if req.stream else []
+                    req.events.put(Done([result(row) for row in rows], tuple(finals)))
                     del self.rows[req]
-                elif req.stream and (delta := rows[0].text.take_delta()):
-                    req.events.put(Delta(delta))
+                elif req.stream:
+                    for r, row in enumerate(rows):
+                        if delta := row.text.take_delta():
+                            req.events.put(Delta(delta, row=r))
             except Exception as e:
                 req.cancel()  # its rows, if any are still decoding, leave at the next step
                 req.events.put(Failed(e))
@@ -713,12 +732,14 @@ class _Live:
         self.rows.clear()
 
 
-def stream_chunk(event: Delta | Done) -> StreamChunk:
-    """A streamed request's event as a chunk: its text, and with the last one the result."""
+def stream_chunk(event: Delta | Done, row: int = 0) -> StreamChunk:
+    """A streamed request's event as a chunk of its row: its text, and with the last one the
+    result (a ``Done`` event ends every row: ``row`` picks whose last chunk)."""
     if isinstance(event, Delta):
-        return StreamChunk(text=event.text)
-    result = event.results[0]
-    return StreamChunk(text=event.text, finish_reason=result.finish_reason, result=result)
+        return StreamChunk(text=event.text, row=event.row)
+    result = event.results[row]
+    text = event.texts[row] if event.texts else ""
+    return StreamChunk(text=text, finish_reason=result.finish_reason, result=result, row=row)
 
 
 def _stores(size: int | str, members: list[LoadedMember]) -> list[PrefixStore]:
@@ -734,15 +755,18 @@ def _stores(size: int | str, members: list[LoadedMember]) -> list[PrefixStore]:
     return kept
 
 
-def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:
-    """A sampled row's own generator: the same seed gives the same text in any batch."""
+def _generator(
+    opts: GenerationOptions, device: torch.device, seed: int | None
+) -> torch.Generator | None:
+    """A sampled row's own generator, from ``seed`` (the call's, or the row's own): the same
+    seed gives the same text in any batch."""
     if opts.temperature <= 0:
         return None
     gen = torch.Generator(device=device)
-    if opts.seed is None:
+    if seed is None:
         gen.seed()  # a fresh random seed, leaving torch's global generator alone
     else:
-        gen.manual_seed(opts.seed)
+        gen.manual_seed(seed)
     return gen
 
 

@@ -387,3 +387,20 @@ def test_langchain_adapter_n(tiny_dirs):
         UniTEChatModel(members=members, n=0)
     with pytest.raises(ConfigError):
         UniTEChatModel(members=members, n=True)
+
+
+def test_core_seeded_streamed_n_is_one_engine_call_equal_to_the_unstreamed_one(hetero):
+    core = ChatCore(hetero, defaults=ChatDefaults(max_tokens=16))
+    request = _request(n=3, temperature=1.5, seed=5)
+    before = hetero.stats["batches"]
+    text = {0: "", 1: "", 2: ""}
+    results = {}
+    for chunk in core.stream(request):
+        text[chunk.choice] += chunk.content
+        if chunk.result is not None:
+            results[chunk.choice] = chunk.result
+    assert hetero.stats["batches"] - before == 1  # its rows admitted together, in one call
+    want = core.choices(request)
+    assert [text[i] for i in range(3)] == [r.content for r in want]
+    assert [results[i] for i in range(3)] == want
+    assert len(set(text.values())) > 1, text

@@ -404,3 +404,26 @@ def test_core_seeded_streamed_n_is_one_engine_call_equal_to_the_unstreamed_one(h
     assert [text[i] for i in range(3)] == [r.content for r in want]
     assert [results[i] for i in range(3)] == want
     assert len(set(text.values())) > 1, text
+
+
+def test_core_streamed_n_beyond_max_batch_rows_keeps_each_choice_apart(make_engine, tiny_dirs):
+    """More choices than ``max_batch_rows``: the engine call is several requests, read in turn,
+    their rows numbered on (choice 2 is the second request's row 0)."""
+    small = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], max_batch_rows=2
+    )
+    core = ChatCore(small, defaults=ChatDefaults(max_tokens=12))
+    request = _request(n=3, temperature=1.5, seed=11)
+    text = {0: "", 1: "", 2: ""}
+    results = {}
+    for chunk in core.stream(request):
+        text[chunk.choice] += chunk.content
+        if chunk.result is not None:
+            results[chunk.choice] = chunk.result
+    want = core.choices(request)
+    assert [text[i] for i in range(3)] == [r.content for r in want]
+    assert [results[i] for i in range(3)] == want
+    assert (
+        results[2].content
+        == core.invoke(_request(temperature=1.5, seed=choice_seed(11, 2))).content
+    )

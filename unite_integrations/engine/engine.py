@@ -683,18 +683,20 @@ class _Live:
         for req in arrivals:
             job, opts = req.job, req.job.options
             try:  # a request that cannot start fails alone, before it touches the batch
+                # Rows with seeds of their own (``submit(seeds=...)``): options of their own.
+                row_opts = [opts] * job.n_rows
+                if job.seeds is not None:
+                    row_opts = [opts.model_copy(update={"seed": s}) for s in job.seeds]
                 rows = [
                     RowState(
                         RowText(opts.stop),
-                        opts,
+                        o,
                         matcher=job.matcher.copy() if job.matcher else None,
-                        generator=_generator(
-                            opts, home, job.seeds[r] if job.seeds is not None else opts.seed
-                        ),
+                        generator=_generator(o, home),
                         n_in=[len(p[r]) for p in job.prompts],
                         owner=req,
                     )
-                    for r in range(job.n_rows)
+                    for r, o in enumerate(row_opts)
                 ]
             except Exception as e:
                 req.events.put(Failed(e))
@@ -755,18 +757,15 @@ def _stores(size: int | str, members: list[LoadedMember]) -> list[PrefixStore]:
     return kept
 
 
-def _generator(
-    opts: GenerationOptions, device: torch.device, seed: int | None
-) -> torch.Generator | None:
-    """A sampled row's own generator, from ``seed`` (the call's, or the row's own): the same
-    seed gives the same text in any batch."""
+def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    """A sampled row's own generator: the same seed gives the same text in any batch."""
     if opts.temperature <= 0:
         return None
     gen = torch.Generator(device=device)
-    if seed is None:
+    if opts.seed is None:
         gen.seed()  # a fresh random seed, leaving torch's global generator alone
     else:
-        gen.manual_seed(seed)
+        gen.manual_seed(opts.seed)
     return gen
 
 

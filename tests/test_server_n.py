@@ -420,6 +420,7 @@ def test_core_streamed_n_beyond_max_batch_rows_keeps_each_choice_apart(make_engi
         text[chunk.choice] += chunk.content
         if chunk.result is not None:
             results[chunk.choice] = chunk.result
+    assert all(text.values()), text  # every choice, the second request's too, streamed
     want = core.choices(request)
     assert [text[i] for i in range(3)] == [r.content for r in want]
     assert [results[i] for i in range(3)] == want

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -389,16 +390,22 @@ def test_langchain_adapter_n(tiny_dirs):
         UniTEChatModel(members=members, n=True)
 
 
+def _streamed(core: ChatCore, request: ChatRequest) -> tuple[dict[int, str], dict[int, Any]]:
+    """A streamed request's text and result per choice."""
+    text: dict[int, str] = {}
+    results = {}
+    for chunk in core.stream(request):
+        text[chunk.choice] = text.get(chunk.choice, "") + chunk.content
+        if chunk.result is not None:
+            results[chunk.choice] = chunk.result
+    return text, results
+
+
 def test_core_seeded_streamed_n_is_one_engine_call_equal_to_the_unstreamed_one(hetero):
     core = ChatCore(hetero, defaults=ChatDefaults(max_tokens=16))
     request = _request(n=3, temperature=1.5, seed=8)
     before = hetero.stats["batches"]
-    text = {0: "", 1: "", 2: ""}
-    results = {}
-    for chunk in core.stream(request):
-        text[chunk.choice] += chunk.content
-        if chunk.result is not None:
-            results[chunk.choice] = chunk.result
+    text, results = _streamed(core, request)
     assert hetero.stats["batches"] - before == 1  # its rows admitted together, in one call
     want = core.choices(request)
     assert [text[i] for i in range(3)] == [r.content for r in want]
@@ -414,12 +421,7 @@ def test_core_streamed_n_beyond_max_batch_rows_keeps_each_choice_apart(make_engi
     )
     core = ChatCore(small, defaults=ChatDefaults(max_tokens=12))
     request = _request(n=3, temperature=1.5, seed=11)
-    text = {0: "", 1: "", 2: ""}
-    results = {}
-    for chunk in core.stream(request):
-        text[chunk.choice] += chunk.content
-        if chunk.result is not None:
-            results[chunk.choice] = chunk.result
+    text, results = _streamed(core, request)
     assert all(text.values()), text  # every choice, the second request's too, streamed
     want = core.choices(request)
     assert [text[i] for i in range(3)] == [r.content for r in want]

@@ -9,6 +9,9 @@ import torch
 from conftest import PROMPTS
 
 from unite_integrations.engine.decode import retokenize_tail
+from unite_integrations.engine.engine import stream_chunk
+from unite_integrations.engine.scheduler import Done
+from unite_integrations.errors import ConfigError
 
 
 def test_batched_equals_row_by_row(hetero, trio):
@@ -166,10 +169,12 @@ def test_calls_waiting_together_are_batched_and_get_their_own_answers(make_engin
     before = dict(engine.stats)
     with ThreadPoolExecutor(9) as pool:
         # A long call keeps the worker busy while the eight others queue up behind it.
-        busy = pool.submit(engine.generate, ["Once upon a time"], max_new_tokens=300,
-                           min_new_tokens=300)
-        together = list(pool.map(lambda p: engine.generate([p], max_new_tokens=10)[0].text,
-                                 prompts))
+        busy = pool.submit(
+            engine.generate, ["Once upon a time"], max_new_tokens=300, min_new_tokens=300
+        )
+        together = list(
+            pool.map(lambda p: engine.generate([p], max_new_tokens=10)[0].text, prompts)
+        )
         busy.result()
     assert together == alone
     assert engine.stats["requests"] - before["requests"] == 9
@@ -220,3 +225,57 @@ def test_min_new_tokens_holds_the_end_back(hetero, gate):
         assert len(held.provenance.tokens) >= least, prompt
         assert held.text.startswith(free.text), prompt
     assert early >= 3, "the tiny members must end early on several prompts"
+
+
+def test_per_row_seeds_equal_separate_seeded_calls(hetero):
+    """``submit(seeds=...)``: row i samples as a call of its own with ``seed=seeds[i]`` (two rows
+    of one prompt with two seeds are two different samples); greedy rows ignore seeds."""
+    kw = {"max_new_tokens": 12, "temperature": 1.2}
+    prompts, seeds = [PROMPTS[0], PROMPTS[0], PROMPTS[3]], [5, 17, 5]
+    [request] = hetero.submit(prompts, seeds=seeds, **kw)
+    together = [r.text for r in request.next_event().results]
+    alone = [hetero.generate([p], seed=s, **kw)[0].text for p, s in zip(prompts, seeds)]
+    assert together == alone
+    assert together[0] != together[1]  # one prompt, two seeds: two samples
+    greedy = hetero.generate(prompts, seeds=seeds, max_new_tokens=12)
+    assert [r.text for r in greedy] == [r.text for r in hetero.generate(prompts, max_new_tokens=12)]
+
+
+def test_a_streamed_request_of_several_rows_tags_each_rows_deltas(hetero):
+    """Each row of a streamed request streams its own deltas, tagged with the row; the last
+    event gives each row's held-back text and result: per row, they join to its text."""
+    prompts, seeds = [PROMPTS[0], PROMPTS[0], PROMPTS[1]], [1, 2, 3]
+    kw = {"max_new_tokens": 14, "min_new_tokens": 6, "temperature": 1.2, "stop": ["zz", "e."]}
+    [request] = hetero.submit(prompts, stream=True, seeds=seeds, **kw)
+    texts = ["", "", ""]
+    while not isinstance(event := request.next_event(), Done):
+        texts[event.row] += event.text
+    assert [len(event.results), len(event.texts)] == [3, 3]
+    assert [t + last for t, last in zip(texts, event.texts)] == [r.text for r in event.results]
+    assert all(texts), texts  # every row streamed
+    alone = [hetero.generate([p], seed=s, **kw)[0].text for p, s in zip(prompts, seeds)]
+    assert [r.text for r in event.results] == alone
+    last = [stream_chunk(event, r) for r in range(3)]
+    assert [(c.row, c.text, c.result) for c in last] == [
+        (r, event.texts[r], event.results[r]) for r in range(3)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seeds", "param"),
+    [
+        ([1, 2], "seeds"),
+        ([1, 2, 3, 4], "seeds"),
+        ([1, True, 3], "seeds[1]"),
+        ([1, -1, 3], "seeds[1]"),
+        ([1, 2, 2**64], "seeds[2]"),
+        ([1, "2", 3], "seeds[1]"),
+        (5, "seeds"),
+    ],
+)
+def test_bad_seeds_are_refused_before_anything_is_queued(hetero, seeds, param):
+    before = hetero.stats["requests"]
+    with pytest.raises(ConfigError) as e:
+        hetero.submit(PROMPTS[:3], seeds=seeds, temperature=1.0, max_new_tokens=2)
+    assert e.value.param == param and "seed" in str(e.value)
+    assert hetero.metrics().queued == 0 and hetero.stats["requests"] == before

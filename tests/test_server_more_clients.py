@@ -150,9 +150,18 @@ def _lm_eval(tmp_path: Path, model: str, model_args: str, task: str, *extra: str
     ],
 )
 def test_lm_eval_generation_matches_engine(trio, trio_base, tmp_path, model, endpoint, extra):
+    check_lm_eval_generation(trio, trio_base, tmp_path, model, endpoint, *extra)
+
+
+def check_lm_eval_generation(
+    engine: Any, base: str, tmp_path: Path, model: str, endpoint: str, *extra: str
+) -> None:
+    """lm-eval's ``model`` (against ``base``'s ``endpoint``) on the shipped generation task: its
+    logged answers equal ``engine.generate`` (greedy) on the same prompts, stops and budget.
+    Also run by the real-pair client tests."""
     pytest.importorskip("lm_eval")
     args = (
-        f"base_url={trio_base}/{endpoint},model=tiny,tokenizer_backend=None,"
+        f"base_url={base}/{endpoint},model=tiny,tokenizer_backend=None,"
         "num_concurrent=2,max_retries=1"
     )
     run = _lm_eval(tmp_path, model, args, "unite_triviaqa_mini", "--log_samples", *extra)
@@ -171,7 +180,7 @@ def test_lm_eval_generation_matches_engine(trio, trio_base, tmp_path, model, end
         sent = sample["arguments"]["gen_args_0"]["arg_0"]
         assert (json.loads(sent[0]) if chat else sent) == prompt
         assert sample["arguments"]["gen_args_0"]["arg_1"]["until"] == LM_EVAL_STOPS
-    want = trio.generate(
+    want = engine.generate(
         prompts, max_new_tokens=LM_EVAL_MAX_TOKENS, stop=LM_EVAL_STOPS, temperature=0.0
     )
     got = [s["resps"][0][0] for s in logged]

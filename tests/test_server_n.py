@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -387,3 +388,45 @@ def test_langchain_adapter_n(tiny_dirs):
         UniTEChatModel(members=members, n=0)
     with pytest.raises(ConfigError):
         UniTEChatModel(members=members, n=True)
+
+
+def _streamed(core: ChatCore, request: ChatRequest) -> tuple[dict[int, str], dict[int, Any]]:
+    """A streamed request's text and result per choice."""
+    text: dict[int, str] = {}
+    results = {}
+    for chunk in core.stream(request):
+        text[chunk.choice] = text.get(chunk.choice, "") + chunk.content
+        if chunk.result is not None:
+            results[chunk.choice] = chunk.result
+    return text, results
+
+
+def test_core_seeded_streamed_n_is_one_engine_call_equal_to_the_unstreamed_one(hetero):
+    core = ChatCore(hetero, defaults=ChatDefaults(max_tokens=16))
+    request = _request(n=3, temperature=1.5, seed=8)
+    before = hetero.stats["batches"]
+    text, results = _streamed(core, request)
+    assert hetero.stats["batches"] - before == 1  # its rows admitted together, in one call
+    want = core.choices(request)
+    assert [text[i] for i in range(3)] == [r.content for r in want]
+    assert [results[i] for i in range(3)] == want
+    assert len(set(text.values())) > 1, text
+
+
+def test_core_streamed_n_beyond_max_batch_rows_keeps_each_choice_apart(make_engine, tiny_dirs):
+    """More choices than ``max_batch_rows``: the engine call is several requests, read in turn,
+    their rows numbered on (choice 2 is the second request's row 0)."""
+    small = make_engine(
+        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], max_batch_rows=2
+    )
+    core = ChatCore(small, defaults=ChatDefaults(max_tokens=12))
+    request = _request(n=3, temperature=1.5, seed=11)
+    text, results = _streamed(core, request)
+    assert all(text.values()), text  # every choice, the second request's too, streamed
+    want = core.choices(request)
+    assert [text[i] for i in range(3)] == [r.content for r in want]
+    assert [results[i] for i in range(3)] == want
+    assert (
+        results[2].content
+        == core.invoke(_request(temperature=1.5, seed=choice_seed(11, 2))).content
+    )

@@ -7,18 +7,16 @@ tool choice and structured output as grammars, the streaming tool-call parser (`
 usage and provenance, the model-name default and the sync/async bridge (``bridge``). Batching
 is the engine's: concurrent calls on one engine are decoded together by its scheduler.
 
-``n`` choices of one prompt (OpenAI's ``n``) are rows of the engine's batch, queued together:
-``choices``/``achoices`` return them, a stream interleaves their chunks (``ChatChunk.choice``),
-and ``ainvoke_many`` gives ``n`` per prompt, prompt-major. Each choice has a random stream of
-its own (``options.choice_seed``).
+``n`` choices of one prompt (OpenAI's ``n``) are rows of one engine call, each with a random
+stream of its own (``options.choice_seed``, the engine's per-row ``seeds``): ``choices``/
+``achoices`` return them, a stream interleaves their chunks as the engine tags them with their
+row (``ChatChunk.choice``), and ``ainvoke_many`` gives ``n`` per prompt, prompt-major.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import queue
-import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -31,7 +29,7 @@ from ..engine.engine import Prompt, UniTEEngine, stream_chunk
 from ..engine.inputs import check_text
 from ..engine.registry import get_engine
 from ..engine.results import GenerationResult, StreamChunk
-from ..engine.scheduler import Done, Failed, Request
+from ..engine.scheduler import Delta, Done, Failed, Request
 from ..engine.tool_format import ToolCallStream, parse_calls, tool_choice, tool_names
 from ..errors import ConfigError, ContextWindowError, InputError, about
 from .bridge import checked, thread_stream
@@ -79,15 +77,7 @@ class PreparedCall:
     parse_calls: bool
     tokens: bool = False  # keep per-token provenance in the result
     build: Callable[[], Constraint] | None = field(default=None, compare=False, repr=False)
-    n: int = 1  # choices: rows of the prompt, queued together
-
-    @property
-    def own_seeds(self) -> bool:
-        """Whether its choices sample with seeds of their own (several choices, sampled, with a
-        seed: choice i's is ``choice_seed(seed, i)``); otherwise they share the call's options
-        (greedy choices are equal, unseeded ones each draw from a fresh generator)."""
-        opts = self.generation
-        return self.n > 1 and opts.seed is not None and opts.temperature > 0
+    n: int = 1  # choices: rows of the prompt, in one engine call
 
     @property
     def options(self) -> dict[str, Any]:
@@ -203,21 +193,18 @@ class ChatCore:
         return self.result(self._generate(call), call.parse_calls, tokens=call.tokens)
 
     def choices(self, request: ChatRequest) -> list[ChatResult]:
-        """The request's ``n`` choices (``ChatOptions.n``; one by default), in order: their rows
-        are queued together and decoded in one batch."""
+        """The request's ``n`` choices (``ChatOptions.n``; one by default), in order: rows of
+        one engine call, decoded in one batch."""
         call = self.prepare(request)
         if call.n == 1:
             return [self._invoke(call)]
         queued = self._queue([call.prompt], call, stream=False)
         try:
-            results = list(_Answers([r for rs in queued for r in rs]))
+            results = list(_Answers(queued))
         finally:
-            for request_ in (r for rs in queued for r in rs):  # an interrupted wait frees rows
+            for request_ in queued:  # an interrupted wait frees the rows
                 request_.cancel()
-        return [
-            self.result(r, call.parse_calls, tokens=call.tokens)
-            for r in _order(results, len(queued))
-        ]
+        return [self.result(r, call.parse_calls, tokens=call.tokens) for r in results]
 
     def batch(self, requests: Sequence[ChatRequest], max_concurrency: int = 16) -> list[ChatResult]:
         """Answers for several requests, as concurrent engine calls: the engine's scheduler
@@ -240,7 +227,7 @@ class ChatCore:
         they decode, each tagged with its ``choice``, and each choice ends with a chunk of its
         own carrying its result; the iterator ends after the last."""
         call = self.prepare(request)
-        return self._streams(call, self._decodings(call))
+        return self._streams(call, self._decoding(call))
 
     def submit(self, call: PreparedCall) -> Decoding:
         """Queue a checked call on the engine without waiting for any decoding: its grammar is
@@ -249,42 +236,31 @@ class ChatCore:
         its queue bound (``OverloadedError``) raise here, in the caller's thread; nothing was
         queued then. The returned ``Decoding`` gives the engine's stream chunks as the engine
         decodes them. One choice only: ``stream``/``astream`` stream ``n`` of them."""
-        [request] = self._submit([call.prompt], _one(call, "submit"), stream=True)
-        return Decoding(request)
+        return Decoding(self._submit([call.prompt], _one(call, "submit"), stream=True))
 
-    def _decodings(self, call: PreparedCall) -> list[Decoding]:
-        """A streamed call's choices queued (``_queue``): their ``Decoding``s, in choice order."""
-        return [Decoding(r) for rs in self._queue([call.prompt], call, stream=True) for r in rs]
+    def _decoding(self, call: PreparedCall) -> Decoding:
+        """A streamed call's choices queued (``_queue``): the ``Decoding`` of their rows."""
+        return Decoding(self._queue([call.prompt], call, stream=True))
 
-    def _queue(
-        self, prompts: list[Prompt], call: PreparedCall, stream: bool
-    ) -> list[list[Request]]:
-        """Queue ``call.n`` choices of every prompt: each engine call's requests, in call order.
-
-        One engine call queues them all (their rows are admitted together) where the choices
-        share the call's options: one choice, greedy ones, or sampled ones without a seed (each
-        row draws from a fresh generator of its own), and they do not stream; its results are
-        prompt-major. Otherwise (``own_seeds``, or a stream: the engine streams a request's
-        first row only) one engine call per choice, choice i seeded with ``choice_seed(seed,
-        i)``, each for every prompt, queued back to back so that an engine between two steps
-        admits them at its next step (an idle one may start the first a step ahead; rows are
-        independent, so the text is the same). All or none: an error cancels the calls queued
-        before it."""
+    def _queue(self, prompts: list[Prompt], call: PreparedCall, stream: bool) -> list[Request]:
+        """Queue ``call.n`` choices of every prompt as rows of one engine call (admitted
+        together), prompt-major: its requests, whose results come in that order. With a seed,
+        choice i samples with ``choice_seed(seed, i)`` (the engine's per-row ``seeds``);
+        without one each sampled row draws from a fresh generator; greedy choices are equal."""
         call = call.built()
-        if call.n == 1 or not (stream or call.own_seeds):
-            return [self._submit([p for p in prompts for _ in range(call.n)], call, stream)]
-        queued: list[list[Request]] = []
-        try:
-            for i in range(call.n):
-                seed = choice_seed(call.generation.seed, i)
-                queued.append(self._submit(prompts, _with_seed(call, seed), stream))
-        except BaseException:
-            for request in (r for rs in queued for r in rs):
-                request.cancel()
-            raise
-        return queued
+        seed = call.generation.seed
+        seeds = None
+        if call.n > 1 and seed is not None:
+            seeds = [choice_seed(seed, i) for _ in prompts for i in range(call.n)]
+        return self._submit([p for p in prompts for _ in range(call.n)], call, stream, seeds)
 
-    def _submit(self, prompts: list[Prompt], call: PreparedCall, stream: bool) -> list[Request]:
+    def _submit(
+        self,
+        prompts: list[Prompt],
+        call: PreparedCall,
+        stream: bool,
+        seeds: list[int | None] | None = None,
+    ) -> list[Request]:
         """``engine.submit``, its errors naming the request field they are about."""
         call = call.built()
         with _fields(call):
@@ -294,6 +270,7 @@ class ChatCore:
                 constraint=call.constraint,
                 stream=stream,
                 options=call.generation,
+                seeds=seeds,
             )
 
     def _generate(self, call: PreparedCall) -> GenerationResult:
@@ -303,71 +280,17 @@ class ChatCore:
                 [call.prompt], tools=call.tools, constraint=call.constraint, options=call.generation
             )[0]
 
-    def _streams(self, call: PreparedCall, decodings: list[Decoding]) -> Iterator[ChatChunk]:
-        """One choice's chunks, or several choices' merged (``_merged``)."""
-        if len(decodings) == 1:
-            return self._chunks(call, decodings[0])
-        return self._merged(call, decodings)
-
-    def _merged(self, call: PreparedCall, decodings: list[Decoding]) -> Iterator[ChatChunk]:
-        """Several choices' chunks as they come, each tagged with its choice (a reader thread
-        per choice: each waits on its own request's events). The first failure raises here;
-        leaving early, or a failure, abandons every choice still decoding."""
-        out: queue.SimpleQueue[tuple[ChatChunk | BaseException | None]] = queue.SimpleQueue()
-
-        def read(i: int, decoding: Decoding) -> None:
-            try:
-                for chunk in self._chunks(call, decoding):
-                    out.put((replace(chunk, choice=i),))
-            except BaseException as e:
-                out.put((e,))
-            else:
-                out.put((None,))
-
-        for i, decoding in enumerate(decodings):
-            threading.Thread(
-                target=read, args=(i, decoding), name="unite-choice", daemon=True
-            ).start()
-        left = len(decodings)
+    def _streams(self, call: PreparedCall, decoding: Decoding) -> Iterator[ChatChunk]:
+        """The call's chunks as the engine streams its rows, each row's through a ``_Choice``
+        of its own and tagged with its choice; the iterator ends after the last choice's
+        result. Leaving early, or a failure (raised here), cancels the engine call."""
+        choices = [_Choice(self, call) for _ in range(call.n)]
         try:
-            while left:
-                (item,) = out.get()
-                if item is None:
-                    left -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+            for piece in decoding:
+                for chunk in choices[piece.row].feed(piece):
+                    yield replace(chunk, choice=piece.row)
         finally:
-            _abandon(decodings)  # wakes the readers of choices still decoding
-
-    def _chunks(self, call: PreparedCall, pieces: Iterator[Any]) -> Iterator[ChatChunk]:
-        splitter = ToolCallStream() if call.parse_calls else None
-        streamed: list[str] = []  # ids of the calls streamed so far: the result keeps them
-        index = 0
-        try:
-            for piece in pieces:
-                parts: list[str | ToolCall] = []
-                if piece.text:
-                    parts = splitter.feed(piece.text) if splitter else [piece.text]
-                if piece.result is not None:
-                    if splitter:
-                        parts += splitter.finish()
-                    for chunk in _part_chunks(parts, index):
-                        index += len(chunk.tool_calls)
-                        streamed += [c.id for c in chunk.tool_calls]
-                        yield chunk
-                    result = self.result(piece.result, call.parse_calls, streamed, call.tokens)
-                    yield ChatChunk(finish_reason=result.finish_reason, result=result)
-                    return
-                for chunk in _part_chunks(parts, index):
-                    index += len(chunk.tool_calls)
-                    streamed += [c.id for c in chunk.tool_calls]
-                    yield chunk
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()  # a consumer that stops early cancels the engine request
+            decoding.close()  # a consumer that stops early cancels the engine request
 
     # -- async ------------------------------------------------------------------------------
 
@@ -386,10 +309,8 @@ class ChatCore:
         return await self._astream(self.check(request))
 
     async def _astream(self, call: PreparedCall) -> AsyncGenerator[ChatChunk, None]:
-        decodings = await checked(lambda: self._decodings(call), discard=_abandon)
-        return await thread_stream(
-            lambda: self._streams(call, decodings), abandon=lambda: _abandon(decodings)
-        )
+        decoding = await checked(lambda: self._decoding(call), discard=Decoding.abandon)
+        return await thread_stream(lambda: self._streams(call, decoding), abandon=decoding.abandon)
 
     async def ainvoke(self, request: ChatRequest) -> ChatResult:
         """``invoke`` for async code, without blocking the event loop. Cancelling the awaiting
@@ -398,8 +319,8 @@ class ChatCore:
         return await self._ainvoke(_one(self.check(request), "ainvoke"))
 
     async def achoices(self, request: ChatRequest) -> list[ChatResult]:
-        """``choices`` for async code: the request's ``n`` choices, in order, their rows queued
-        together (all or none) and decoded in one batch. Cancelling the awaiting task cancels
+        """``choices`` for async code: the request's ``n`` choices, in order, rows of one engine
+        call (all or none) decoded in one batch. Cancelling the awaiting task cancels
         them all."""
         call = self.check(request)
         if call.n == 1:
@@ -432,18 +353,14 @@ class ChatCore:
         if not calls:
             return []
         first = calls[0]
-        n_calls = 1
 
         def queue_all() -> _Answers:
-            nonlocal n_calls
-            queued = self._queue([c.prompt for c in calls], first, stream=False)
-            n_calls = len(queued)
-            return _Answers([r for rs in queued for r in rs])
+            return _Answers(self._queue([c.prompt for c in calls], first, stream=False))
 
         answers = await checked(queue_all, discard=_Answers.abandon)
         items = await thread_stream(lambda: iter(answers), abandon=answers.abandon)
         try:
-            results = _order([r async for r in items], n_calls)
+            results = [r async for r in items]
         finally:
             await items.aclose()
         owners = [c for c in calls for _ in range(first.n)]
@@ -483,37 +400,84 @@ class ChatCore:
 
 
 class Decoding:
-    """A queued engine request's stream chunks (``UniTEEngine.stream`` over ``submit``, so the
-    request is checked and queued before anything waits). ``close()``, or dropping it, cancels
-    the request (its row leaves the batch at the next step); ``abandon()`` does too and also
-    wakes a thread waiting for its next chunk (from any thread)."""
+    """A queued engine call's stream chunks, each tagged with its row (``UniTEEngine.stream``
+    over ``submit``, so the call is checked and queued before anything waits): its requests'
+    in order (one unless the call has more rows than ``max_batch_rows``), a request's ``Done``
+    giving each of its rows' last chunk. ``close()``, or dropping it, cancels the requests (their
+    rows leave the batch at the next step); ``abandon()`` does too and also wakes a thread
+    waiting for its next chunk (from any thread)."""
 
-    def __init__(self, request: Request) -> None:
-        self._request = request
-        self._done = False
+    def __init__(self, requests: list[Request]) -> None:
+        self._requests = requests
+        self._read = 0  # requests read to their end
+        self._row = 0  # the first row of the request being read
+        self._last: list[StreamChunk] = []  # a finished request's rows' last chunks, to give
 
     def __iter__(self) -> Decoding:
         return self
 
     def __next__(self) -> StreamChunk:
-        if self._done:
+        if self._last:
+            return self._last.pop(0)
+        if self._read == len(self._requests):
             raise StopIteration
-        event = self._request.next_event()  # a Failed event (the engine's error) raises here
-        self._done = isinstance(event, Done)
-        return stream_chunk(event)
+        event = self._requests[
+            self._read
+        ].next_event()  # a Failed event (the engine's error) raises here
+        if isinstance(event, Delta):
+            return self._rowed(stream_chunk(event))
+        self._last = [self._rowed(stream_chunk(event, r)) for r in range(len(event.results))]
+        self._read += 1
+        self._row += len(event.results)
+        return self._last.pop(0)
+
+    def _rowed(self, chunk: StreamChunk) -> StreamChunk:
+        """``chunk`` with its row in the whole call (its request's row, after the rows before)."""
+        return chunk.model_copy(update={"row": self._row + chunk.row}) if self._row else chunk
 
     def close(self) -> None:
-        self._done = True
-        self._request.cancel()
+        self._read = len(self._requests)
+        self._last = []
+        for request in self._requests:
+            request.cancel()
 
     def abandon(self) -> None:
         """Cancel, and wake a reader blocked on the next event (a cancelled request that is still
         waiting for its row gets no more events from the engine)."""
         self.close()
-        self._request.events.put(Failed(_Abandoned("the caller left")))
+        for request in self._requests:
+            request.events.put(Failed(_Abandoned("the caller left")))
 
     def __del__(self) -> None:
-        self._request.cancel()
+        for request in self._requests:
+            request.cancel()
+
+
+class _Choice:
+    """One choice's chunks from its row's stream chunks (``feed``): content as it becomes safe
+    to show, each tool call once its block closes, and a last chunk with the finish reason and
+    the complete result."""
+
+    def __init__(self, core: ChatCore, call: PreparedCall) -> None:
+        self._core = core
+        self._call = call
+        self._splitter = ToolCallStream() if call.parse_calls else None
+        self._streamed: list[str] = []  # ids of the calls streamed so far: the result keeps them
+
+    def feed(self, piece: StreamChunk) -> list[ChatChunk]:
+        splitter = self._splitter
+        parts: list[str | ToolCall] = []
+        if piece.text:
+            parts = splitter.feed(piece.text) if splitter else [piece.text]
+        if piece.result is not None and splitter:
+            parts += splitter.finish()
+        chunks = list(_part_chunks(parts, len(self._streamed)))
+        self._streamed += [c.id for chunk in chunks for c in chunk.tool_calls]
+        if piece.result is not None:
+            call = self._call
+            result = self._core.result(piece.result, call.parse_calls, self._streamed, call.tokens)
+            chunks.append(ChatChunk(finish_reason=result.finish_reason, result=result))
+        return chunks
 
 
 class _Answers:
@@ -569,26 +533,6 @@ def _fields(call: PreparedCall) -> Iterator[None]:
         if e.param is None and call.constraint is not None and "grammar" in str(e):
             e.param = "tools" if call.tools else "response_format"  # the grammar's source
         raise
-
-
-def _with_seed(call: PreparedCall, seed: int | None) -> PreparedCall:
-    return replace(call, generation=call.generation.model_copy(update={"seed": seed}))
-
-
-def _abandon(decodings: list[Decoding]) -> None:
-    for decoding in decodings:
-        decoding.abandon()
-
-
-def _order(results: list[GenerationResult], calls: int) -> list[GenerationResult]:
-    """Prompt-major results (prompt p's choice i at ``p * n + i``) from ``_queue``'s ``calls``
-    engine calls' results in call order: one call's already are; with one call per choice,
-    call i holds choice i of every prompt."""
-    if calls == 1:
-        return results
-    size = len(results) // calls
-    groups = [results[k * size : (k + 1) * size] for k in range(calls)]
-    return [r for row in zip(*groups) for r in row]
 
 
 def _but_prompt(request: ChatRequest) -> ChatRequest:

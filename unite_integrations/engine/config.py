@@ -28,6 +28,7 @@ __all__ = [
     "EnsembleConfig",
     "GenerationOptions",
     "MemberSpec",
+    "check_seeds",
     "ensemble_config",
     "stop_strings",
 ]
@@ -348,6 +349,33 @@ class EnsembleConfig(StrictModel):
 
 MemberLike = str | os.PathLike[str] | MemberSpec | Mapping[str, Any]
 """A member as a caller may give it: alias or path, ``MemberSpec``, or a dict of its fields."""
+
+
+def check_seeds(seeds: object, rows: int) -> tuple[int | None, ...] | None:
+    """A call's per-row seeds (``UniTEEngine.submit(seeds=...)``), checked and copied: None, or
+    a list or tuple of ``rows`` seeds, each None or an int from 0 to ``SEED_MAX``."""
+    if seeds is None:
+        return None
+    if not isinstance(seeds, (list, tuple)):
+        raise ConfigError(
+            f"seeds is {type(seeds).__name__}; pass a list of one seed (or None) per prompt",
+            param="seeds",
+        )
+    if len(seeds) != rows:
+        raise ConfigError(
+            f"seeds has {len(seeds)} entries for {rows} prompts: pass one seed (or None) per "
+            "prompt",
+            param="seeds",
+        )
+    for n, seed in enumerate(seeds):
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX
+        ):
+            raise ConfigError(
+                f"seeds[{n}] is {short_repr(seed)}; each seed is None or an int from 0 to 2**64 - 1",
+                param=f"seeds[{n}]",
+            )
+    return tuple(seeds)
 
 
 def member_specs(members: object) -> list[MemberSpec]:

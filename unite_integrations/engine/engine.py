@@ -21,7 +21,7 @@ import torch
 from ..errors import ConfigError, EngineClosedError
 from .assembly import build_ensemble, check_beside_config, member_config
 from .batch import Batch, Ensemble, RowState, prefill_chunk
-from .config import EnsembleConfig, GenerationOptions, MemberSpec, ensemble_config
+from .config import EnsembleConfig, GenerationOptions, MemberSpec, check_seeds, ensemble_config
 from .constraints import ByteMatcher, Constraint
 from .decode import step
 from .grammar import closing_need
@@ -227,12 +227,17 @@ class UniTEEngine:
         constraint: Constraint | None = None,
         stream: bool = False,
         options: GenerationOptions | None = None,
+        seeds: Sequence[int | None] | None = None,
         **kwargs: Any,
     ) -> list[Request]:
         """Queue a call without waiting: the requests (one per ``max_batch_rows`` prompts) whose
-        ``next_event()`` gives ``Delta`` (streams) then ``Done``, and whose ``cancel()`` frees
-        their rows at the next step. For front ends that manage waiting themselves (async, a
-        server); ``generate`` and ``stream`` are built on it.
+        ``next_event()`` gives ``Delta`` (streams: each tagged with its row) then ``Done``, and
+        whose ``cancel()`` frees their rows at the next step. For front ends that manage waiting
+        themselves (async, a server); ``generate`` and ``stream`` are built on it.
+
+        ``seeds``: one per prompt, row i's sampling seed in place of ``seed`` (None: a fresh
+        random one), so that several samples of one prompt are rows of one request, each with
+        a random stream of its own (OpenAI's ``n``); greedy rows ignore it.
 
         Raises ``OverloadedError`` at once when the queue is full, ``EngineClosedError`` after
         ``close()``, and every validation error before anything is queued.
@@ -240,6 +245,7 @@ class UniTEEngine:
         if self._scheduler.closed:
             raise EngineClosedError("the engine is closed: build a new UniTEEngine")
         encoded, opts = self._prepare(prompts, tools, _options(options, kwargs))
+        row_seeds = check_seeds(seeds, len(encoded[0]))
         matcher = None
         if constraint is not None:  # compiled once, here: each row takes a copy
             matcher = ByteMatcher(constraint)
@@ -249,7 +255,16 @@ class UniTEEngine:
             self._check_budget(opts, constraint, matcher, room)
         n = self._scheduler.max_rows
         requests = [
-            Request(Job([e[s : s + n] for e in encoded], opts, constraint, matcher), stream=stream)
+            Request(
+                Job(
+                    [e[s : s + n] for e in encoded],
+                    opts,
+                    constraint,
+                    matcher,
+                    row_seeds[s : s + n] if row_seeds is not None else None,
+                ),
+                stream=stream,
+            )
             for s in range(0, len(encoded[0]), n)
         ]
         self._scheduler.submit(requests)
@@ -433,16 +448,20 @@ class _Live:
         for req in arrivals:
             job, opts = req.job, req.job.options
             try:  # a request that cannot start fails alone, before it touches the batch
+                # Rows with seeds of their own (``submit(seeds=...)``): options of their own.
+                row_opts = [opts] * job.n_rows
+                if job.seeds is not None:
+                    row_opts = [opts.model_copy(update={"seed": s}) for s in job.seeds]
                 rows = [
                     RowState(
                         RowText(opts.stop),
-                        opts,
+                        o,
                         matcher=job.matcher.copy() if job.matcher else None,
-                        generator=_generator(opts, home),
+                        generator=_generator(o, home),
                         n_in=[len(p[r]) for p in job.prompts],
                         owner=req,
                     )
-                    for r in range(job.n_rows)
+                    for r, o in enumerate(row_opts)
                 ]
             except Exception as e:
                 req.events.put(Failed(e))
@@ -454,19 +473,21 @@ class _Live:
         return prompts, new
 
     def report(self, result: Any) -> None:
-        """Stream deltas; hand finished requests their results; forget cancelled ones. A
-        request whose report raises fails alone (its rows leave at the next step); the others
-        and the loop go on."""
+        """Stream each row's deltas (tagged with the row); hand finished requests their
+        results, with each row's last delta; forget cancelled ones. A request whose report
+        raises fails alone (its rows leave at the next step); the others and the loop go on."""
         for req, rows in list(self.rows.items()):
             try:
                 if req.cancelled:
                     del self.rows[req]
                 elif all(row.finish_reason is not None for row in rows):
-                    final = rows[0].text.take_delta(final=True) if req.stream else ""
-                    req.events.put(Done([result(row) for row in rows], final))
+                    finals = [row.text.take_delta(final=True) for row in rows] if req.stream else []
+                    req.events.put(Done([result(row) for row in rows], tuple(finals)))
                     del self.rows[req]
-                elif req.stream and (delta := rows[0].text.take_delta()):
-                    req.events.put(Delta(delta))
+                elif req.stream:
+                    for r, row in enumerate(rows):
+                        if delta := row.text.take_delta():
+                            req.events.put(Delta(delta, row=r))
             except Exception as e:
                 req.cancel()  # its rows, if any are still decoding, leave at the next step
                 req.events.put(Failed(e))
@@ -478,12 +499,14 @@ class _Live:
         self.rows.clear()
 
 
-def stream_chunk(event: Delta | Done) -> StreamChunk:
-    """A streamed request's event as a chunk: its text, and with the last one the result."""
+def stream_chunk(event: Delta | Done, row: int = 0) -> StreamChunk:
+    """A streamed request's event as a chunk of its row: its text, and with the last one the
+    result (a ``Done`` event ends every row: ``row`` picks whose last chunk)."""
     if isinstance(event, Delta):
-        return StreamChunk(text=event.text)
-    result = event.results[0]
-    return StreamChunk(text=event.text, finish_reason=result.finish_reason, result=result)
+        return StreamChunk(text=event.text, row=event.row)
+    result = event.results[row]
+    text = event.texts[row] if event.texts else ""
+    return StreamChunk(text=text, finish_reason=result.finish_reason, result=result, row=row)
 
 
 def _options(options: GenerationOptions | None, kwargs: dict[str, Any]) -> GenerationOptions:

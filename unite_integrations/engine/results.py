@@ -128,3 +128,7 @@ class StreamChunk(BaseModel):
     text: str
     finish_reason: FinishReason | None = None
     result: GenerationResult | None = None
+    row: int = Field(
+        default=0,
+        description="The row it belongs to, where one request streams several (0..n-1).",
+    )

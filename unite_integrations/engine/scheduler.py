@@ -58,6 +58,9 @@ class Job:
     constraint: Constraint | None = None
     #: The constraint's grammar, compiled once when the call was made (each row copies it).
     matcher: ByteMatcher | None = None
+    #: Row r's seed (``UniTEEngine.submit(seeds=...)``): several samples of one prompt in one
+    #: request, each with a random stream of its own; None: every row takes ``options.seed``.
+    seeds: tuple[int | None, ...] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -66,17 +69,25 @@ class Job:
 
 @dataclass(frozen=True)
 class Delta:
-    """Text of a streamed row newly safe to show."""
+    """Text of a streamed row newly safe to show; ``row``: which row of the request (0..n-1)."""
 
     text: str
+    row: int = 0
 
 
 @dataclass(frozen=True)
 class Done:
-    """The request's results, one per row; ``text`` is a stream's last delta."""
+    """The request's results, one per row; ``texts``: a stream's last delta of each row (the
+    text its stop strings held back until it finished; empty for a request that does not
+    stream)."""
 
     results: list[GenerationResult]
-    text: str = ""
+    texts: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The first row's last delta (a stream of one prompt has no other)."""
+        return self.texts[0] if self.texts else ""
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,6 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-# LiteLLM fetches its model cost map from GitHub at import unless told not to.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 from pydantic import BaseModel, Field  # noqa: E402
 from server_harness import running  # noqa: E402
@@ -300,31 +297,50 @@ def test_instructor_json_mode_gets_valid_json(base):
 
 # -- LiteLLM --------------------------------------------------------------------------------------
 
-_connections: list[Any] | None = None
-_hooked: list[bool] = []
+# LiteLLM runs in a child process, as an application would hold it: its logging threads, event
+# loops and cached HTTP clients outlive each call, and collected later in the test process their
+# ResourceWarnings (errors here) surface inside unrelated code (inside pytest compiling a module,
+# CPython 3.11 then fails the whole session). The child also watches every socket connection
+# LiteLLM opens (an audit hook): the test server's only.
+_LITELLM_CHILD = """
+import json, os, sys
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+connections = []
+sys.addaudithook(lambda event, args: connections.append(args[1]) if event == "socket.connect" else None)
+import litellm
+out = []
+for kw in json.loads(sys.argv[1]):
+    stream = kw.pop("stream", False)
+    r = litellm.completion(**kw, stream=stream)
+    if stream:
+        out.append({"text": "".join(c.choices[0].delta.content or "" for c in r)})
+        continue
+    m = r.choices[0].message
+    calls = [[c.function.name, c.function.arguments] for c in (m.tool_calls or [])]
+    out.append({"text": m.content, "finish_reason": r.choices[0].finish_reason,
+                "completion_tokens": r.usage.completion_tokens, "tool_calls": calls})
+remote = [c for c in connections if not (isinstance(c, tuple) and c[0] in ("127.0.0.1", "::1"))]
+print(json.dumps({"answers": out, "remote": [repr(c) for c in remote]}))
+"""
 
 
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _connections is not None and event == "socket.connect":
-        _connections.append(args[1])
-
-
-@pytest.fixture
-def litellm():
-    """LiteLLM, with every socket connection it makes watched: the test server's only."""
-    global _connections
-    if not _hooked:  # an audit hook cannot be removed: one per process, idle between tests
-        sys.addaudithook(_audit)
-        _hooked.append(True)
-    _connections = []
-    try:
-        yield pytest.importorskip("litellm")
-        remote = [
-            c for c in _connections if not (isinstance(c, tuple) and c[0] in ("127.0.0.1", "::1"))
-        ]
-        assert not remote, f"LiteLLM connected beyond the test server: {remote}"
-    finally:
-        _connections = None
+def run_litellm(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``litellm.completion`` of each call (``stream``: the streamed text) in a child process:
+    per call its text, finish reason, completion tokens and tool calls ([name, arguments])."""
+    pytest.importorskip("litellm")
+    done = subprocess.run(
+        [sys.executable, "-c", _LITELLM_CHILD, json.dumps(calls)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not report["remote"], f"LiteLLM connected beyond the test server: {report['remote']}"
+    return list(report["answers"])
 
 
 WEATHER_TOOL = {
@@ -341,7 +357,7 @@ WEATHER_TOOL = {
 }
 
 
-def test_litellm_plain_and_stream_equal_engine(hetero, base, litellm):
+def test_litellm_plain_and_stream_equal_engine(hetero, base):
     want = hetero.generate([USER], max_new_tokens=10)[0]
     kw: dict[str, Any] = {
         "model": "openai/tiny",
@@ -351,26 +367,28 @@ def test_litellm_plain_and_stream_equal_engine(hetero, base, litellm):
         "max_tokens": 10,
         "temperature": 0,
     }
-    r = litellm.completion(**kw)
-    assert r.choices[0].message.content == want.text
-    assert r.usage.completion_tokens == want.usage.output_tokens
-    chunks = litellm.completion(**kw, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want.text
+    plain, streamed = run_litellm([kw, {**kw, "stream": True}])
+    assert plain["text"] == want.text
+    assert plain["completion_tokens"] == want.usage.output_tokens
+    assert streamed["text"] == want.text
 
 
-def test_litellm_forced_tool_call(base, litellm):
-    r = litellm.completion(
-        model="openai/tiny",
-        api_base=base,
-        api_key=KEY,
-        messages=[{"role": "user", "content": "Weather in Paris?"}],
-        tools=[WEATHER_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=100,
-        temperature=0,
+def test_litellm_forced_tool_call(base):
+    [answer] = run_litellm(
+        [
+            {
+                "model": "openai/tiny",
+                "api_base": base,
+                "api_key": KEY,
+                "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                "tools": [WEATHER_TOOL],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                "max_tokens": 100,
+                "temperature": 0,
+            }
+        ]
     )
-    choice = r.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    [call] = choice.message.tool_calls
-    assert call.function.name == "get_weather"
-    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    assert answer["finish_reason"] == "tool_calls"
+    [[name, arguments]] = answer["tool_calls"]
+    assert name == "get_weather"
+    assert isinstance(json.loads(arguments)["city"], str)

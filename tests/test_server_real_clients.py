@@ -21,7 +21,7 @@ from test_server_more_clients import (  # noqa: E402
     Animal,
     _instructor,
     check_lm_eval_generation,
-    litellm,  # noqa: F401  (the fixture: LiteLLM with its connections watched)
+    run_litellm,
 )
 
 from unite_integrations.engine.config import ensemble_config  # noqa: E402
@@ -117,18 +117,22 @@ def test_real_instructor_json_schema_gives_a_valid_instance(base):
     assert Animal.model_validate_json(content).model_dump() == out.model_dump()
 
 
-def test_real_litellm_plain_equals_engine(engine, base, litellm):  # noqa: F811
+def test_real_litellm_plain_equals_engine(engine, base):
     want = engine.generate([QUESTION], max_new_tokens=8)[0]
-    r = litellm.completion(
-        model=f"openai/{MODEL}",
-        api_base=base,
-        api_key=KEY,
-        messages=QUESTION,
-        max_tokens=8,
-        temperature=0,
+    [answer] = run_litellm(
+        [
+            {
+                "model": f"openai/{MODEL}",
+                "api_base": base,
+                "api_key": KEY,
+                "messages": QUESTION,
+                "max_tokens": 8,
+                "temperature": 0,
+            }
+        ]
     )
-    assert r.choices[0].message.content == want.text
-    assert r.usage.completion_tokens == want.usage.output_tokens
+    assert answer["text"] == want.text
+    assert answer["completion_tokens"] == want.usage.output_tokens
 
 
 @pytest.mark.slow

@@ -293,18 +293,18 @@ def test_real_pair_rows_join_and_leave_past_gemmas_sliding_window():
 
 def test_a_request_that_cannot_start_fails_alone(engine, monkeypatch):
     """A failure while admitting one request (here its generator) fails that request only."""
-    from unite_integrations.engine import engine as engine_module
+    from unite_integrations.engine import live as live_module
 
     running = engine.stream("Once upon a time", max_new_tokens=40, min_new_tokens=40)
     first = next(running).text
-    real = engine_module._generator
+    real = live_module._generator
 
     def broken(opts, device):
         if opts.seed == 13:
             raise RuntimeError("no generator today")
         return real(opts, device)
 
-    monkeypatch.setattr(engine_module, "_generator", broken)
+    monkeypatch.setattr(live_module, "_generator", broken)
     with pytest.raises(RuntimeError, match="no generator today"):
         engine.generate(["Hello"], temperature=1.0, seed=13, max_new_tokens=4)
     rest = "".join(c.text for c in running)

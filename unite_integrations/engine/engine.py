@@ -16,16 +16,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import torch
-
 from ..errors import ConfigError, EngineClosedError
 from .assembly import build_ensemble, check_beside_config, member_config
-from .batch import Batch, Ensemble, RowState, prefill_chunk
+from .batch import Batch, RowState, prefill_chunk
 from .config import EnsembleConfig, GenerationOptions, MemberSpec, check_seeds, ensemble_config
 from .constraints import ByteMatcher, Constraint
 from .decode import step
 from .grammar import closing_need
 from .inputs import check_prompts, check_tools
+from .live import LiveRequests, stream_chunk
 from .loading import default_cache_dir
 from .members import FALLBACK_STOP, LoadedMember, Message
 from .memory import give_back_memory, tune_malloc
@@ -34,8 +33,7 @@ from .ray_members import release
 from .recovery import recover
 from .results import GenerationResult, StreamChunk
 from .row_results import RowResults
-from .scheduler import MAX_BATCH_ROWS, MAX_QUEUE, Delta, Done, Failed, Job, Request, Scheduler
-from .text import RowText
+from .scheduler import MAX_BATCH_ROWS, MAX_QUEUE, Done, Job, Request, Scheduler
 
 __all__ = ["EngineMetrics", "Prompt", "UniTEEngine", "stream_chunk"]
 
@@ -375,7 +373,7 @@ class UniTEEngine:
         """The worker's decode loop: admit newcomers, one union step for every row in flight,
         report to each request, retire the rows that finished (or whose caller went away)."""
         batch: Batch | None = None  # opened with the first arrivals, again after a failure
-        live = _Live()
+        live = LiveRequests()
         tune_malloc()
         try:
             while (arrivals := scheduler.admit(len(batch.rows) if batch else 0)) is not None:
@@ -392,7 +390,9 @@ class UniTEEngine:
             self.stats["rows"] = self.stats["kv_bytes"] = 0
             self._scheduler.running(0)
 
-    def _step(self, batch: Batch | None, live: _Live, arrivals: list[Request]) -> Batch | None:
+    def _step(
+        self, batch: Batch | None, live: LiveRequests, arrivals: list[Request]
+    ) -> Batch | None:
         """Admit ``arrivals`` and decode one step; the batch to go on with (None after a failure:
         the requests in flight fail, the engine goes on with a new batch)."""
         try:
@@ -432,83 +432,6 @@ class UniTEEngine:
         return self._results.build(row)
 
 
-class _Live:
-    """The worker's view of the requests in flight and their rows (in the order of the call)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[Request, list[RowState]] = {}
-
-    def admit(
-        self, ens: Ensemble, arrivals: list[Request]
-    ) -> tuple[list[list[list[int]]], list[RowState]]:
-        """Rows for the arrivals, and each member's prompts for them (``[i][r]``)."""
-        home = ens.plan.weights.device
-        prompts: list[list[list[int]]] = [[] for _ in ens.members]
-        new: list[RowState] = []
-        for req in arrivals:
-            job, opts = req.job, req.job.options
-            try:  # a request that cannot start fails alone, before it touches the batch
-                # Rows with seeds of their own (``submit(seeds=...)``): options of their own.
-                row_opts = [opts] * job.n_rows
-                if job.seeds is not None:
-                    row_opts = [opts.model_copy(update={"seed": s}) for s in job.seeds]
-                rows = [
-                    RowState(
-                        RowText(opts.stop),
-                        o,
-                        matcher=job.matcher.copy() if job.matcher else None,
-                        generator=_generator(o, home),
-                        n_in=[len(p[r]) for p in job.prompts],
-                        owner=req,
-                    )
-                    for r, o in enumerate(row_opts)
-                ]
-            except Exception as e:
-                req.events.put(Failed(e))
-                continue
-            self.rows[req] = rows
-            new += rows
-            for i, p in enumerate(job.prompts):
-                prompts[i] += p
-        return prompts, new
-
-    def report(self, result: Any) -> None:
-        """Stream each row's deltas (tagged with the row); hand finished requests their
-        results, with each row's last delta; forget cancelled ones. A request whose report
-        raises fails alone (its rows leave at the next step); the others and the loop go on."""
-        for req, rows in list(self.rows.items()):
-            try:
-                if req.cancelled:
-                    del self.rows[req]
-                elif all(row.finish_reason is not None for row in rows):
-                    finals = [row.text.take_delta(final=True) for row in rows] if req.stream else []
-                    req.events.put(Done([result(row) for row in rows], tuple(finals)))
-                    del self.rows[req]
-                elif req.stream:
-                    for r, row in enumerate(rows):
-                        if delta := row.text.take_delta():
-                            req.events.put(Delta(delta, row=r))
-            except Exception as e:
-                req.cancel()  # its rows, if any are still decoding, leave at the next step
-                req.events.put(Failed(e))
-                self.rows.pop(req, None)
-
-    def fail(self, error: BaseException) -> None:
-        for req in self.rows:
-            req.events.put(Failed(error))
-        self.rows.clear()
-
-
-def stream_chunk(event: Delta | Done, row: int = 0) -> StreamChunk:
-    """A streamed request's event as a chunk of its row: its text, and with the last one the
-    result (a ``Done`` event ends every row: ``row`` picks whose last chunk)."""
-    if isinstance(event, Delta):
-        return StreamChunk(text=event.text, row=event.row)
-    result = event.results[row]
-    text = event.texts[row] if event.texts else ""
-    return StreamChunk(text=text, finish_reason=result.finish_reason, result=result, row=row)
-
-
 def _options(options: GenerationOptions | None, kwargs: dict[str, Any]) -> GenerationOptions:
     """A call's options, built (and validated) once: the ``GenerationOptions`` given, as it is,
     or one from the keyword arguments of a direct engine user."""
@@ -527,15 +450,3 @@ def _options(options: GenerationOptions | None, kwargs: dict[str, Any]) -> Gener
             param=sorted(kwargs)[0],
         )
     return options
-
-
-def _generator(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:
-    """A sampled row's own generator: the same seed gives the same text in any batch."""
-    if opts.temperature <= 0:
-        return None
-    gen = torch.Generator(device=device)
-    if opts.seed is None:
-        gen.seed()  # a fresh random seed, leaving torch's global generator alone
-    else:
-        gen.manual_seed(opts.seed)
-    return gen

@@ -15,7 +15,7 @@ __all__ = ["LiveRequests", "recover"]
 
 
 class LiveRequests(Protocol):
-    """The worker's requests in flight and their rows (``engine._Live``)."""
+    """The worker's requests in flight and their rows (``live.LiveRequests``)."""
 
     rows: dict[Request, list[RowState]]
 

@@ -468,10 +468,15 @@ def test_bad_tools_are_config_errors(front):
             front.invoke(SEA, tools=tools, tool_choice="required")
 
 
-def test_core_batch_equals_single_calls(core):
+def test_concurrent_core_calls_equal_single_calls(core):
+    """Concurrent calls (the engine's scheduler decodes those that wait together as one batch)
+    give each its answer alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
     prompts = [SEA, [("user", "Hello")], SEA]
     requests = [core.request(p) for p in prompts]
-    answers = [core.answer(r) for r in core.core.batch(requests)]
+    with ThreadPoolExecutor(3) as pool:
+        answers = [core.answer(r) for r in pool.map(core.core.invoke, requests)]
     assert [a.content for a in answers] == [core.invoke(p).content for p in prompts]
 
 

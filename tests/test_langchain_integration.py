@@ -26,11 +26,18 @@ from pydantic import BaseModel
 from tiny_models import tiny_model_dir
 from typing_extensions import TypedDict
 
+from unite_integrations.chat.messages import render
 from unite_integrations.engine.config import MemberSpec
 from unite_integrations.engine.registry import get_engine
 from unite_integrations.errors import ContextWindowError, InputError, ModelLoadError
 from unite_integrations.langchain import UniTEChatModel
-from unite_integrations.langchain._messages import to_engine_messages
+from unite_integrations.langchain._messages import to_core_messages
+
+
+def to_engine_messages(messages):
+    """The engine's message dicts for a conversation, as the chat core renders them."""
+    return render(to_core_messages(messages))
+
 
 NEEDS_A_CAPABLE_MODEL = (
     "needs a model that understands the prompt; the tiny test members write near-random text "
@@ -96,16 +103,28 @@ class TestUniTEChatModelTiny(ChatModelIntegrationTests):
     def supports_model_override(self) -> bool:
         return False
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=NEEDS_A_CAPABLE_MODEL + ": magic_function(3) needs input=3")
+    @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
+        reason=NEEDS_A_CAPABLE_MODEL + ": magic_function(3) needs input=3",
+    )
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_tool_calling(self, model: Any) -> None:
         super().test_tool_calling(model)
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=NEEDS_A_CAPABLE_MODEL + ": magic_function(3) needs input=3")
+    @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
+        reason=NEEDS_A_CAPABLE_MODEL + ": magic_function(3) needs input=3",
+    )
     async def test_tool_calling_async(self, model: Any) -> None:
         await super().test_tool_calling_async(model)
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=NEEDS_A_CAPABLE_MODEL + ": copying '你好啊集团' into an argument")
+    @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
+        reason=NEEDS_A_CAPABLE_MODEL + ": copying '你好啊集团' into an argument",
+    )
     def test_unicode_tool_call_integration(self, model: Any, **kwargs: Any) -> None:
         super().test_unicode_tool_call_integration(model, **kwargs)
 
@@ -113,7 +132,7 @@ class TestUniTEChatModelTiny(ChatModelIntegrationTests):
         strict=True,
         raises=AssertionError,
         reason="needs a model that decides to call the weather tool when asked about the weather "
-        "(tool_choice='auto': the tiny members answer in text)"
+        "(tool_choice='auto': the tiny members answer in text)",
     )
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop(self, model: Any) -> None:
@@ -322,6 +341,7 @@ def test_shared_engine_across_chat_models(llm):
 
 def test_a_llama_index_llm_with_the_same_members_shares_the_engine(llm):
     import unite_integrations.llama_index as llama_index
+
     assert llama_index.UniTELLM(members=tiny_members(), top_k=5).engine is llm.engine
 
 
@@ -397,6 +417,7 @@ def test_structured_output_include_raw_and_json_mode(llm):
 
 def test_the_compatibility_check_tool_binds_unchanged(llm):
     import unite_integrations.tools as tools
+
     check = tools.UniTECompatibilityTool()
     msg = llm.bind_tools([check], tool_choice="any").invoke(
         "Should I ensemble smollm2-135m-instruct and gemma-3-270m?", max_tokens=100

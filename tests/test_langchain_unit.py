@@ -19,11 +19,18 @@ from langchain_core.tools import tool
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from unite_integrations.chat import PreparedCall, tool_choice
+from unite_integrations.chat.messages import render
 from unite_integrations.engine.config import MemberSpec
 from unite_integrations.engine.registry import loaded_engines
 from unite_integrations.errors import ConfigError, InputError
 from unite_integrations.langchain import UniTEChatModel
-from unite_integrations.langchain._messages import to_core_request, to_engine_messages
+from unite_integrations.langchain._messages import to_core_messages, to_core_request
+
+
+def to_engine_messages(messages):
+    """The engine's message dicts for a conversation, as the chat core renders them."""
+    return render(to_core_messages(messages))
+
 
 MEMBERS = ["smollm2-135m-instruct", "gemma-3-270m"]
 

@@ -47,8 +47,15 @@ from llama_index.core.prompts import PromptTemplate  # noqa: E402
 from llama_index.core.tools import FunctionTool  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
+from unite_integrations.chat.messages import render  # noqa: E402
 from unite_integrations.llama_index import UniTELLM  # noqa: E402
-from unite_integrations.llama_index._messages import to_engine_messages  # noqa: E402
+from unite_integrations.llama_index._messages import to_core_messages  # noqa: E402
+
+
+def to_engine_messages(messages):
+    """The engine's message dicts for a conversation, as the chat core renders them."""
+    return render(to_core_messages(messages))
+
 
 FAMILIES = ("bytelevel_bpe", "sentencepiece_bpe")
 HELLO = [ChatMessage(role="user", content="Hello")]
@@ -660,6 +667,7 @@ def test_equal_llms_share_one_engine(llm):
 
 def test_llm_and_langchain_chat_model_share_one_engine(llm):
     import unite_integrations.langchain.chat_model as chat_model
+
     before = {id(e) for e in loaded_engines()}
     model = chat_model.UniTEChatModel(members=members(), top_k=5)
     reply = model.invoke("Hello")

@@ -105,7 +105,7 @@ def test_a_budget_too_small_for_the_grammar_names_the_calls_option(hetero: Any) 
         tool_choice="required",
         options=ChatOptions(max_tokens=2),
     )
-    for call in (lambda: core.invoke(request), lambda: core.batch([request])):
+    for call in (lambda: core.invoke(request), lambda: core.choices(request)):
         with pytest.raises(ConfigError, match="max_new_tokens=2 cannot hold") as info:
             call()
         assert info.value.param == "max_tokens"

@@ -1,5 +1,7 @@
 """The clients of issue 27 against the server on the real offline pair (SmolLM2-135M-Instruct +
-Gemma-3-270M, built-in aliases): the Responses API (plain, stream), ``n=3`` greedy and seeded,
+Gemma-3-270M, built-in aliases): the Responses API (plain, stream, a function tool,
+``json_schema``), ``ChatOpenAI(use_responses_api=True)`` (invoke, stream, ``bind_tools``,
+``with_structured_output``), the Agents SDK with a function tool, ``n=3`` greedy and seeded,
 instructor in JSON_SCHEMA mode, LiteLLM and lm-evaluation-harness. Their tiny-model versions
 (tests/test_server_responses.py, test_server_n.py, test_server_more_clients.py) cover every
 option; these show the same on two real models with different tokenizers. One server for the
@@ -7,6 +9,10 @@ module, short answers: each real step costs time."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -23,6 +29,7 @@ from test_server_more_clients import (  # noqa: E402
     check_lm_eval_generation,
     run_litellm,
 )
+from test_server_responses import AGENT, WEATHER, Person  # noqa: E402
 
 from unite_integrations.engine.config import ensemble_config  # noqa: E402
 from unite_integrations.engine.registry import get_engine  # noqa: E402
@@ -138,3 +145,71 @@ def test_real_litellm_plain_equals_engine(engine, base):
 @pytest.mark.slow
 def test_real_lm_eval_generation_matches_engine(engine, base, tmp_path):
     check_lm_eval_generation(engine, base, tmp_path, "local-completions", "completions")
+
+
+#: Enough steps for a tool call or a small JSON object in the real vocabularies.
+CALL_TOKENS = 48
+
+
+def test_real_responses_function_tool_and_json_schema(client):
+    r = client.responses.create(
+        model=MODEL,
+        input="What's the weather in Paris?",
+        tools=[WEATHER],
+        tool_choice="required",
+        max_output_tokens=CALL_TOKENS,
+    )
+    [call] = r.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)
+    parsed = client.responses.parse(
+        model=MODEL, input="Describe a person.", text_format=Person, max_output_tokens=CALL_TOKENS
+    )
+    assert isinstance(parsed.output_parsed, Person)
+
+
+def test_real_langchain_responses_api(engine, base):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from langchain_core.tools import tool
+
+    lc = langchain_openai.ChatOpenAI(
+        model=MODEL,
+        base_url=base,
+        api_key=KEY,
+        max_tokens=8,
+        temperature=0,
+        max_retries=0,
+        use_responses_api=True,
+    )
+    want = engine.generate([QUESTION], max_new_tokens=8)[0]
+    assert lc.invoke(QUESTION[0]["content"]).text == want.text
+    assert "".join(c.text for c in lc.stream(QUESTION[0]["content"])) == want.text
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Weather for a city."""
+        return "sunny"
+
+    bound = lc.bind_tools([get_weather], tool_choice="required")
+    msg = bound.invoke("What's the weather in Paris?", max_completion_tokens=CALL_TOKENS)
+    assert [c["name"] for c in msg.tool_calls] == ["get_weather"]
+    person = lc.with_structured_output(Person).invoke(
+        "Describe a person.", max_completion_tokens=CALL_TOKENS
+    )
+    assert isinstance(person, Person)
+
+
+def test_real_agents_sdk_run_with_a_function_tool(base):
+    pytest.importorskip("agents")
+    run = subprocess.run(
+        [sys.executable, "-c", AGENT, base, KEY, str(CALL_TOKENS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OPENAI_AGENTS_DISABLE_TRACING": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["items"][:2] == ["ToolCallItem", "ToolCallOutputItem"]
+    assert out["items"][-1] == "MessageOutputItem" and isinstance(out["final"], str)
+    assert out["complete"] and out["streamed"] == out["final"]  # greedy: the same run twice

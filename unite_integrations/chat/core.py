@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -205,18 +204,6 @@ class ChatCore:
             for request_ in queued:  # an interrupted wait frees the rows
                 request_.cancel()
         return [self.result(r, call.parse_calls, tokens=call.tokens) for r in results]
-
-    def batch(self, requests: Sequence[ChatRequest], max_concurrency: int = 16) -> list[ChatResult]:
-        """Answers for several requests, as concurrent engine calls: the engine's scheduler
-        decodes the ones that wait together (and share options) in one batch (one answer each:
-        ``n`` > 1 is refused)."""
-        calls = [_one(self.prepare(r), "batch") for r in requests]
-        with ThreadPoolExecutor(max(1, min(max_concurrency, len(calls)))) as pool:
-            futures = [pool.submit(self._generate, c) for c in calls]
-            return [
-                self.result(f.result(), c.parse_calls, tokens=c.tokens)
-                for f, c in zip(futures, calls)
-            ]
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         """The answer in chunks: content as it becomes safe to show, each tool call once its

@@ -33,7 +33,6 @@ from ..chat import (
     Message,
     make_message,
     make_tool_call,
-    render,
 )
 from ..chat.frontend import call_options
 from ..chat.options import OPTION_NAMES
@@ -45,7 +44,6 @@ __all__ = [
     "openai_tool",
     "to_core_messages",
     "to_core_request",
-    "to_engine_messages",
 ]
 
 #: The chat core's options a call may set by keyword (and the model's fields default): every
@@ -160,11 +158,6 @@ def openai_tool(tool: Any, n: int) -> dict[str, Any]:
             f"tool {n} ({type(tool).__name__}) is not a tool: pass LangChain tools, functions, "
             f"pydantic classes, TypedDicts or OpenAI tool dicts ({e})"
         ) from e
-
-
-def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """The engine's message dicts for a LangChain conversation (as the core renders them)."""
-    return render(to_core_messages(messages))
 
 
 def _texts(content: Any, where: str, *, skip_tool_blocks: bool) -> str | list[str]:

@@ -36,7 +36,6 @@ from ..chat import (
     frontend,
     make_message,
     make_tool_call,
-    render,
     role_of,
 )
 from ..chat.options import OPTION_NAMES, engine_name
@@ -52,7 +51,6 @@ __all__ = [
     "raw_of",
     "stream_responses",
     "to_core_messages",
-    "to_engine_messages",
     "tool_spec",
 ]
 
@@ -109,11 +107,6 @@ def to_core_messages(messages: Sequence[ChatMessage]) -> tuple[Message, ...]:
             )
         )
     return tuple(out)
-
-
-def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """The engine's message dicts for a LlamaIndex conversation (as the core renders them)."""
-    return render(to_core_messages(messages))
 
 
 def _read_blocks(where: str, message: ChatMessage) -> tuple[list[str], list[ToolCall]]:

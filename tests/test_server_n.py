@@ -329,7 +329,7 @@ def test_core_one_answer_methods_refuse_n(hetero):
     core = ChatCore(hetero)
     for call in (
         lambda: core.invoke(_request(n=2)),
-        lambda: core.batch([_request(n=2)]),
+        lambda: core.submit(core.prepare(_request(n=2))),
         lambda: asyncio.run(core.ainvoke(_request(n=2))),
     ):
         with pytest.raises(ConfigError, match="choices") as e:

@@ -10,9 +10,6 @@ module, short answers: each real step costs time."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -29,7 +26,7 @@ from test_server_more_clients import (  # noqa: E402
     check_lm_eval_generation,
     run_litellm,
 )
-from test_server_responses import AGENT, WEATHER, Person  # noqa: E402
+from test_server_responses import WEATHER, Person, run_agent  # noqa: E402
 
 from unite_integrations.engine.config import ensemble_config  # noqa: E402
 from unite_integrations.engine.registry import get_engine  # noqa: E402
@@ -200,16 +197,7 @@ def test_real_langchain_responses_api(engine, base):
 
 
 def test_real_agents_sdk_run_with_a_function_tool(base):
-    pytest.importorskip("agents")
-    run = subprocess.run(
-        [sys.executable, "-c", AGENT, base, KEY, str(CALL_TOKENS)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OPENAI_AGENTS_DISABLE_TRACING": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out = run_agent(base, CALL_TOKENS, timeout=600)
     assert out["items"][:2] == ["ToolCallItem", "ToolCallOutputItem"]
     assert out["items"][-1] == "MessageOutputItem" and isinstance(out["final"], str)
     assert out["complete"] and out["streamed"] == out["final"]  # greedy: the same run twice

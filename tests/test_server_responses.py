@@ -457,17 +457,24 @@ asyncio.run(main())
 """
 
 
-def test_agents_sdk_run_with_a_function_tool(base):
+def run_agent(base: str, max_tokens: int, timeout: int = 300) -> dict[str, Any]:
+    """``AGENT`` in a child process against the server at ``base``: its report (the run's item
+    kinds, final outputs of the plain and the streamed run, the cities the tool was called with)."""
     pytest.importorskip("agents")
     run = subprocess.run(
-        [sys.executable, "-c", AGENT, base, KEY, str(TOOL_TOKENS)],
+        [sys.executable, "-c", AGENT, base, KEY, str(max_tokens)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env={**os.environ, "OPENAI_AGENTS_DISABLE_TRACING": "1"},
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_agents_sdk_run_with_a_function_tool(base):
+    out = run_agent(base, TOOL_TOKENS)
     kinds = out["items"]
     assert kinds[:2] == ["ToolCallItem", "ToolCallOutputItem"] and kinds[-1] == "MessageOutputItem"
     assert isinstance(out["final"], str) and len(out["cities"]) == 2

@@ -27,6 +27,15 @@ from unite_integrations.langchain import UniTEChatModel
 from unite_integrations.langchain._messages import to_core_messages, to_core_request
 
 
+def engine_kwargs(call: PreparedCall) -> dict[str, Any]:
+    """A prepared call's options as the engine's keyword arguments (``gate`` and
+    ``top_logprobs`` only where they ask for something: full UniTE, no log-probabilities)."""
+    unasked = {"gate": None, "top_logprobs": 0}
+    return {
+        k: v for k, v in call.generation.model_dump().items() if k not in unasked or v != unasked[k]
+    }
+
+
 def to_engine_messages(messages):
     """The engine's message dicts for a conversation, as the chat core renders them."""
     return render(to_core_messages(messages))
@@ -130,7 +139,7 @@ def prepare(
 def test_call_options_map_to_the_engine():
     llm = UniTEChatModel(members=MEMBERS, max_tokens=20, stop=["END"], temperature=0.7, seed=1)
     call = prepare(llm)
-    assert call.options == {
+    assert engine_kwargs(call) == {
         "max_new_tokens": 20,
         "min_new_tokens": 0,
         "temperature": 0.7,
@@ -140,11 +149,11 @@ def test_call_options_map_to_the_engine():
     }
     assert call.constraint is None and call.tools is None and not call.parse_calls
     call = prepare(llm, ["a", "bb"], {"max_tokens": 5, "temperature": 0.0})
-    assert call.options["stop"] == ("a", "bb") and call.options["max_new_tokens"] == 5
+    assert engine_kwargs(call)["stop"] == ("a", "bb") and engine_kwargs(call)["max_new_tokens"] == 5
     # A bare string is one stop string, not a list of characters (issue 9, item 2).
-    assert prepare(llm, "France").options["stop"] == ("France",)
+    assert engine_kwargs(prepare(llm, "France"))["stop"] == ("France",)
     assert UniTEChatModel(members=MEMBERS, stop="END").stop == ["END"]
-    assert prepare(UniTEChatModel(members=MEMBERS)).options["max_new_tokens"] == 256
+    assert engine_kwargs(prepare(UniTEChatModel(members=MEMBERS)))["max_new_tokens"] == 256
     with pytest.raises(ConfigError, match="unexpected call argument"):
         prepare(llm, None, {"frequency_penalty": 1})
     with pytest.raises(ConfigError, match="members are fixed"):
@@ -157,14 +166,14 @@ def test_tools_and_structured_output_constrain_the_decoding():
     call = prepare(llm, None, tools)
     assert call.tools and call.tools[0]["function"]["name"] == "add"
     assert call.constraint is not None and call.constraint.kind == "tool_calls"
-    assert call.parse_calls and call.options["stop"] == ()  # the grammar decides the end
+    assert call.parse_calls and engine_kwargs(call)["stop"] == ()  # the grammar decides the end
     auto = prepare(llm, None, {"tools": tools["tools"]})
-    assert "start: calls | text" in auto.constraint.lark and auto.options["stop"] == ("\n",)
+    assert "start: calls | text" in auto.constraint.lark and engine_kwargs(auto)["stop"] == ("\n",)
     none = prepare(llm, None, {"tools": tools["tools"], "tool_choice": "none"})
     assert none.constraint is None and none.tools is None and not none.parse_calls
     schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
     structured = prepare(llm, None, {"response_format": schema})
-    assert structured.constraint.kind == "json_schema" and structured.options["stop"] == ()
+    assert structured.constraint.kind == "json_schema" and engine_kwargs(structured)["stop"] == ()
     # The members are told what to write (the grammar only enforces the form).
     asked = prepare(
         llm, None, {"response_format": schema}, [SystemMessage("Be brief."), HumanMessage("x=1")]

@@ -78,26 +78,11 @@ class PreparedCall:
     build: Callable[[], Constraint] | None = field(default=None, compare=False, repr=False)
     n: int = 1  # choices: rows of the prompt, in one engine call
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """``generation`` as the engine's keyword arguments (``engine.generate(prompts,
-        **call.options)`` is the same call); ``gate`` and ``top_logprobs`` only where they ask
-        for something."""
-        return {
-            k: v
-            for k, v in self.generation.model_dump().items()
-            if k not in _UNASKED or v != _UNASKED[k]
-        }
-
     def built(self) -> PreparedCall:
         """This call with its constraint built (rewriting a deep schema can take long)."""
         if self.build is None:
             return self
         return replace(self, constraint=self.build(), build=None)
-
-
-#: Options that read as not asked for at these values (full UniTE, no top log-probabilities).
-_UNASKED: dict[str, Any] = {"gate": None, "top_logprobs": 0}
 
 
 class ChatCore:

@@ -253,6 +253,34 @@ def test_chunked_prefill_equals_the_reference(chunked: UniTEEngine) -> None:
     assert rolled_back > 0, "no member ever took a string it did not propose"
 
 
+def test_prompts_prefilled_apart_equal_the_reference(
+    make_engine: Any, tiny_dirs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long prompts admitted beside short ones prefill in chunks longer than ``SPLIT_TOKENS``,
+    each in a batch of its own that joins the shared cache whole; a sliding-window member
+    (Gemma-3's layout) and a full-attention one, against the literal reference."""
+    from unite_integrations.engine.sequences import SPLIT_TOKENS
+
+    second = tiny_model_dir("sentencepiece_bpe", sliding_window=4, sliding_layout="gemma3")
+    engine = make_engine(tiny_dirs["bytelevel_bpe"], second, prefill_chunk=SPLIT_TOKENS + 6)
+    engine.reset_prefix_cache()
+    joins = [0]
+    real = MemberBatch._join
+
+    def join(self: MemberBatch, r: int) -> None:
+        joins[0] += 1
+        real(self, r)
+
+    monkeypatch.setattr(MemberBatch, "_join", join)
+    prompts = [" ".join(PROMPTS[k:] + PROMPTS[:k]) for k in range(3)] + PROMPTS[:2]
+    for m in engine.members:
+        assert all(len(m.encode_prompt(p)) > 2 * (SPLIT_TOKENS + 6) for p in prompts[:3])
+    got = engine.generate(prompts, max_new_tokens=8)
+    assert joins[0] == 3 * 2  # each long prompt, in each member
+    for prompt, result in zip(prompts, got):
+        assert result.text == as_engine_text(reference_of(engine, prompt, 8).text), prompt
+
+
 def test_chunked_prefill_keeps_sampled_and_gated_rows_as_they_are_alone(
     chunked: UniTEEngine, make_engine: Any, tiny_dirs: Any
 ) -> None:
@@ -404,6 +432,59 @@ def test_long_prompts_chunks_leave_no_lasting_holes_in_the_others_caches(
     _assert_rows_as_alone(batch, model)
     for _ in range(3):  # and decoding goes on exactly
         batch.advance([(len(ids), [7]) for ids in batch.ids])
+    _assert_rows_as_alone(batch, model)
+
+
+def test_a_long_prompt_prefills_apart_and_joins_the_shared_cache_whole(
+    model: torch.nn.Module,
+) -> None:
+    """A prompt piece longer than ``SPLIT_TOKENS`` runs in a one-row batch of its own: the
+    shared cache never widens by its chunks (the rows decoding beside it, one rolling back
+    every third step, attend over their own columns), it runs no padding and no other row's
+    columns, and the row joins whole when its prompt is complete, with the logits it has
+    alone; every row goes on decoding as alone after."""
+    from unite_integrations.engine.sequences import SPLIT_TOKENS
+
+    g = torch.Generator().manual_seed(4)
+    prompt = torch.randint(1, 97, (200,), generator=g).tolist()
+    batch = MemberBatch(model, [], 0)
+    batch.add_rows([[5, 6, 7], prompt, [8, 9]], now=[3, 1, 2])
+    chunk, start, step = SPLIT_TOKENS + 6, 1, 0
+    while start < len(prompt):
+        width = batch.mask.shape[1]
+        piece = prompt[start : start + chunk]
+        back = 1 if step % 3 == 2 else 0  # row 2 rolls back one id and takes two
+        updates: list[Any] = [
+            (len(batch.ids[0]), [11 + step]),
+            (start, piece),
+            (len(batch.ids[2]) - back, [20 + step, 21]),
+        ]
+        with counted(model) as ran:
+            batch.advance(updates)
+        start += len(piece)
+        joined = start == len(prompt)  # then as wide as the prompt, where that is wider
+        assert batch.mask.shape[1] <= max(width + 2, len(prompt) if joined else 0)
+        assert ran[0] == len(piece) + 2 * 2  # the piece alone, then the others padded to 2
+        assert (1 in batch.apart) == (start < len(prompt))  # apart until it is whole
+        step += 1
+    assert batch.ids[1] == prompt and batch.cache_bytes > 0
+    _assert_rows_as_alone(batch, model)
+    for n in range(4):
+        batch.advance([(len(ids), [30 + n]) for ids in batch.ids])
+    _assert_rows_as_alone(batch, model)
+
+
+def test_a_row_that_leaves_while_it_prefills_apart_leaves_the_others_as_they_are(
+    model: torch.nn.Module,
+) -> None:
+    prompt = [(7 * n) % 90 + 1 for n in range(150)]
+    batch = MemberBatch(model, [], 0, PrefixStore(max_bytes=2**20))
+    batch.add_rows([[5, 6, 7], prompt], now=[3, 1])
+    batch.advance([(3, [8]), (1, prompt[1:100])])
+    assert list(batch.apart) == [1] and batch.ids[1] == prompt[:100]
+    batch.keep_rows([0])  # cancelled half-way: what it ran enters the store
+    assert batch.apart == {} and len(batch.store.match(prompt, 100)) == 100 // BLOCK
+    batch.advance([(4, [9])])
     _assert_rows_as_alone(batch, model)
 
 

@@ -70,7 +70,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="IDS",
-        help="prompt ids a member runs per step for a long prompt (default: 64 on a CPU, 512 on "
+        help="prompt ids a member runs per step for a long prompt (default: 512 on a CPU, 512 on "
         "a GPU): requests decoding and short newcomers never wait for a long prompt's prefill",
     )
     p.add_argument(

@@ -11,7 +11,9 @@ row costs nothing while its voting neighbours catch up.
 Rows also join and leave between steps (continuous batching): ``add_rows`` prefills newcomers as a
 batch of their own and merges the two caches, left-padding the narrower one's time dimension with
 hole columns; ``keep_rows`` drops finished rows from the batch dimension of every cache layer and
-trims the leading columns that no remaining row uses.
+trims the leading columns that no remaining row uses. A long prompt's chunks run apart, in a
+one-row batch of the row's own, and join the shared cache whole (``_run_apart``), so they widen
+no other row's cache; the prefix store's columns come and go through ``stored_columns``.
 
 Sliding-window layers (Gemma-2/3, Mistral, Qwen's windowed layers) count their window in columns,
 so hole columns inside it would hide real tokens, and their caches would drop real tokens to keep
@@ -28,7 +30,6 @@ those rows only.
 
 from __future__ import annotations
 
-import collections
 import inspect
 from typing import Any
 
@@ -44,7 +45,8 @@ from .kv_cache import (
     subsettable,
     unsupported_layers,
 )
-from .prefix import BLOCK, PrefixStore
+from .prefix import PrefixStore
+from .stored_columns import give_to_store, shared_beginnings, stored, take_from_store
 
 __all__ = [
     "SUPPORTED_LAYERS",
@@ -91,6 +93,8 @@ class MemberBatch:
         self.attention = attention_layout(model)
         self.logits: torch.Tensor | None = None  # [B, V] at each row's last id
         self.forwards = 0
+        #: Rows whose prompt runs apart (``_apart``): row r's batch of its own while it prefills.
+        self.apart: dict[int, MemberBatch] = {}
         self._prompts = prompts
         # transformers 5.x renamed ``past_key_values`` to ``cache``; accept both generations.
         params = inspect.signature(model.forward).parameters
@@ -110,7 +114,7 @@ class MemberBatch:
     def cache_bytes(self) -> int:
         """Bytes of this batch's KV cache, room to grow and hole columns included: what its rows
         cost in memory now (rows x columns x per-column bytes of every layer)."""
-        total = 0
+        total = sum(side.cache_bytes for side in self.apart.values())
         for la in getattr(self.cache, "layers", None) or []:
             own = hasattr(la, "_k")  # a ColumnLayer: its buffers, not the live views
             for t in (la._k, la._v) if own else (la.keys, la.values):
@@ -132,13 +136,16 @@ class MemberBatch:
 
         No prompt is padded to a much longer one: prompts of very different lengths prefill
         in groups of their own (``_groups``), merged after. With a store, the beginnings that
-        several prompts share and the store lacks run once first (``_share_beginnings``), so
+        several prompts share and the store lacks run once first (``shared_beginnings``), so
         every prompt takes them from the store."""
         if now is not None and self.store is not None:  # stored columns cost no forward
-            now = [max(n, min(self._stored(p) + 1, len(p))) for p, n in zip(prompts, now)]
+            now = [max(n, min(stored(self.store, p) + 1, len(p))) for p, n in zip(prompts, now)]
         heads = prompts if now is None else [p[:n] for p, n in zip(prompts, now)]
-        if self.store is not None:
-            self._share_beginnings(heads)
+        if self.store is not None and (leads := shared_beginnings(self.store, heads)):
+            # through add_rows: leads of different lengths group, and share their own
+            runner = type(self)(self.model, [], self.pad_id, self.store)
+            runner.add_rows([[*lead, self.pad_id] for lead in leads], [len(x) for x in leads])
+            self.forwards += runner.forwards
         first, order = self.n_rows, []
         for group in _groups([len(h) for h in heads]):
             new = type(self)(self.model, [heads[r] for r in group], self.pad_id, self.store)
@@ -148,38 +155,6 @@ class MemberBatch:
             order += group
         if order != sorted(order):  # the groups' rows back in the call's order
             self.keep_rows([*range(first), *(first + order.index(r) for r in range(len(order)))])
-
-    def _stored(self, ids: list[int]) -> int:
-        """How many of ``ids`` (its last excepted) the store holds, in whole blocks."""
-        assert self.store is not None
-        return len(self.store.match(ids, len(ids) - 1)) * BLOCK
-
-    def _share_beginnings(self, prompts: list[list[int]]) -> None:
-        """Run once, into the store, each longest beginning (whole blocks, a prompt's last id
-        excepted) that two or more of ``prompts`` share and the store does not hold yet."""
-        assert self.store is not None
-        nodes: dict[tuple[int, tuple[int, ...]], int] = {}
-        paths = []
-        for p in prompts:  # a trie of the prompts' blocks: path[d] is block d's node
-            parent, path = 0, []
-            for start in range(0, len(p) - BLOCK, BLOCK):
-                parent = nodes.setdefault((parent, tuple(p[start : start + BLOCK])), len(nodes) + 1)
-                path.append(parent)
-            paths.append(path)
-        seen = collections.Counter(n for path in paths for n in path)
-        shared = {
-            tuple(p[: BLOCK * sum(1 for n in path if seen[n] > 1)])
-            for p, path in zip(prompts, paths)
-        }
-        leads: list[list[int]] = []
-        for lead in sorted(shared, key=len, reverse=True):  # the longest of each chain only
-            inside = any(tuple(k[: len(lead)]) == lead for k in leads)
-            if lead and not inside and len(self.store.match(lead, len(lead))) * BLOCK < len(lead):
-                leads.append(list(lead))
-        if leads:  # through add_rows: leads of different lengths group, and share their own
-            runner = type(self)(self.model, [], self.pad_id, self.store)
-            runner.add_rows([[*lead, self.pad_id] for lead in leads], [len(x) for x in leads])
-            self.forwards += runner.forwards
 
     def _merge(self, new: MemberBatch) -> None:
         """Append ``new``'s prefilled rows, left-padding the narrower cache's columns."""
@@ -213,8 +188,13 @@ class MemberBatch:
         turn of a conversation re-sends that answer and runs only what is new."""
         if len(rows) == self.n_rows and rows == list(range(self.n_rows)):
             return
+        leaving = sorted(set(range(self.n_rows)) - set(rows))
         if self.store is not None:
-            self._store_prompts(sorted(set(range(self.n_rows)) - set(rows)), answers=True)
+            give_to_store(self, [r for r in leaving if r not in self.apart], answers=True)
+            for r in leaving:
+                if r in self.apart:
+                    give_to_store(self.apart[r], [0], answers=True)
+        self.apart = {n: self.apart[r] for n, r in enumerate(rows) if r in self.apart}
         self.ids = [self.ids[r] for r in rows]
         self.cols = [self.cols[r] for r in rows]
         self.n_prompt = [self.n_prompt[r] for r in rows]
@@ -257,12 +237,17 @@ class MemberBatch:
         """Row r keeps ``updates[r][0]`` ids and appends ``updates[r][1]`` (None: unchanged), in
         one forward pass, or in one per group of rows (``_groups``) where rows take very
         different numbers of ids (a catch-up of a whole prompt beside one-token steps) and the
-        cache lets some rows run alone: padding every row to the longest would cost more."""
+        cache lets some rows run alone: padding every row to the longest would cost more. A
+        row whose update is a piece of its prompt runs it apart (``_run_apart``)."""
         # 1. Rolled-back ids leave holes: their columns are masked out, never cropped, so no row
         #    re-feeds anything because of another, and sliding-window caches need no rollback.
         segs: list[list[int]] = []
         for r, u in enumerate(updates):
             keep, new = u if u is not None else (len(self.ids[r]), [])
+            if u is not None and self._goes_apart(r, u):
+                self._run_apart(r, u, logits)
+                segs.append([])
+                continue
             dropped = self.cols[r][keep:]
             if dropped:
                 self.mask[r, dropped] = 0
@@ -277,7 +262,80 @@ class MemberBatch:
             #    a member's output layer can cost as much as its decoder (Gemma-3's, 262k wide).
             wanted = logits and any(len(self.ids[r]) >= self.n_prompt[r] for r in group)
             self._append([s if r in mine else [] for r, s in enumerate(segs)], wanted)
+        for r in [r for r, side in self.apart.items() if len(side.ids[0]) >= self.n_prompt[r]]:
+            self._join(r)
         self._compact()
+
+    def _goes_apart(self, r: int, u: tuple[int, list[int]]) -> bool:
+        """Whether row r takes update ``u`` in a batch of its own: it already prefills apart, or
+        ``u`` is a piece of its prompt longer than ``SPLIT_TOKENS`` (a chunk of a chunked
+        prefill, a lazily prefilled row's catch-up: it would run in a forward of its own here
+        anyway), other rows share the cache, and the cache lets rows join whole."""
+        if r in self.apart:
+            return True
+        piece = len(u[1]) > SPLIT_TOKENS and u[0] < self.n_prompt[r]
+        return piece and self.n_rows > 1 and subsettable(self.cache)
+
+    def _run_apart(self, r: int, u: tuple[int, list[int]], logits: bool) -> None:
+        """Row r takes ``u`` in its own batch, over its own columns only: a prompt prefilled in
+        chunks in the shared cache would append each chunk's columns to every row (holes for
+        the others), and every forward of every row would attend over that width (a burst of
+        RAG prompts on a CPU: chunk forwards twice as slow as alone). Its columns join the
+        shared cache once, whole, when its prompt is complete (``_join``)."""
+        side = self.apart.get(r)
+        if side is None:  # its columns so far (the ids it joined with) start its own batch
+            side = self.apart[r] = self._fork(r)
+        before = side.forwards
+        side.advance([u], logits)
+        self.forwards += side.forwards - before
+        self.ids[r] = list(side.ids[0])
+
+    def _fork(self, r: int) -> MemberBatch:
+        """A one-row batch holding what row r holds here (its live columns, in order)."""
+        side = type(self)(self.model, [], self.pad_id, self.store)
+        index = torch.tensor(self.cols[r], dtype=torch.long, device=self.device)
+        cache = new_cache(self.model, self.attention)
+        with torch.inference_mode():  # the forward passes' tensors are inference tensors
+            for n, la in enumerate(cache_layers(self.cache)):
+                keys = la.keys[r : r + 1].index_select(2, index)  # [1, H, h, D]
+                cache.update(keys, la.values[r : r + 1].index_select(2, index), n)
+        side.cache, side.ids, side.n_prompt = cache, [list(self.ids[r])], [self.n_prompt[r]]
+        side.cols = [list(range(len(self.cols[r])))]
+        side.mask = torch.ones(1, len(self.cols[r]), dtype=torch.long, device=self.device)
+        side.pos = self.pos[r : r + 1].index_select(1, index)
+        assert self.logits is not None
+        side.logits = self.logits[r : r + 1]
+        return side
+
+    def _join(self, r: int) -> None:
+        """Row r's batch of its own joins the shared cache: its columns go into row r's last
+        ones (the cache widens, on the left, where it is narrower than them); the columns the
+        row held here before become holes."""
+        side = self.apart.pop(r)
+        n = side.mask.shape[1]
+        if n > self.mask.shape[1]:
+            self._widen(n)
+        width = self.mask.shape[1]
+        self.mask[r] = 0
+        self.mask[r, width - n :] = side.mask[0]
+        self.pos[r, width - n :] = side.pos[0]
+        with torch.inference_mode():
+            for la, ls in zip(cache_layers(self.cache), cache_layers(side.cache)):
+                la.keys[r, :, width - n :] = ls.keys[0]
+                la.values[r, :, width - n :] = ls.values[0]
+            assert self.logits is not None and side.logits is not None
+            self.logits[r] = side.logits[0].to(self.logits.dtype)
+        self.cols[r] = [width - n + c for c in side.cols[0]]
+
+    def _widen(self, width: int) -> None:
+        """Pad every row's cache, mask and position ids on the left to ``width`` columns."""
+        pad, shift = self._widened(width), width - self.mask.shape[1]
+        for la in cache_layers(self.cache):
+            la.keys, la.values = pad(la.keys, la), pad(la.values, la)
+            if hasattr(la, "cumulative_length"):
+                la.cumulative_length = width
+        self.mask, self.pos = pad_left(self.mask, width), pad_left(self.pos, width)
+        self.cols = [[c + shift for c in cs] for cs in self.cols]
 
     def _compact(self) -> None:
         """Move every row's live columns to the right end of a cache as wide as the longest
@@ -315,7 +373,7 @@ class MemberBatch:
             r for r, s in enumerate(segs) if s and len(self.ids[r]) - len(s) < self.n_prompt[r]
         ]
         if self.store is not None and prompt_rows:
-            segs = self._reuse(segs, prompt_rows)
+            segs = take_from_store(self, segs, prompt_rows)
         width, m = self.mask.shape[1], max(len(s) for s in segs)
         if m == 0:
             return
@@ -347,65 +405,7 @@ class MemberBatch:
         self.logits = out
         self.forwards += 1
         if self.store is not None and prompt_rows:
-            self._store_prompts(prompt_rows)
-
-    def _reuse(self, segs: list[list[int]], rows: list[int]) -> list[list[int]]:
-        """Those of ``rows`` whose new ids begin with a stored prompt prefix (in whole blocks, the
-        row's last id excepted) write those columns into the cache from the store, left-padded
-        to a common count as ``_append`` pads ids; returns the ids each row still has to run."""
-        assert self.store is not None
-        cache = self.cache if self.cache is not None else new_cache(self.model, self.attention)
-        fresh = cache is not None and not cache.layers
-        if cache is None or not (fresh or subsettable(cache)):
-            return segs  # layers of the model's own kind: the store's columns cannot go in
-        hits: dict[int, tuple[int, list[torch.Tensor], list[torch.Tensor]]] = {}
-        for r in rows:
-            start = len(self.ids[r]) - len(segs[r])
-            blocks = self.store.match(self.ids[r], len(self.ids[r]) - 1)
-            if len(blocks) * BLOCK > start:
-                hits[r] = (start, *self.store.columns(blocks, start))
-        if not hits:
-            return segs
-        width, n = self.mask.shape[1], {r: h[1][0].shape[1] for r, h in hits.items()}
-        q = max(n.values())
-        seg_mask = torch.zeros(len(segs), q, dtype=torch.long, device=self.device)
-        pos = torch.zeros(len(segs), q, dtype=torch.long, device=self.device)
-        for r, (start, _, _) in hits.items():
-            seg_mask[r, q - n[r] :] = 1
-            pos[r, q - n[r] :] = torch.arange(start, start + n[r])
-            self.cols[r] += range(width + q - n[r], width + q)
-        _, k0, v0 = next(iter(hits.values()))
-        for layer in range(len(k0)):  # [B, H, q, D] per layer: hole columns where a row has none
-            keys = k0[layer].new_zeros(len(segs), k0[layer].shape[0], q, k0[layer].shape[-1])
-            values = v0[layer].new_zeros(len(segs), v0[layer].shape[0], q, v0[layer].shape[-1])
-            for r, (_, ks, vs) in hits.items():
-                keys[r, :, q - n[r] :] = ks[layer]
-                values[r, :, q - n[r] :] = vs[layer]
-            with torch.inference_mode():  # the forward passes' tensors are inference tensors
-                cache.update(keys, values, layer)
-        self.cache = cache
-        self.mask = torch.cat([self.mask, seg_mask], dim=1)
-        self.pos = torch.cat([self.pos, pos], dim=1)
-        return [seg[n[r] :] if r in hits else seg for r, seg in enumerate(segs)]
-
-    def _store_prompts(self, rows: list[int], answers: bool = False) -> None:
-        """Keep the whole blocks of these rows' prompt ids (with ``answers``, of all the ids they
-        hold, generated ones included) that the store does not hold yet."""
-        assert self.store is not None
-        if not subsettable(self.cache):
-            return
-        layers = cache_layers(self.cache)
-        for r in rows:
-            n = len(self.ids[r]) if answers else min(len(self.ids[r]), self.n_prompt[r])
-            n = n // BLOCK * BLOCK
-            blocks = self.store.match(self.ids[r], n)
-            known = len(blocks) * BLOCK
-            if known >= n:
-                continue
-            index = torch.tensor(self.cols[r][known:n], device=self.device)
-            keys = [la.keys[r].index_select(1, index) for la in layers]  # [H, n - known, D]
-            values = [la.values[r].index_select(1, index) for la in layers]
-            self.store.extend(blocks, self.ids[r][:n], keys, values)
+            give_to_store(self, prompt_rows)
 
     def _forward(
         self, inp: torch.Tensor, pos: torch.Tensor, rows: list[int] | None, logits: bool = True

@@ -47,7 +47,7 @@ def serve(
     ``ConfigError`` before anything loads); ``prefix_cache``: how much of earlier prompts' and
     answers' KV columns each member keeps (a shared system prompt runs once; see
     ``UniTEEngine``); ``prefill_chunk``: prompt ids a member runs per step for a long prompt
-    (chunked prefill: decoding rows and short requests do not wait for it whole; None: 64 on a
+    (chunked prefill: decoding rows and short requests do not wait for it whole; None: 512 on a
     CPU, 512 on a GPU). The engine is the server's own (not the
     process's shared one, whose bounds are the defaults) and closes with it."""
     import uvicorn

@@ -9,7 +9,9 @@ machine's load hits every gate alike. Each gated setting is compared with full U
 items with the project's statistics (``unite_integrations.compat.stats``): accuracy with its
 Wilson interval, the paired difference with Newcombe's interval and the exact McNemar p-value.
 Speed is reported two ways: output tokens/s, and the wall-time ratio on the same items (full
-UniTE's seconds over the gated seconds), which does not reward shorter answers.
+UniTE's seconds over the gated seconds), which does not reward shorter answers. With
+``--prefix-cache``, every gate's run of a chunk starts with an empty store: it reuses what its own
+run stored (the chunk's shared few-shot beginnings), never another gate's prompts.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def run_interleaved(
     for start in range(0, len(items), chunk):
         part = dataclasses.replace(task, items=items[start : start + chunk])
         for g in gates:
+            engine.reset_prefix_cache()  # no gate takes what another's run of the items stored
             t0 = time.perf_counter()
             outs = run_task(engine, part, batch_size=batch_size, gate=g, constrained=constrained)
             acc[_name(g)]["seconds"] += time.perf_counter() - t0
@@ -130,7 +133,10 @@ def main() -> None:
     ap.add_argument("--constrained", action="store_true", help="multiple choice: letters only")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument(
-        "--prefix-cache", type=int, default=0, help="prompt ids each member keeps (0: none)"
+        "--prefix-cache",
+        type=lambda v: int(v) if v.isdigit() else v,
+        default=0,
+        help="the prefix store: 0 (none), ids, a size ('512MiB', '5%%') or 'auto'",
     )
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)

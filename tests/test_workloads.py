@@ -267,9 +267,9 @@ def test_prompts_prefilled_apart_equal_the_reference(
     joins = [0]
     real = MemberBatch._join
 
-    def join(self: MemberBatch, r: int) -> None:
+    def join(self: MemberBatch, side: MemberBatch, n: int, r: int) -> None:
         joins[0] += 1
-        real(self, r)
+        real(self, side, n, r)
 
     monkeypatch.setattr(MemberBatch, "_join", join)
     prompts = [" ".join(PROMPTS[k:] + PROMPTS[:k]) for k in range(3)] + PROMPTS[:2]
@@ -438,7 +438,8 @@ def test_long_prompts_chunks_leave_no_lasting_holes_in_the_others_caches(
 def test_a_long_prompt_prefills_apart_and_joins_the_shared_cache_whole(
     model: torch.nn.Module,
 ) -> None:
-    """A prompt piece longer than ``SPLIT_TOKENS`` runs in a one-row batch of its own: the
+    """A prompt piece longer than ``SPLIT_TOKENS`` that leaves more to come runs in a one-row
+    batch of its own, kept until the prompt is whole: the
     shared cache never widens by its chunks (the rows decoding beside it, one rolling back
     every third step, attend over their own columns), it runs no padding and no other row's
     columns, and the row joins whole when its prompt is complete, with the logits it has
@@ -464,13 +465,37 @@ def test_a_long_prompt_prefills_apart_and_joins_the_shared_cache_whole(
         start += len(piece)
         joined = start == len(prompt)  # then as wide as the prompt, where that is wider
         assert batch.mask.shape[1] <= max(width + 2, len(prompt) if joined else 0)
-        assert ran[0] == len(piece) + 2 * 2  # the piece alone, then the others padded to 2
+        # The piece alone (the first with the id the row joined with: its batch starts with
+        # all it holds), then the others padded to 2.
+        assert ran[0] == len(piece) + (step == 0) + 2 * 2
         assert (1 in batch.apart) == (start < len(prompt))  # apart until it is whole
         step += 1
     assert batch.ids[1] == prompt and batch.cache_bytes > 0
     _assert_rows_as_alone(batch, model)
     for n in range(4):
         batch.advance([(len(ids), [30 + n]) for ids in batch.ids])
+    _assert_rows_as_alone(batch, model)
+
+
+def test_whole_prompts_taken_at_once_run_together_apart_and_join_at_once(
+    model: torch.nn.Module,
+) -> None:
+    """Rows that take the rest of a long prompt in one update (lazily prefilled rows' catch-ups,
+    prompts a step's budget takes whole) run together, in one forward of a batch of their own
+    (not one each, not over the shared cache's width), and join it at once."""
+    g = torch.Generator().manual_seed(6)
+    longs = [torch.randint(1, 97, (n,), generator=g).tolist() for n in (120, 110)]
+    batch = MemberBatch(model, [], 0)
+    batch.add_rows([[5, 6, 7], *longs], now=[3, 1, 1])
+    for n in range(3):  # the short row decodes: the shared cache is a few columns wide
+        batch.advance([(3 + n, [8 + n]), None, None])
+    with counted(model) as ran:
+        batch.advance([(6, [20]), (1, longs[0][1:]), (1, longs[1][1:])])
+    # The two prompts whole (their batch starts with all they hold) padded to the longer, in
+    # one forward, then the short row's id.
+    assert ran[0] == 2 * 120 + 1
+    assert batch.apart == {} and batch.ids[1:] == longs
+    assert batch.mask.shape[1] <= 120 + 2
     _assert_rows_as_alone(batch, model)
 
 

@@ -108,7 +108,7 @@ class RowState:
 #: first, beside the rows already decoding, so they and short newcomers never wait for it whole.
 #: On a CPU a forward costs a fixed part about as large as a one-row decoding step plus its
 #: tokens: on the real pair 64 ids cost 1.9 ms an id, 256 1.3, 512 1.2 (a whole prompt's cost),
-#: and a RAG burst ran 0.63x, 1.27x, 1.47x its one-at-a-time throughput (docs/engine.md). A
+#: and a RAG burst ran 0.63x, 1.27x, 1.38-1.47x its one-at-a-time throughput (docs/engine.md). A
 #: GPU is busy only with larger chunks (vLLM schedules 2,048 or more): its 512 is untuned.
 PREFILL_CHUNK = {"cpu": 512, "cuda": 512}
 

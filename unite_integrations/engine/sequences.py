@@ -11,9 +11,9 @@ row costs nothing while its voting neighbours catch up.
 Rows also join and leave between steps (continuous batching): ``add_rows`` prefills newcomers as a
 batch of their own and merges the two caches, left-padding the narrower one's time dimension with
 hole columns; ``keep_rows`` drops finished rows from the batch dimension of every cache layer and
-trims the leading columns that no remaining row uses. A long prompt's chunks run apart, in a
-one-row batch of the row's own, and join the shared cache whole (``_run_apart``), so they widen
-no other row's cache; the prefix store's columns come and go through ``stored_columns``.
+trims the leading columns that no remaining row uses. Long prompt pieces run apart, in a batch of
+their own, and join the shared cache whole (``_apart``), so they widen no other row's cache; the
+prefix store's columns come and go through ``stored_columns``.
 
 Sliding-window layers (Gemma-2/3, Mistral, Qwen's windowed layers) count their window in columns,
 so hole columns inside it would hide real tokens, and their caches would drop real tokens to keep
@@ -95,6 +95,7 @@ class MemberBatch:
         self.forwards = 0
         #: Rows whose prompt runs apart (``_apart``): row r's batch of its own while it prefills.
         self.apart: dict[int, MemberBatch] = {}
+        self.is_apart = False  # this batch is one of those: nothing in it runs apart again
         self._prompts = prompts
         # transformers 5.x renamed ``past_key_values`` to ``cache``; accept both generations.
         params = inspect.signature(model.forward).parameters
@@ -237,17 +238,27 @@ class MemberBatch:
         """Row r keeps ``updates[r][0]`` ids and appends ``updates[r][1]`` (None: unchanged), in
         one forward pass, or in one per group of rows (``_groups``) where rows take very
         different numbers of ids (a catch-up of a whole prompt beside one-token steps) and the
-        cache lets some rows run alone: padding every row to the longest would cost more. A
-        row whose update is a piece of its prompt runs it apart (``_run_apart``)."""
+        cache lets some rows run alone: padding every row to the longest would cost more. Rows
+        whose update is a long piece of their prompt run it apart (``_apart``)."""
+        chunks, wholes = self._apart(updates)
+        if wholes:  # together, in a batch of their own, and back at once
+            side = self._side(wholes, updates)
+            for n, r in enumerate(wholes):
+                self._join(side, n, r)
+        for r in chunks:  # each in its own batch, until its prompt is whole
+            if r in self.apart:
+                self._run(self.apart[r], [updates[r]], logits)
+            else:
+                self.apart[r] = self._side([r], updates)
         # 1. Rolled-back ids leave holes: their columns are masked out, never cropped, so no row
         #    re-feeds anything because of another, and sliding-window caches need no rollback.
         segs: list[list[int]] = []
         for r, u in enumerate(updates):
-            keep, new = u if u is not None else (len(self.ids[r]), [])
-            if u is not None and self._goes_apart(r, u):
-                self._run_apart(r, u, logits)
+            if r in wholes or r in chunks:
+                self.ids[r] = self.apart[r].ids[0] if r in self.apart else self.ids[r]
                 segs.append([])
                 continue
+            keep, new = u if u is not None else (len(self.ids[r]), [])
             dropped = self.cols[r][keep:]
             if dropped:
                 self.mask[r, dropped] = 0
@@ -263,69 +274,66 @@ class MemberBatch:
             wanted = logits and any(len(self.ids[r]) >= self.n_prompt[r] for r in group)
             self._append([s if r in mine else [] for r, s in enumerate(segs)], wanted)
         for r in [r for r, side in self.apart.items() if len(side.ids[0]) >= self.n_prompt[r]]:
-            self._join(r)
+            self._join(self.apart.pop(r), 0, r)
         self._compact()
 
-    def _goes_apart(self, r: int, u: tuple[int, list[int]]) -> bool:
-        """Whether row r takes update ``u`` in a batch of its own: it already prefills apart, or
-        ``u`` is a piece of its prompt longer than ``SPLIT_TOKENS`` (a chunk of a chunked
-        prefill, a lazily prefilled row's catch-up: it would run in a forward of its own here
-        anyway), other rows share the cache, and the cache lets rows join whole."""
-        if r in self.apart:
-            return True
-        piece = len(u[1]) > SPLIT_TOKENS and u[0] < self.n_prompt[r]
-        return piece and self.n_rows > 1 and subsettable(self.cache)
+    def _apart(self, updates: list[Update]) -> tuple[list[int], list[int]]:
+        """The rows whose update runs apart, over their own columns only, in a batch of their
+        own: a forward here appends its columns to every row (holes for the others), and every
+        later forward of every row attends over that width (a burst of RAG prompts prefilled in
+        chunks here: chunk forwards twice as slow as the prompts alone). (chunks, wholes):
+        rows whose update is a piece of their prompt longer than ``SPLIT_TOKENS`` that leaves
+        more to come, each kept in its own batch until its prompt is whole (rows already so
+        included), and rows whose update completes such a piece at once (lazily prefilled rows'
+        catch-ups, prompts the step's budget takes whole), run together and joined at once."""
+        chunks = [r for r in self.apart if updates[r] is not None]
+        wholes: list[int] = []
+        if self.is_apart or self.n_rows < 2 or not subsettable(self.cache):
+            return chunks, wholes
+        for r, u in enumerate(updates):
+            if r in self.apart or u is None or len(u[1]) <= SPLIT_TOKENS:
+                continue
+            if u[0] < self.n_prompt[r]:
+                (chunks if u[0] + len(u[1]) < self.n_prompt[r] else wholes).append(r)
+        return sorted(chunks), wholes
 
-    def _run_apart(self, r: int, u: tuple[int, list[int]], logits: bool) -> None:
-        """Row r takes ``u`` in its own batch, over its own columns only: a prompt prefilled in
-        chunks in the shared cache would append each chunk's columns to every row (holes for
-        the others), and every forward of every row would attend over that width (a burst of
-        RAG prompts on a CPU: chunk forwards twice as slow as alone). Its columns join the
-        shared cache once, whole, when its prompt is complete (``_join``)."""
-        side = self.apart.get(r)
-        if side is None:  # its columns so far (the ids it joined with) start its own batch
-            side = self.apart[r] = self._fork(r)
+    def _run(self, side: MemberBatch, updates: list[Update], logits: bool) -> None:
+        """``side.advance(updates)``, its forward passes counted here."""
         before = side.forwards
-        side.advance([u], logits)
+        side.advance(updates, logits)
         self.forwards += side.forwards - before
-        self.ids[r] = list(side.ids[0])
 
-    def _fork(self, r: int) -> MemberBatch:
-        """A one-row batch holding what row r holds here (its live columns, in order)."""
+    def _side(self, rows: list[int], updates: list[Update]) -> MemberBatch:
+        """A batch of its own for ``rows``, prefilled with the ids each holds once it takes its
+        update, as newcomers are (``add_rows``: in groups of similar length, the beginnings they
+        share run once, the store's columns taken: the catch-ups of rows prefilled lazily share
+        their few-shot examples as their prompts would have at admission)."""
         side = type(self)(self.model, [], self.pad_id, self.store)
-        index = torch.tensor(self.cols[r], dtype=torch.long, device=self.device)
-        cache = new_cache(self.model, self.attention)
-        with torch.inference_mode():  # the forward passes' tensors are inference tensors
-            for n, la in enumerate(cache_layers(self.cache)):
-                keys = la.keys[r : r + 1].index_select(2, index)  # [1, H, h, D]
-                cache.update(keys, la.values[r : r + 1].index_select(2, index), n)
-        side.cache, side.ids, side.n_prompt = cache, [list(self.ids[r])], [self.n_prompt[r]]
-        side.cols = [list(range(len(self.cols[r])))]
-        side.mask = torch.ones(1, len(self.cols[r]), dtype=torch.long, device=self.device)
-        side.pos = self.pos[r : r + 1].index_select(1, index)
-        assert self.logits is not None
-        side.logits = self.logits[r : r + 1]
+        side.is_apart = True
+        side.add_rows([apply_update(self.ids[r], updates[r]) for r in rows])
+        side.n_prompt = [self.n_prompt[r] for r in rows]
+        self.forwards += side.forwards
         return side
 
-    def _join(self, r: int) -> None:
-        """Row r's batch of its own joins the shared cache: its columns go into row r's last
-        ones (the cache widens, on the left, where it is narrower than them); the columns the
-        row held here before become holes."""
-        side = self.apart.pop(r)
-        n = side.mask.shape[1]
-        if n > self.mask.shape[1]:
-            self._widen(n)
+    def _join(self, side: MemberBatch, n: int, r: int) -> None:
+        """Row n of a batch of its own joins the shared cache as row r: its columns go into row
+        r's last ones (the cache widens, on the left, where it is narrower than them); the
+        columns the row held here before become holes."""
+        w = side.mask.shape[1]
+        if w > self.mask.shape[1]:
+            self._widen(w)
         width = self.mask.shape[1]
         self.mask[r] = 0
-        self.mask[r, width - n :] = side.mask[0]
-        self.pos[r, width - n :] = side.pos[0]
+        self.mask[r, width - w :] = side.mask[n]
+        self.pos[r, width - w :] = side.pos[n]
         with torch.inference_mode():
             for la, ls in zip(cache_layers(self.cache), cache_layers(side.cache)):
-                la.keys[r, :, width - n :] = ls.keys[0]
-                la.values[r, :, width - n :] = ls.values[0]
+                la.keys[r, :, width - w :] = ls.keys[n]
+                la.values[r, :, width - w :] = ls.values[n]
             assert self.logits is not None and side.logits is not None
-            self.logits[r] = side.logits[0].to(self.logits.dtype)
-        self.cols[r] = [width - n + c for c in side.cols[0]]
+            self.logits[r] = side.logits[n].to(self.logits.dtype)
+        self.cols[r] = [width - w + c for c in side.cols[n]]
+        self.ids[r] = list(side.ids[n])
 
     def _widen(self, width: int) -> None:
         """Pad every row's cache, mask and position ids on the left to ``width`` columns."""

@@ -115,6 +115,26 @@ def test_a_store_of_exactly_one_block_keeps_one() -> None:
     assert len(store) == BLOCK and len(store.match(list(range(1, 3 * BLOCK)), 99)) == 1
 
 
+def test_the_store_never_holds_more_than_its_size_while_blocks_go_in() -> None:
+    """Room is made before a block goes in (another thread may read ``bytes`` meanwhile), and
+    a prompt's own stored beginning does not leave for its later blocks: they are not kept."""
+    peak = [0]
+
+    class Watched(PrefixStore):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "bytes":
+                peak[0] = max(peak[0], value)
+            super().__setattr__(name, value)
+
+    block_bytes = 2 * 2 * BLOCK * 4  # two layers of keys and values, one float32 a column
+    store = Watched(max_bytes=3 * block_bytes)
+    first, second = list(range(1, 3 * BLOCK + 1)), list(range(500, 500 + 5 * BLOCK + 1))
+    _stored(store, first)
+    _stored(store, second)  # five blocks for a store of three: the first prompt's go
+    assert peak[0] <= store.max_bytes and store.bytes == 3 * block_bytes
+    assert store.match(first, 99) == [] and len(store.match(second, 99)) == 3
+
+
 def test_a_store_too_small_for_a_block_keeps_nothing() -> None:
     store = PrefixStore(BLOCK - 1)
     _stored(store, list(range(1, 3 * BLOCK)))

@@ -525,8 +525,11 @@ def test_memory_stays_within_its_bound_over_500_mixed_requests(
     import random
     from concurrent.futures import ThreadPoolExecutor
 
-    engine = make_engine(
-        tiny_dirs["bytelevel_bpe"], tiny_dirs["sentencepiece_bpe"], prefix_cache="256KiB"
+    engine = make_engine(  # 100-id chunks: long prompts prefill apart, then join
+        tiny_dirs["bytelevel_bpe"],
+        tiny_dirs["sentencepiece_bpe"],
+        prefix_cache="256KiB",
+        prefill_chunk=100,
     )
     words = " ".join(PROMPTS).split()
     rng = random.Random(0)

@@ -201,14 +201,33 @@ class PrefixStore:
                     [k[:, at].clone() for k in keys],
                     [v[:, at].clone() for v in values],
                 )
+                if not self._make_room(_nbytes(block), chain):
+                    break  # only its own parents could leave for it: the prefix stays
                 self._blocks[key] = block
                 self.stored += BLOCK
                 self.bytes += _nbytes(block)
             chain.append(block)
         self._used(chain)
-        while self._full():
+        while self._full():  # a block larger than the whole store: it does not stay either
             _, dropped = self._blocks.popitem(last=False)
             self.bytes -= _nbytes(dropped)
+
+    def _make_room(self, nbytes: int, chain: list[_Block]) -> bool:
+        """Evict the least recently used blocks until one more block of ``nbytes`` fits, before
+        it is added: the store never holds more than its size, not even while a prompt's blocks
+        go in (another thread reads ``bytes`` meanwhile). False, evicting nothing more, where
+        only ``chain`` (the new block's parents, which a child cannot outlive) is left to go."""
+        self._used(chain)
+        parents = {b.key for b in chain}
+        while self._blocks and (
+            (self.capacity is not None and len(self) + BLOCK > self.capacity)
+            or (self.max_bytes is not None and self.bytes + nbytes > self.max_bytes)
+        ):
+            oldest = next(iter(self._blocks))
+            if oldest in parents:
+                return False
+            self.bytes -= _nbytes(self._blocks.pop(oldest))
+        return True
 
 
 def _nbytes(block: _Block) -> int:

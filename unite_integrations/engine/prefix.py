@@ -140,9 +140,10 @@ class PrefixStore:
         """Ids held."""
         return len(self._blocks) * BLOCK
 
-    def _full(self) -> bool:
-        over_ids = self.capacity is not None and len(self) > self.capacity
-        return over_ids or (self.max_bytes is not None and self.bytes > self.max_bytes)
+    def _full(self, ids: int = 0, nbytes: int = 0) -> bool:
+        """Whether the store holds more than its size (with ``ids``/``nbytes`` more: would)."""
+        over_ids = self.capacity is not None and len(self) + ids > self.capacity
+        return over_ids or (self.max_bytes is not None and self.bytes + nbytes > self.max_bytes)
 
     def match(self, ids: Sequence[int], limit: int) -> list[_Block]:
         """The stored blocks spelling the longest stored prefix of ``ids[:limit]``, first first."""
@@ -219,10 +220,7 @@ class PrefixStore:
         only ``chain`` (the new block's parents, which a child cannot outlive) is left to go."""
         self._used(chain)
         parents = {b.key for b in chain}
-        while self._blocks and (
-            (self.capacity is not None and len(self) + BLOCK > self.capacity)
-            or (self.max_bytes is not None and self.bytes + nbytes > self.max_bytes)
-        ):
+        while self._blocks and self._full(BLOCK, nbytes):
             oldest = next(iter(self._blocks))
             if oldest in parents:
                 return False

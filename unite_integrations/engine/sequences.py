@@ -254,8 +254,9 @@ class MemberBatch:
         #    re-feeds anything because of another, and sliding-window caches need no rollback.
         segs: list[list[int]] = []
         for r, u in enumerate(updates):
-            if r in wholes or r in chunks:
-                self.ids[r] = self.apart[r].ids[0] if r in self.apart else self.ids[r]
+            if r in wholes or r in chunks:  # their ids came with them (``_join``) or come here
+                if r in self.apart:
+                    self.ids[r] = list(self.apart[r].ids[0])
                 segs.append([])
                 continue
             keep, new = u if u is not None else (len(self.ids[r]), [])

@@ -36,6 +36,7 @@ from ..errors import ModelLoadError
 from .config import EnsembleConfig, MemberSpec, member_specs
 from .devices import available_devices, check_device, member_devices, union_device
 from .fit import FitReport, MemberEstimate, check_wanted, estimate_config, fit_report
+from .head_rows import pad_head_rows
 from .precision import (
     prequantized,
     quantization_config,
@@ -278,6 +279,7 @@ def load_member(
         if placement is None:
             model = model.to(device)
         model = model.eval()
+        pad_head_rows(model)  # a few rows' output layer at sixteen's cost, where faster
         _no_length_warning(tokenizer)
     except ModelLoadError:
         raise

@@ -148,6 +148,25 @@ def test_keep_rows_takes_the_rows_in_the_order_given(gemma3):
     _assert_rows_as_alone(batch, gemma3)
 
 
+def test_rows_leaving_from_either_end_keep_views_of_the_cache(gemma3):
+    """The oldest rows finish first: the rows kept are then consecutive and keep their columns
+    as views of each layer's buffer (nothing copied), and decode on as alone, past the room
+    the buffer had."""
+    prompts = [[1, 2, 3], list(range(1, 15)), [7, 8], [9, 10, 11, 12]]
+    batch = MemberBatch(gemma3, prompts, 0)
+    batch.prefill()
+    storage = [la._k.untyped_storage().data_ptr() for la in batch.cache.layers]
+    batch.keep_rows([1, 2, 3])
+    assert [la._k.untyped_storage().data_ptr() for la in batch.cache.layers] == storage
+    _assert_rows_as_alone(batch, gemma3)
+    batch.keep_rows([1, 2])  # the widest leaves: its leading columns are trimmed
+    assert batch.mask.shape[1] == 4 and batch.ids == prompts[2:]
+    for step in range(80):
+        batch.advance([(len(ids), [5 + (r + step) % 90]) for r, ids in enumerate(batch.ids)])
+    assert [la._k.untyped_storage().data_ptr() for la in batch.cache.layers] != storage
+    _assert_rows_as_alone(batch, gemma3)
+
+
 def _script(g: torch.Generator) -> list[tuple[int, list[int]]]:
     """(ids to drop from the end, ids to append) per step: appends, multi-token takes and the
     rollbacks that re-tokenization makes (case b), always within the generated ids."""

@@ -39,9 +39,11 @@ from .kv_cache import (
     SUPPORTED_LAYERS,
     attention_layout,
     cache_layers,
+    keep_layer_rows,
     new_cache,
     pad_left,
     pad_time,
+    row_run,
     subsettable,
     unsupported_layers,
 )
@@ -212,11 +214,7 @@ class MemberBatch:
         trim = int(used[0]) if len(used) else 0  # one host read per retirement, not per step
         width = self.mask.shape[1] - trim
         for layer in cache_layers(self.cache):
-            keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-            held = min(keys.shape[-2], width)  # a sliding layer holds only its last columns
-            layer.keys, layer.values = keys[..., -held:, :], values[..., -held:, :]
-            if hasattr(layer, "cumulative_length"):
-                layer.cumulative_length = width
+            keep_layer_rows(layer, rows, index, width)
         self.mask, self.pos = self.mask[:, trim:], self.pos[:, trim:]
         self.cols = [[c - trim for c in cs] for cs in self.cols]
 
@@ -436,8 +434,8 @@ class MemberBatch:
         if self.attention is not None:  # sliding layers: own masks over caches keeping every column
             attention_mask = self.attention.masks(mask, keys, pos, self.model.dtype)
         layers = cache_layers(cache) if index is not None else []
-        for la in layers:
-            la.rows = index
+        for la in layers:  # consecutive rows are read as a view of the cache, not a copy
+            la.rows = row_run(rows) or index
         decoder = None if logits else _decoder(self.model)
         run, extra = (self.model, {"logits_to_keep": 1}) if decoder is None else (decoder, {})
         try:

@@ -37,6 +37,7 @@ __all__ = [
     "RowState",
     "gate_of",
     "prefill_chunk",
+    "prefill_share",
 ]
 
 
@@ -113,13 +114,25 @@ class RowState:
 PREFILL_CHUNK = {"cpu": 512, "cuda": 512}
 
 
-#: Chunks a step runs when every row is still being prefilled (nobody decodes, so nobody waits).
+#: Chunks a step runs at most: when every row is still being prefilled (nobody decodes, so
+#: nobody waits), or when few decode beside many waiting (``prefill_share``).
 IDLE_CHUNKS = 4
 
 
 def prefill_chunk(device: torch.device | str) -> int:
     """The default chunk for members whose first is on ``device`` (a GPU's for any but CPU)."""
     return PREFILL_CHUNK["cpu" if torch.device(device).type == "cpu" else "cuda"]
+
+
+def prefill_share(waiting: int, decoding: int) -> int:
+    """Chunks of prompt a step runs with ``waiting`` rows being prefilled beside ``decoding``
+    rows: one while as many rows decode as wait (each decoding row's time between tokens stays
+    about a chunk's), up to ``IDLE_CHUNKS`` while few decode beside many waiting (a burst's first
+    answers wait longer between tokens and the burst's prompts are done sooner: on a CPU a
+    step's forwards cost a fixed part, so fewer, larger steps finish the burst sooner)."""
+    if not decoding:
+        return IDLE_CHUNKS
+    return min(IDLE_CHUNKS, max(1, waiting // decoding))
 
 
 def gate_of(row: RowState) -> float | None:
@@ -193,9 +206,8 @@ class Batch:
         if self.rows:
             eager = [gate_of(row) is None for row in self.rows]
             prompt = self.members[0].n_prompt
-            waiting = [u is not None and u[0] < n for u, n in zip(self.updates[0], prompt)]
-            # While no row decodes, no one waits on a step: a larger share goes at once.
-            budget = self.chunk if not all(waiting) else IDLE_CHUNKS * self.chunk
+            waiting = sum(u is not None and u[0] < n for u, n in zip(self.updates[0], prompt))
+            budget = self.chunk * prefill_share(waiting, len(prompt) - waiting)
             self._advance([[True] * len(eager)] + [eager] * (len(self.members) - 1), budget)
 
     def catch_up(self, vote: list[bool]) -> None:
@@ -206,8 +218,9 @@ class Batch:
 
     def _advance(self, take: list[list[bool]], budget: int | None = None) -> None:
         """Member i feeds row r its pending ids where ``take[i][r]``; they are then no longer
-        pending. With a ``budget``, a member feeds at most that many ids of pending prompts
-        (the ones the chunked prefill still owes) a step, in row order: the rest stays pending."""
+        pending. With a ``budget``, a member feeds about that many ids of pending prompts (the
+        ones the chunked prefill still owes) a step, in row order, whole prompts where they
+        nearly fit (``_piece``): the rest stays pending."""
         todo = [[u if t else None for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)]
         rest = [[None if t else u for u, t in zip(us, ts)] for us, ts in zip(self.updates, take)]
         if budget is not None:
@@ -215,7 +228,7 @@ class Batch:
                 left = budget
                 for r, u in enumerate(us):
                     if u is not None and len(u[1]) > 1 and u[0] < self.members[i].n_prompt[r]:
-                        n = max(min(len(u[1]), left), 0)
+                        n = _piece(len(u[1]), left, budget)
                         left -= n
                         us[r] = (u[0], u[1][:n]) if n else None
                         if n < len(u[1]):
@@ -258,6 +271,18 @@ class Batch:
             m.vocab.bytes_of(self.held(i, r)[b.n_prompt[r] :]) == text
             for i, (m, b) in enumerate(zip(self.ens.members, self.members))
         )
+
+
+def _piece(pending: int, left: int, budget: int) -> int:
+    """Ids of a prompt with ``pending`` ids still to run that a step with ``left`` of its
+    ``budget`` still free runs: all of them where they fit the budget's half again (a prompt
+    finished now, not cut into a second piece), else what is left where that is a quarter of
+    the budget or more, else none. Each piece is a forward of its own, and on a CPU a forward
+    costs a fixed part (about 100 ms for a one-row piece of the real pair's members): a budget
+    cut exactly cut most prompts of a burst in two, a few of them into pieces of a few ids."""
+    if left > 0 and pending <= left + budget // 2:
+        return pending
+    return left if 4 * left >= budget else 0
 
 
 def _run_members(ens: Ensemble, calls: Sequence[Callable[[], None]]) -> None:

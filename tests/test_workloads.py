@@ -292,6 +292,37 @@ def test_chunked_prefill_keeps_sampled_and_gated_rows_as_they_are_alone(
         assert got == want, kw
 
 
+def test_a_step_prefills_more_while_few_rows_decode_beside_many_waiting() -> None:
+    from unite_integrations.engine.batch import IDLE_CHUNKS, prefill_share
+
+    assert prefill_share(0, 5) == 1  # nothing waits
+    assert prefill_share(1, 0) == prefill_share(9, 0) == IDLE_CHUNKS  # nobody decodes
+    assert prefill_share(6, 6) == prefill_share(6, 7) == 1  # as many decode as wait: a chunk
+    assert prefill_share(9, 4) == 2
+    assert prefill_share(15, 1) == IDLE_CHUNKS  # a burst's first answer: never more than this
+
+
+@pytest.mark.parametrize(
+    ("pending", "left", "piece"),
+    [
+        (600, 512, 600),  # within half a budget more: the prompt is done now, not in two pieces
+        (768, 512, 768),
+        (769, 512, 512),  # longer: a chunk
+        (300, 100, 300),  # what is left and half a budget finish it
+        (900, 128, 128),  # a quarter of the budget or more: a piece
+        (900, 127, 0),  # less: no piece of a few ids (each piece is a forward of its own)
+        (10, 0, 0),
+        (10, -200, 0),  # a prompt taken whole ran past the budget: nothing more this step
+    ],
+)
+def test_a_steps_budget_runs_whole_prompts_and_no_small_pieces(
+    pending: int, left: int, piece: int
+) -> None:
+    from unite_integrations.engine.batch import _piece
+
+    assert _piece(pending, left, 512) == piece
+
+
 def test_a_short_request_finishes_while_a_long_prompt_still_prefills(
     make_engine: Any, tiny_dirs: Any
 ) -> None:

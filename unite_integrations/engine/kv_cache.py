@@ -26,6 +26,7 @@ __all__ = [
     "pad_left",
     "pad_time",
     "row_run",
+    "stack_layers",
     "subsettable",
     "unsupported_layers",
 ]
@@ -203,18 +204,48 @@ def column_layer() -> type[Any]:
 def keep_layer_rows(layer: Any, rows: list[int], index: torch.Tensor, width: int) -> None:
     """Keep ``rows`` (``index``, in this order) of a cache layer and its last ``width`` columns
     (a sliding layer of a model's own holds only its last ones): views where the rows are
-    consecutive and the layer a ``ColumnLayer``, else copies."""
-    run = row_run(rows)
-    if run is not None and isinstance(layer, column_layer()):  # its memory goes when it grows
-        start = layer._n_k - min(layer._n_k, width)
-        layer._k, layer._v = layer._k[run, :, start:], layer._v[run, :, start:]
-        layer._n_k = layer._n_v = layer._n_k - start  # the buffer's room to grow is kept
+    consecutive and the layer a ``ColumnLayer`` (in order, the rows after the first that left
+    moved up in place), else copies (a ``ColumnLayer``'s with its room, so that the next step
+    does not copy them again to grow)."""
+    if isinstance(layer, column_layer()):  # the buffer's room to grow is kept
+        run, start = row_run(rows), layer._n_k - min(layer._n_k, width)
+        if run is None and rows == sorted(rows):  # rows after the first that left move up
+            first = next(p for p, r in enumerate(rows) if r != p)
+            with torch.inference_mode():  # in place: a copy of those rows only
+                for buf in (layer._k, layer._v):
+                    buf[first : len(rows)] = buf.index_select(0, index[first:])
+            run = slice(0, len(rows))
+        for name in ("_k", "_v"):  # a run: a view (its memory goes when it grows), else a copy
+            kept = getattr(layer, name)[:, :, start:]
+            setattr(layer, name, kept[run] if run is not None else kept.index_select(0, index))
+        layer._n_k = layer._n_v = layer._n_k - start
         return
     keys, values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
     held = min(keys.shape[-2], width)
     layer.keys, layer.values = keys[..., -held:, :], values[..., -held:, :]
     if hasattr(layer, "cumulative_length"):
         layer.cumulative_length = width
+
+
+def stack_layers(top: Any, bottom: Any, width: int, pad: tuple[Any, Any]) -> None:
+    """``top``'s rows, then ``bottom``'s, into ``top``, each right-aligned in ``width`` columns:
+    ``ColumnLayer``s in one copy into a buffer with room to grow (padding, concatenating and the
+    next step's growth were three copies of the whole cache per admission), a model's own
+    layers padded by ``pad`` (one function per layer: its rows' tensor, the layer) and joined."""
+    if not (isinstance(top, column_layer()) and isinstance(bottom, column_layer())):
+        top.keys = torch.cat([pad[0](top.keys, top), pad[1](bottom.keys, bottom)])
+        top.values = torch.cat([pad[0](top.values, top), pad[1](bottom.values, bottom)])
+        if hasattr(top, "cumulative_length"):
+            top.cumulative_length = width
+        return
+    for name in ("keys", "values"):
+        a, b = getattr(top, name), getattr(bottom, name)  # [B_a, H, w_a, D], [B_b, H, w_b, D]
+        assert a.shape[-2] <= width and b.shape[-2] <= width
+        out = a.new_zeros(len(a) + len(b), a.shape[1], width + max(width // 2, 64), a.shape[-1])
+        out[: len(a), :, width - a.shape[-2] : width] = a
+        out[len(a) :, :, width - b.shape[-2] : width] = b
+        setattr(top, "_k" if name == "keys" else "_v", out)
+    top._n_k = top._n_v = width
 
 
 def row_run(rows: list[int] | None) -> slice | None:

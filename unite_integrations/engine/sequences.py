@@ -44,6 +44,7 @@ from .kv_cache import (
     pad_left,
     pad_time,
     row_run,
+    stack_layers,
     subsettable,
     unsupported_layers,
 )
@@ -168,12 +169,9 @@ class MemberBatch:
             self.pos = new.pos
             return
         width = max(self.mask.shape[1], new.mask.shape[1])
-        a, b = self._widened(width), new._widened(width)
+        pad = self._widened(width), new._widened(width)
         for la, lb in zip(cache_layers(self.cache), cache_layers(new.cache)):
-            la.keys = torch.cat([a(la.keys, la), b(lb.keys, lb)])
-            la.values = torch.cat([a(la.values, la), b(lb.values, lb)])
-            if hasattr(la, "cumulative_length"):
-                la.cumulative_length = width
+            stack_layers(la, lb, width, pad)
         shift_a, shift_b = width - self.mask.shape[1], width - new.mask.shape[1]
         self.mask = torch.cat([pad_left(self.mask, width), pad_left(new.mask, width)])
         self.pos = torch.cat([pad_left(self.pos, width), pad_left(new.pos, width)])

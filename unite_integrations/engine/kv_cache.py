@@ -139,8 +139,9 @@ def column_layer() -> type[Any]:
         new columns are written, the other rows' stay holes (zeros, masked out), and attention
         reads a copy of those rows (an index tensor), or a view where they are consecutive (a
         ``slice``: e.g. rows decoding beside newer ones being prefilled; a copy of 10 rows of
-        600 columns cost Gemma-3 a third of a decoding step on a CPU). ``keys``/``values`` are the live
-        view [B, H, n, D]; assigning them (rows joining or leaving) replaces the buffer."""
+        600 columns cost Gemma-3 a third of a decoding step on a CPU). ``keys``/``values``
+        are the live view [B, H, n, D]; assigning them (rows joining or leaving) replaces the
+        buffer."""
 
         rows: torch.Tensor | slice | None = None
 

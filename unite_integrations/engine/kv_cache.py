@@ -183,7 +183,7 @@ def column_layer() -> type[Any]:
             n, m = self._n_k, key_states.shape[-2]
             assert self._n_v == n, "keys and values of different widths"
             if n + m > self._k.shape[-2]:
-                room = n + m + max(n // 2, 64)
+                room = _room(n, m)
                 self._k, self._v = _with_room(self._k, n, room), _with_room(self._v, n, room)
             self._n_k = self._n_v = n + m
             if self.rows is None:
@@ -242,7 +242,7 @@ def stack_layers(top: Any, bottom: Any, width: int, pad: tuple[Any, Any]) -> Non
     for name in ("keys", "values"):
         a, b = getattr(top, name), getattr(bottom, name)  # [B_a, H, w_a, D], [B_b, H, w_b, D]
         assert a.shape[-2] <= width and b.shape[-2] <= width
-        out = a.new_zeros(len(a) + len(b), a.shape[1], width + max(width // 2, 64), a.shape[-1])
+        out = a.new_zeros(len(a) + len(b), a.shape[1], _room(width), a.shape[-1])
         out[: len(a), :, width - a.shape[-2] : width] = a
         out[len(a) :, :, width - b.shape[-2] : width] = b
         setattr(top, "_k" if name == "keys" else "_v", out)
@@ -259,6 +259,11 @@ def row_run(rows: list[int] | None) -> slice | None:
 def _width(t: torch.Tensor | None) -> int:
     """Columns of a [B, H, T, D] cache tensor (0 for none, or transformers' empty placeholder)."""
     return 0 if t is None or t.dim() < 4 else t.shape[-2]
+
+
+def _room(n: int, m: int = 0) -> int:
+    """Columns of a buffer holding ``n`` columns and ``m`` new ones: half as many again to grow."""
+    return n + m + max(n // 2, 64)
 
 
 def _with_room(t: torch.Tensor, n: int, room: int) -> torch.Tensor:

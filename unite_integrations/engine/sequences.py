@@ -432,8 +432,9 @@ class MemberBatch:
         if self.attention is not None:  # sliding layers: own masks over caches keeping every column
             attention_mask = self.attention.masks(mask, keys, pos, self.model.dtype)
         layers = cache_layers(cache) if index is not None else []
-        for la in layers:  # consecutive rows are read as a view of the cache, not a copy
-            la.rows = row_run(rows) or index
+        chosen = row_run(rows) or index  # consecutive rows: a view of the cache, not a copy
+        for la in layers:
+            la.rows = chosen
         decoder = None if logits else _decoder(self.model)
         run, extra = (self.model, {"logits_to_keep": 1}) if decoder is None else (decoder, {})
         try:
